@@ -1,0 +1,1 @@
+"""apptctl: the operations CLI (migrate, topology, workers, demo)."""

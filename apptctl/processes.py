@@ -1,0 +1,74 @@
+"""Start the three workers as child processes, wait until they consume, and stop them with SIGTERM."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aio_pika
+
+from infra.topology import Topology
+from workers.registry import WORKER_NAMES
+
+
+class WorkerProcesses:
+    def __init__(self, env: dict[str, str], log_dir: Path | None = None) -> None:
+        self._env = {**os.environ, **env}
+        self._log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> None:
+        for name in WORKER_NAMES:
+            output = None
+            if self._log_dir is not None:
+                self._log_dir.mkdir(parents=True, exist_ok=True)
+                output = (self._log_dir / f"{name}.log").open("ab")
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", f"workers.{name}"],
+                env=self._env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def wait_consuming(self, amqp_url: str, topology: Topology, timeout_s: float = 30.0) -> None:
+        """Return once every worker queue has a consumer; raise if a worker died or the time is up."""
+        connection = await aio_pika.connect(amqp_url)
+        try:
+            channel = await connection.channel()
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            while True:
+                dead = [n for n, p in self.processes.items() if p.poll() is not None]
+                if dead:
+                    raise RuntimeError(
+                        f"worker(s) exited during start-up: {', '.join(dead)} (see their logs)"
+                    )
+                counts = []
+                for name in WORKER_NAMES:
+                    queue = await channel.declare_queue(topology.queue_of(name).name, passive=True)
+                    counts.append(queue.declaration_result.consumer_count)
+                if all(counts):
+                    return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError("workers did not start consuming in time")
+                await asyncio.sleep(0.2)
+        finally:
+            await connection.close()
+
+    def alive(self) -> dict[str, bool]:
+        return {name: process.poll() is None for name, process in self.processes.items()}
+
+    def stop(self, timeout_s: float = 30.0) -> dict[str, int | None]:
+        """SIGTERM all, wait for the graceful drain, kill whatever is left; returns exit codes."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        for name, process in self.processes.items():
+            try:
+                codes[name] = process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[name] = process.wait()
+        return codes

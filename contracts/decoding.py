@@ -1,0 +1,87 @@
+"""Bytes and AMQP properties in, a validated message or a specific refusal out. Never raises on input."""
+
+import json
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from contracts.envelope import Envelope
+from contracts.reasons import DeadLetterReason
+from contracts.registry import KNOWN_TYPES, message_class
+
+CONTENT_TYPE = "application/json"
+MAX_MESSAGE_BYTES = 64 * 1024
+_MAX_DETAIL = 900
+
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    """Why bytes could not become a message; `detail` is safe to put in a header (bounded, no payload)."""
+
+    reason: DeadLetterReason
+    detail: str
+
+
+class DecodeError(Exception):
+    def __init__(self, failure: DecodeFailure) -> None:
+        super().__init__(f"{failure.reason}: {failure.detail}")
+        self.failure = failure
+
+
+def _validation_detail(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in item["loc"]) or "<message>"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)[:_MAX_DETAIL]
+
+
+def decode(
+    body: bytes,
+    *,
+    content_type: str | None = CONTENT_TYPE,
+    property_type: str | None = None,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> Envelope | DecodeFailure:
+    """Validate one message. Size and content type are checked before the body is parsed."""
+    if len(body) > max_bytes:
+        return DecodeFailure(DeadLetterReason.MESSAGE_TOO_LARGE, f"{len(body)} bytes > limit {max_bytes}")
+    if (content_type or "").split(";")[0].strip().lower() != CONTENT_TYPE:
+        return DecodeFailure(
+            DeadLetterReason.WRONG_CONTENT_TYPE, f"content_type {content_type!r}, expected {CONTENT_TYPE!r}"
+        )
+    try:
+        raw = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return DecodeFailure(DeadLetterReason.MALFORMED_JSON, str(exc)[:_MAX_DETAIL])
+    if not isinstance(raw, dict):
+        return DecodeFailure(DeadLetterReason.MALFORMED_JSON, "top level must be a JSON object")
+    type_ = raw.get("type")
+    if not isinstance(type_, str) or type_ not in KNOWN_TYPES:
+        return DecodeFailure(DeadLetterReason.UNKNOWN_MESSAGE_TYPE, f"type {str(type_)[:100]!r} is not known")
+    version = raw.get("schema_version")
+    cls = message_class(type_, version) if isinstance(version, int) else None
+    if cls is None:
+        return DecodeFailure(
+            DeadLetterReason.UNSUPPORTED_SCHEMA_VERSION,
+            f"{type_} schema_version {str(version)[:20]!r} is not supported",
+        )
+    if property_type is not None and property_type != type_:
+        return DecodeFailure(
+            DeadLetterReason.PROPERTIES_MISMATCH, f"AMQP type {property_type[:100]!r} != body type {type_!r}"
+        )
+    try:
+        return cls.model_validate_json(body, strict=True)
+    except ValidationError as exc:
+        return DecodeFailure(DeadLetterReason.SCHEMA_VIOLATION, _validation_detail(exc))
+
+
+def decode_or_raise(body: bytes, **kwargs) -> Envelope:
+    result = decode(body, **kwargs)
+    if isinstance(result, DecodeFailure):
+        raise DecodeError(result)
+    return result
+
+
+def encode(message: Envelope) -> bytes:
+    return message.model_dump_json().encode()

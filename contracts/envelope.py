@@ -1,0 +1,52 @@
+"""The one envelope every message travels in: identity, tenant, tracing ids, time and producer."""
+
+from typing import ClassVar
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.types import EntityId, Slug, TenantId, Timestamp
+
+
+class Strict(BaseModel):
+    """Base for every wire model: unknown fields are refused. Bytes from the wire are validated in
+    strict mode by `contracts.decoding.decode` (no coercion: "12" is not a number); models built in
+    Python by our own code may pass enum members or their values alike."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=1000)
+
+
+class Envelope(Strict):
+    """Fields common to all messages. Subclasses fix `type`, `schema_version` and the `payload` model."""
+
+    # Set on each concrete message class: where it is published and what it means.
+    exchange_role: ClassVar[str]
+    routing_key: ClassVar[str]
+    summary: ClassVar[str]
+
+    message_id: UUID = Field(description="Unique per message; consumers dedupe on it.")
+    type: str
+    schema_version: int
+    tenant_id: TenantId = Field(description="The business the message belongs to.")
+    correlation_id: EntityId = Field(
+        description="The portal's request id for modify requests, carried unchanged by every message "
+        "that follows from it; for office messages, the office's own change id."
+    )
+    causation_id: UUID | None = Field(
+        default=None, description="message_id of the message that caused this one (None for inputs)."
+    )
+    occurred_at: Timestamp = Field(description="When the fact happened (timezone-aware).")
+    producer: Slug = Field(description="Who produced the message, e.g. 'portal-web' or 'modify_handler'.")
+
+    @classmethod
+    def follow(cls, cause: "Envelope", *, producer: str, occurred_at, **fields):
+        """Build a message caused by `cause`: same tenant and correlation, causation = cause's id."""
+        return cls(
+            message_id=uuid4(),
+            tenant_id=cause.tenant_id,
+            correlation_id=cause.correlation_id,
+            causation_id=cause.message_id,
+            occurred_at=occurred_at,
+            producer=producer,
+            **fields,
+        )

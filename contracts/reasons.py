@@ -1,0 +1,73 @@
+"""Stable reason codes: why a request was rejected or failed, and why a message was dead-lettered.
+
+Codes are part of the wire contract: portals branch on them, so they are never renamed or reused.
+Each outcome code carries a sentence a customer can read; portals may show it as is.
+"""
+
+from enum import StrEnum
+
+
+class RejectionCode(StrEnum):
+    """The policy gate refused the request; nothing changed."""
+
+    APPOINTMENT_NOT_FOUND = "appointment_not_found"
+    SELF_SERVICE_DISABLED = "self_service_disabled"
+    APPOINTMENT_NOT_MODIFIABLE = "appointment_not_modifiable"
+    CONFIRMED_CHANGE_BLOCKED = "confirmed_change_blocked"
+    UNCONFIRMED_CHANGE_BLOCKED = "unconfirmed_change_blocked"
+    NEW_WINDOW_IN_PAST = "new_window_in_past"
+    SAME_WINDOW = "same_window"
+
+
+class FailureCode(StrEnum):
+    """The request was approved but could not be applied; nothing changed."""
+
+    APPOINTMENT_CHANGED = "appointment_changed"
+    NEW_WINDOW_IN_PAST = "new_window_in_past"
+
+
+class DeadLetterReason(StrEnum):
+    """Why a message could not be processed at all; set in the `x-dead-letter-reason` header."""
+
+    MESSAGE_TOO_LARGE = "message_too_large"
+    WRONG_CONTENT_TYPE = "wrong_content_type"
+    MALFORMED_JSON = "malformed_json"
+    UNKNOWN_MESSAGE_TYPE = "unknown_message_type"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    SCHEMA_VIOLATION = "schema_violation"
+    PROPERTIES_MISMATCH = "properties_mismatch"
+    UNEXPECTED_MESSAGE_TYPE = "unexpected_message_type"
+    HANDLER_ERROR = "handler_error"
+    DELIVERY_LIMIT_EXCEEDED = "delivery_limit_exceeded"
+
+
+CUSTOMER_TEXT: dict[str, str] = {
+    RejectionCode.APPOINTMENT_NOT_FOUND: "We couldn't find this appointment on your account.",
+    RejectionCode.SELF_SERVICE_DISABLED: (
+        "Online changes aren't available for this business. Please call the office to make a change."
+    ),
+    RejectionCode.APPOINTMENT_NOT_MODIFIABLE: (
+        "This appointment can no longer be changed online because it is already {status}. "
+        "Please call the office."
+    ),
+    RejectionCode.CONFIRMED_CHANGE_BLOCKED: (
+        "This appointment is confirmed, so it can't be {action_past} online. Please call the office."
+    ),
+    RejectionCode.UNCONFIRMED_CHANGE_BLOCKED: (
+        "This appointment can't be {action_past} online until it is confirmed. Please call the office."
+    ),
+    RejectionCode.NEW_WINDOW_IN_PAST: "The time you picked has already passed. Please pick a later time.",
+    RejectionCode.SAME_WINDOW: "Your appointment is already at that time.",
+    FailureCode.APPOINTMENT_CHANGED: (
+        "Your appointment was updated by the office while we processed your request, so nothing was "
+        "changed. Please review it and try again."
+    ),
+}
+
+_ACTION_PAST = {"reschedule": "rescheduled", "cancel": "canceled"}
+
+
+def customer_text(code: str, *, action: str | None = None, status: str | None = None) -> str:
+    """The customer-facing sentence for an outcome code, with its blanks filled."""
+    template = CUSTOMER_TEXT[code]
+    return template.format(action_past=_ACTION_PAST.get(action or "", "changed"), status=status or "closed")

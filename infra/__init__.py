@@ -1,0 +1,1 @@
+"""Infrastructure: RabbitMQ topology, database schema and migrations, local service helpers."""

@@ -1,0 +1,203 @@
+"""Table definitions for every schema: scheduling (source of truth), policy, portal (read store), messaging.
+
+Migrations under `migrations/` create these; a test checks the two never drift apart.
+"""
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+metadata = MetaData()
+
+SCHEMAS = ("scheduling", "policy", "portal", "messaging")
+
+ID = String(64)
+APPOINTMENT_STATUSES = "('scheduled','dispatched','working','done','canceled')"
+JOB_STATUSES = "('scheduled','in_progress','completed','canceled')"
+
+
+def _now() -> Column:
+    return Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+# --- scheduling: the source of truth --------------------------------------------------------------
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("job_id", ID, nullable=False),
+    Column("customer_id", ID, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("version", BigInteger, nullable=False, server_default=text("0")),
+    _now(),
+    PrimaryKeyConstraint("tenant_id", "job_id"),
+    CheckConstraint(f"status IN {JOB_STATUSES}", name="job_status_known"),
+    schema="scheduling",
+)
+
+project_contacts = Table(
+    "project_contacts",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("project_id", ID, nullable=False),
+    Column("contact_id", ID, nullable=False),
+    Column("role", String(32), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "project_id", "contact_id"),
+    schema="scheduling",
+)
+
+appointments = Table(
+    "appointments",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("appointment_id", ID, nullable=False),
+    Column("job_id", ID, nullable=False),
+    Column("customer_id", ID, nullable=False),
+    Column("business_unit", ID, nullable=False),
+    Column("job_type", ID, nullable=False),
+    Column("project_id", ID),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("confirmation", String(16), nullable=False),
+    Column("version", BigInteger, nullable=False, server_default=text("1")),
+    _now(),
+    PrimaryKeyConstraint("tenant_id", "appointment_id"),
+    ForeignKeyConstraint(["tenant_id", "job_id"], ["scheduling.jobs.tenant_id", "scheduling.jobs.job_id"]),
+    CheckConstraint("window_end > window_start", name="appointment_window_ordered"),
+    CheckConstraint(f"status IN {APPOINTMENT_STATUSES}", name="appointment_status_known"),
+    CheckConstraint("confirmation IN ('confirmed','unconfirmed')", name="appointment_confirmation_known"),
+    Index("appointments_by_job", "tenant_id", "job_id"),
+    schema="scheduling",
+)
+
+# --- policy: the gate's settings and its decisions -----------------------------------------------
+portal_settings = Table(
+    "portal_settings",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("feature_enabled", Boolean, nullable=False),
+    Column("rules", JSONB, nullable=False),
+    Column("settings_version", BigInteger, nullable=False),
+    Column("changed_by", ID, nullable=False),
+    _now(),
+    PrimaryKeyConstraint("tenant_id"),
+    schema="policy",
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("request_id", ID, nullable=False),
+    Column("message_id", UUID(as_uuid=True), nullable=False),
+    Column("appointment_id", ID, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("reason_code", String(64)),
+    Column("reason_text", String(1000)),
+    Column("decided_on_version", BigInteger),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "request_id"),
+    CheckConstraint("outcome IN ('approved','rejected')", name="decision_outcome_known"),
+    schema="policy",
+)
+
+# --- portal: the read store portals query ---------------------------------------------------------
+portal_appointments = Table(
+    "appointments",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("appointment_id", ID, nullable=False),
+    Column("job_id", ID, nullable=False),
+    Column("customer_id", ID, nullable=False),
+    Column("project_id", ID),
+    Column("business_unit", ID, nullable=False),
+    Column("job_type", ID, nullable=False),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("confirmation", String(16), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    _now(),
+    PrimaryKeyConstraint("tenant_id", "appointment_id"),
+    Index("portal_appointments_by_customer", "tenant_id", "customer_id"),
+    schema="portal",
+)
+
+portal_jobs = Table(
+    "jobs",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("job_id", ID, nullable=False),
+    Column("customer_id", ID, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("active_appointments", Integer, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    _now(),
+    PrimaryKeyConstraint("tenant_id", "job_id"),
+    schema="portal",
+)
+
+portal_requests = Table(
+    "requests",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("request_id", ID, nullable=False),
+    Column("appointment_id", ID, nullable=False),
+    Column("requester_id", ID),
+    Column("action", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason_code", String(64)),
+    Column("reason_text", String(1000)),
+    Column("requested_at", DateTime(timezone=True)),
+    _now(),
+    PrimaryKeyConstraint("tenant_id", "request_id"),
+    CheckConstraint("status IN ('pending','rejected','completed','failed')", name="request_status_known"),
+    schema="portal",
+)
+
+# --- messaging: inbox (dedupe) and outbox (events committed with the change) ----------------------
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("consumer", String(64), nullable=False),
+    Column("message_id", UUID(as_uuid=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("consumer", "message_id"),
+    schema="messaging",
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("message_id", UUID(as_uuid=True), nullable=False, unique=True),
+    Column("producer", String(64), nullable=False),
+    Column("exchange_role", String(32), nullable=False),
+    Column("routing_key", String(128), nullable=False),
+    Column("message_type", String(64), nullable=False),
+    Column("correlation_id", String(64), nullable=False),
+    Column("tenant_id", ID, nullable=False),
+    Column("headers", JSONB, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("published_at", DateTime(timezone=True)),
+    Index("outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
+    schema="messaging",
+)

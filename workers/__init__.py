@@ -1,0 +1,1 @@
+"""The three workers of the modify pipeline and the runtime they share."""

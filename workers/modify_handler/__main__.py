@@ -1,0 +1,6 @@
+"""Run the scheduling worker: `python -m workers.modify_handler` (or `apptctl worker modify_handler`)."""
+
+from workers.runtime.entrypoint import main
+
+if __name__ == "__main__":
+    main("modify_handler")

@@ -1,0 +1,6 @@
+"""Run the policy gate: `python -m workers.policy_gate` (or `apptctl worker policy_gate`)."""
+
+from workers.runtime.entrypoint import main
+
+if __name__ == "__main__":
+    main("policy_gate")

@@ -1,0 +1,6 @@
+"""Run the read-store projector: `python -m workers.portal_sync` (or `apptctl worker portal_sync`)."""
+
+from workers.runtime.entrypoint import main
+
+if __name__ == "__main__":
+    main("portal_sync")

@@ -1,0 +1,1 @@
+"""Shared worker runtime: connections, consume -> decode -> handle -> commit -> ack, inbox, outbox, logs."""

@@ -1,0 +1,115 @@
+"""The broker connection: robust reconnects, a confirm channel, and the one way we publish.
+
+Every publish is persistent, mandatory (unroutable raises) and confirmed; unconfirmed means unsent.
+"""
+
+from datetime import datetime
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from contracts.decoding import CONTENT_TYPE, encode
+from contracts.envelope import Envelope
+from infra.topology import Topology
+
+
+def headers_for(message: Envelope) -> dict:
+    """AMQP headers mirror the envelope so ops tools can filter without parsing bodies."""
+    headers = {
+        "x-message-type": message.type,
+        "x-schema-version": message.schema_version,
+        "x-tenant-id": message.tenant_id,
+        "x-producer": message.producer,
+    }
+    if message.causation_id is not None:
+        headers["x-causation-id"] = str(message.causation_id)
+    return headers
+
+
+def amqp_message(
+    body: bytes,
+    *,
+    message_id: str,
+    correlation_id: str,
+    message_type: str,
+    producer: str,
+    headers: dict,
+    timestamp: datetime | None = None,
+) -> aio_pika.Message:
+    return aio_pika.Message(
+        body,
+        content_type=CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message_id,
+        correlation_id=correlation_id,
+        type=message_type,
+        app_id=producer,
+        timestamp=timestamp,
+        headers=headers,
+    )
+
+
+def to_amqp(message: Envelope) -> aio_pika.Message:
+    return amqp_message(
+        encode(message),
+        message_id=str(message.message_id),
+        correlation_id=message.correlation_id,
+        message_type=message.type,
+        producer=message.producer,
+        headers=headers_for(message),
+        timestamp=message.occurred_at,
+    )
+
+
+class Broker:
+    """One robust connection per process; a publisher-confirm channel shared by all publishes."""
+
+    def __init__(self, amqp_url: str, topology: Topology, *, name: str, publish_timeout_s: float = 10.0):
+        self._url = amqp_url
+        self.topology = topology
+        self._name = name
+        self._publish_timeout = publish_timeout_s
+        self.connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    async def connect(self) -> None:
+        self.connection = await aio_pika.connect_robust(
+            self._url, client_properties={"connection_name": self._name}
+        )
+        self._publish_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+
+    async def channel(self, prefetch: int) -> AbstractChannel:
+        """A consuming channel with per-consumer prefetch (global QoS is refused by quorum queues)."""
+        assert self.connection is not None
+        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        await channel.set_qos(prefetch_count=prefetch, global_=False)
+        return channel
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            assert self._publish_channel is not None
+            exchange = await self._publish_channel.get_exchange(name, ensure=False)
+            self._exchanges[name] = exchange
+        return exchange
+
+    async def publish(self, exchange_name: str, routing_key: str, message: aio_pika.Message) -> None:
+        """Returns once the broker confirmed; raises DeliveryError (nack), PublishError (unroutable),
+        TimeoutError, or a connection error otherwise."""
+        exchange = await self._exchange(exchange_name)
+        await exchange.publish(message, routing_key, mandatory=True, timeout=self._publish_timeout)
+
+    async def publish_message(self, message: Envelope) -> None:
+        await self.publish(
+            self.topology.exchange(message.exchange_role), message.routing_key, to_amqp(message)
+        )
+
+    @property
+    def is_connected(self) -> bool:
+        return self.connection is not None and not self.connection.is_closed
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+            self.connection = None

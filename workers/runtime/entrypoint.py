@@ -1,0 +1,21 @@
+"""Process entry point shared by the workers: settings, logging, run until SIGTERM."""
+
+import asyncio
+
+from workers.runtime.logging import configure_logging
+from workers.runtime.settings import Settings
+from workers.runtime.worker import Worker
+
+
+async def run_worker(name: str, settings: Settings | None = None) -> None:
+    from workers.registry import worker_spec
+
+    settings = settings or Settings()
+    worker = Worker(worker_spec(name), settings)
+    await worker.run()
+
+
+def main(name: str) -> None:
+    settings = Settings()
+    configure_logging(settings.log_level, worker=name)
+    asyncio.run(run_worker(name, settings))

@@ -1,0 +1,23 @@
+"""Configuration from environment variables; every default points at the local services."""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", alias="AMQP_URL")
+    database_url: str = Field(
+        default="postgresql+asyncpg://postgres@127.0.0.1:5432/appointments", alias="DATABASE_URL"
+    )
+    namespace: str = Field(default="appt", alias="APPT_NAMESPACE", pattern=r"^[a-z0-9][a-z0-9_.-]{0,40}$")
+    prefetch: int = Field(default=32, ge=1, le=1000, alias="APPT_PREFETCH")
+    log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+    publish_timeout_s: float = Field(default=10.0, gt=0, alias="APPT_PUBLISH_TIMEOUT_S")
+    drain_timeout_s: float = Field(default=30.0, gt=0, alias="APPT_DRAIN_TIMEOUT_S")
+    db_pool_size: int = Field(default=10, ge=1, le=200, alias="APPT_DB_POOL_SIZE")
+    outbox_poll_interval_s: float = Field(default=1.0, gt=0, alias="APPT_OUTBOX_POLL_S")
+    outbox_batch_size: int = Field(default=200, ge=1, le=5000, alias="APPT_OUTBOX_BATCH")
+    outbox_retention_s: float = Field(default=3600.0, ge=0, alias="APPT_OUTBOX_RETENTION_S")
+    transient_retry_delay_s: float = Field(default=1.0, ge=0, alias="APPT_TRANSIENT_RETRY_DELAY_S")
