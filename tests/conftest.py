@@ -1,0 +1,138 @@
+"""Fixtures for tests on the real services: a database per test session, a RabbitMQ namespace per test.
+
+Services come from AMQP_URL / DATABASE_URL (default: the local ones). Only when those are not
+reachable and a Docker engine is available do we fall back to testcontainers.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aio_pika
+import pytest
+from sqlalchemy.engine import make_url
+
+from infra import topology as topology_module
+from infra.db.admin import drop_database, ensure_database
+from infra.db.migrate import upgrade_async
+from workers.runtime.broker import Broker
+from workers.runtime.database import create_engine
+from workers.runtime.settings import Settings
+from workers.runtime.worker import Worker
+
+DEFAULTS = Settings()
+
+
+@dataclass(frozen=True)
+class ServiceUrls:
+    amqp: str
+    database: str
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parsed = make_url(url.replace("amqp://", "postgresql://", 1)) if url.startswith("amqp") else make_url(url)
+    try:
+        with socket.create_connection((parsed.host or "127.0.0.1", parsed.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def service_urls() -> ServiceUrls:
+    amqp = os.environ.get("AMQP_URL", DEFAULTS.amqp_url)
+    database = os.environ.get("DATABASE_URL", DEFAULTS.database_url)
+    if _reachable(amqp, 5672) and _reachable(database, 5432):
+        yield ServiceUrls(amqp, database)
+        return
+    configured = "AMQP_URL" in os.environ or "DATABASE_URL" in os.environ
+    if configured or not _docker_available():
+        pytest.fail(
+            f"PostgreSQL ({database}) or RabbitMQ ({amqp}) is not reachable. Run `bash infra/services.sh` "
+            "to start the local services, or set DATABASE_URL / AMQP_URL."
+        )
+    from testcontainers.postgres import PostgresContainer
+    from testcontainers.rabbitmq import RabbitMqContainer
+
+    with PostgresContainer("postgres:15", driver="asyncpg") as pg, RabbitMqContainer("rabbitmq:3.13") as mq:
+        params = mq.get_connection_params()
+        yield ServiceUrls(f"amqp://guest:guest@{params.host}:{params.port}/", pg.get_connection_url())
+
+
+@pytest.fixture(scope="session")
+async def database_url(service_urls: ServiceUrls) -> AsyncIterator[str]:
+    name = f"appt_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    url = make_url(service_urls.database).set(database=name).render_as_string(hide_password=False)
+    await ensure_database(url)
+    await upgrade_async(url)
+    yield url
+    await drop_database(url)
+
+
+@pytest.fixture
+async def topology(service_urls: ServiceUrls) -> AsyncIterator[topology_module.Topology]:
+    """A fresh namespace of exchanges and queues for one test, deleted afterwards."""
+    spec = await topology_module.apply(service_urls.amqp, f"t{uuid.uuid4().hex[:10]}")
+    yield spec
+    connection = await aio_pika.connect(service_urls.amqp)
+    async with connection:
+        await topology_module.delete(await connection.channel(), spec)
+
+
+@pytest.fixture
+def settings(service_urls: ServiceUrls, database_url: str, topology) -> Settings:
+    return Settings(
+        AMQP_URL=service_urls.amqp,
+        DATABASE_URL=database_url,
+        APPT_NAMESPACE=topology.namespace,
+        APPT_OUTBOX_POLL_S=0.5,
+        APPT_DRAIN_TIMEOUT_S=10,
+        APPT_DB_POOL_SIZE=5,
+        APPT_TRANSIENT_RETRY_DELAY_S=0.05,
+    )
+
+
+@pytest.fixture
+async def engine(database_url: str):
+    engine = create_engine(database_url, pool_size=3)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def broker(settings: Settings, topology) -> AsyncIterator[Broker]:
+    broker = Broker(settings.amqp_url, topology, name="tests")
+    await broker.connect()
+    yield broker
+    await broker.close()
+
+
+@pytest.fixture
+async def workers(settings: Settings) -> AsyncIterator[dict[str, Worker]]:
+    """The three real workers, in this process, on the test's namespace and database."""
+    from workers.registry import WORKER_NAMES, worker_spec
+
+    running: dict[str, Worker] = {}
+    try:
+        for name in WORKER_NAMES:
+            worker = Worker(worker_spec(name), settings)
+            await worker.start()
+            running[name] = worker
+        yield running
+    finally:
+        for worker in running.values():
+            await worker.stop()
+
+
+def unique_tenant(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"

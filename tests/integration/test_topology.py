@@ -1,0 +1,66 @@
+"""The topology spec on the real broker: idempotent, quorum queues, routes where the contract says."""
+
+import aio_pika
+import aiormq
+import pytest
+
+from infra import topology as topology_module
+from tests.conftest import unique_tenant
+
+
+async def test_applying_twice_is_harmless(service_urls, topology):
+    again = await topology_module.apply(service_urls.amqp, topology.namespace)
+    assert again == topology
+
+
+async def test_every_work_queue_is_quorum_with_a_delivery_limit_and_dead_letter_route(topology):
+    for worker in topology_module.WORKERS:
+        spec = topology.queue_of(worker)
+        assert spec.arguments["x-queue-type"] == "quorum"
+        assert spec.arguments["x-delivery-limit"] == topology_module.DELIVERY_LIMIT
+        assert spec.arguments["x-dead-letter-strategy"] == "at-least-once"
+        assert spec.arguments["x-dead-letter-routing-key"] == spec.dead_letter_queue
+
+
+async def test_redeclaring_a_queue_with_other_arguments_is_refused(service_urls, topology):
+    # Queue arguments are part of the contract: the broker refuses a silent change.
+    connection = await aio_pika.connect(service_urls.amqp)
+    async with connection:
+        channel = await connection.channel()
+        with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
+            await channel.declare_queue(
+                topology.queue_of("policy_gate").name, durable=True, arguments={"x-queue-type": "classic"}
+            )
+
+
+@pytest.mark.parametrize(
+    ("role", "routing_key", "expected_workers"),
+    [
+        ("requests", "modify.requested", {"policy_gate", "portal_sync"}),
+        ("office", "office.portal_settings.updated", {"policy_gate"}),
+        ("office", "office.appointment.recorded", {"modify_handler"}),
+        ("internal", "modify.approved", {"modify_handler"}),
+        ("events", "appointment.rescheduled", {"portal_sync"}),
+        ("events", "job.status_changed", {"portal_sync"}),
+    ],
+)
+async def test_routes_follow_the_subscriptions(
+    service_urls, topology, broker, role, routing_key, expected_workers
+):
+    await broker.publish(
+        topology.exchange(role), routing_key, aio_pika.Message(b"{}", message_id=unique_tenant())
+    )
+    connection = await aio_pika.connect(service_urls.amqp)
+    async with connection:
+        channel = await connection.channel()
+        got = set()
+        for worker in topology_module.WORKERS:
+            queue = await channel.declare_queue(topology.queue_of(worker).name, passive=True)
+            if queue.declaration_result.message_count:
+                got.add(worker)
+    assert got == expected_workers
+
+
+async def test_unroutable_publish_raises_instead_of_vanishing(topology, broker):
+    with pytest.raises(aio_pika.exceptions.PublishError):
+        await broker.publish(topology.exchange("office"), "office.nobody.listens", aio_pika.Message(b"{}"))
