@@ -3,14 +3,19 @@
 Every publish is persistent, mandatory (unroutable raises) and confirmed; unconfirmed means unsent.
 """
 
+import asyncio
 from datetime import datetime
 
 import aio_pika
+import aiormq.exceptions
+import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from contracts.decoding import CONTENT_TYPE, encode
 from contracts.envelope import Envelope
 from infra.topology import Topology
+
+log = structlog.get_logger(__name__)
 
 
 def headers_for(message: Envelope) -> dict:
@@ -73,10 +78,23 @@ class Broker:
         self._publish_channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
 
-    async def connect(self) -> None:
-        self.connection = await aio_pika.connect_robust(
-            self._url, client_properties={"connection_name": self._name}
-        )
+    async def connect(self, retry_for_s: float = 0.0) -> None:
+        """Connect; with `retry_for_s`, keep trying that long so a worker started before the broker waits
+        for it instead of crashing. Once connected, the robust connection reconnects by itself."""
+        deadline = asyncio.get_running_loop().time() + retry_for_s
+        delay = 0.5
+        while True:
+            try:
+                self.connection = await aio_pika.connect_robust(
+                    self._url, client_properties={"connection_name": self._name}
+                )
+                break
+            except (OSError, aiormq.exceptions.AMQPConnectionError) as exc:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise
+                log.warning("broker.connect_retry", error=repr(exc)[:200], delay_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         self._publish_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
 
     async def channel(self, prefetch: int) -> AbstractChannel:

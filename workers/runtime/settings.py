@@ -20,4 +20,5 @@ class Settings(BaseSettings):
     outbox_poll_interval_s: float = Field(default=1.0, gt=0, alias="APPT_OUTBOX_POLL_S")
     outbox_batch_size: int = Field(default=200, ge=1, le=5000, alias="APPT_OUTBOX_BATCH")
     outbox_retention_s: float = Field(default=3600.0, ge=0, alias="APPT_OUTBOX_RETENTION_S")
+    startup_retry_s: float = Field(default=60.0, ge=0, alias="APPT_STARTUP_RETRY_S")
     transient_retry_delay_s: float = Field(default=1.0, ge=0, alias="APPT_TRANSIENT_RETRY_DELAY_S")

@@ -68,7 +68,7 @@ class Worker:
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
-        await self.broker.connect()
+        await self.broker.connect(retry_for_s=self.settings.startup_retry_s)
         if self.relay is not None:
             self._relay_task = asyncio.create_task(self.relay.run(), name=f"{self.spec.name}-relay")
         await self.consumer.start()
