@@ -65,9 +65,20 @@ CUSTOMER_TEXT: dict[str, str] = {
 }
 
 _ACTION_PAST = {"reschedule": "rescheduled", "cancel": "canceled"}
+# How an appointment status reads in a sentence to a customer.
+STATUS_PHRASE = {
+    "scheduled": "scheduled",
+    "dispatched": "dispatched (your technician is on the way)",
+    "working": "in progress",
+    "done": "completed",
+    "canceled": "canceled",
+}
 
 
 def customer_text(code: str, *, action: str | None = None, status: str | None = None) -> str:
     """The customer-facing sentence for an outcome code, with its blanks filled."""
     template = CUSTOMER_TEXT[code]
-    return template.format(action_past=_ACTION_PAST.get(action or "", "changed"), status=status or "closed")
+    return template.format(
+        action_past=_ACTION_PAST.get(action or "", "changed"),
+        status=STATUS_PHRASE.get(status or "", "closed"),
+    )

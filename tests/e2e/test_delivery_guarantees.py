@@ -210,3 +210,16 @@ async def test_job_is_canceled_only_when_its_last_active_appointment_is(workers,
 
 async def _job_status_is(engine, tenant: str, job_id: str, status: str) -> bool:
     return await readstore.job_status(engine, tenant, job_id) == status
+
+
+async def test_a_request_from_another_tenant_finds_nothing_and_changes_nothing(workers, broker, engine):
+    tenant = await booked_world(broker, engine, [("apt-1", "job-1")])
+    other_tenant = await booked_world(broker, engine, [("apt-9", "job-9")])
+    before = await appointment_view(engine, tenant, "apt-1")
+
+    intrusion = request(other_tenant, "apt-1", Cancel(reason="not mine"))  # same requester id, other tenant
+    await publish_all(broker, [intrusion])
+
+    result = await outcome(engine, other_tenant, intrusion.correlation_id)
+    assert (result.status, result.reason_code) == ("rejected", "appointment_not_found")
+    assert await appointment_view(engine, tenant, "apt-1") == before
