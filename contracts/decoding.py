@@ -28,11 +28,22 @@ class DecodeError(Exception):
         self.failure = failure
 
 
+def _safe_message(item: dict) -> str:
+    """pydantic's text, except where it quotes the input: a detail goes into headers and logs, and a
+    payload may hold personal data, so no value from the message is ever repeated."""
+    kind, ctx = item["type"], item.get("ctx") or {}
+    if kind == "union_tag_invalid":
+        return f"'{ctx.get('discriminator')}' must be one of {ctx.get('expected_tags')}"
+    if kind == "uuid_parsing":
+        return "Input should be a valid UUID"
+    return item["msg"]
+
+
 def _validation_detail(error: ValidationError) -> str:
     parts = []
     for item in error.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in item["loc"]) or "<message>"
-        parts.append(f"{where}: {item['msg']}")
+        parts.append(f"{where}: {_safe_message(item)}")
     return "; ".join(parts)[:_MAX_DETAIL]
 
 
@@ -51,7 +62,8 @@ def decode(
             DeadLetterReason.WRONG_CONTENT_TYPE, f"content_type {content_type!r}, expected {CONTENT_TYPE!r}"
         )
     try:
-        raw = json.loads(body)
+        # UTF-8 only, as RFC 8259 asks of JSON between systems (json.loads would also take UTF-16/32).
+        raw = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return DecodeFailure(DeadLetterReason.MALFORMED_JSON, str(exc)[:_MAX_DETAIL])
     if not isinstance(raw, dict):
@@ -60,7 +72,8 @@ def decode(
     if not isinstance(type_, str) or type_ not in KNOWN_TYPES:
         return DecodeFailure(DeadLetterReason.UNKNOWN_MESSAGE_TYPE, f"type {str(type_)[:100]!r} is not known")
     version = raw.get("schema_version")
-    cls = message_class(type_, version) if isinstance(version, int) else None
+    # `type(...) is int`: JSON true is a bool, and bool is an int subclass in Python.
+    cls = message_class(type_, version) if type(version) is int else None
     if cls is None:
         return DecodeFailure(
             DeadLetterReason.UNSUPPORTED_SCHEMA_VERSION,

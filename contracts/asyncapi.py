@@ -1,0 +1,499 @@
+"""Generates the AsyncAPI 3.0 document of the wire contract (contracts/asyncapi.json) from the models."""
+
+import argparse
+import copy
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydantic.json_schema import models_json_schema
+
+from contracts.decoding import CONTENT_TYPE, MAX_MESSAGE_BYTES
+from contracts.envelope import Envelope
+from contracts.reasons import CUSTOMER_TEXT, DeadLetterReason, FailureCode, RejectionCode, customer_text
+from contracts.registry import MESSAGE_CLASSES, type_name
+from infra.topology import DEAD_LETTER_ROLE, DEFAULT_NAMESPACE, DELIVERY_LIMIT, QueueSpec, Topology, build
+
+# The version of the contract as a whole; bump it when a message, route or code changes.
+CONTRACT_VERSION = "1.0.0"
+ASYNCAPI_VERSION = "3.0.0"
+AMQP_BINDING_VERSION = "0.3.0"
+DEFAULT_OUTPUT = Path(__file__).with_name("asyncapi.json")
+SCHEMA_REF = "#/components/schemas/{model}"
+
+# Who publishes each message type. The topology says who consumes; nothing in code says who
+# publishes (workers build messages in handlers), so it is declared here and tested.
+PUBLISHERS: dict[str, str] = {
+    "modify.requested": "portal",
+    "office.appointment.recorded": "office",
+    "office.portal_settings.updated": "office",
+    "modify.approved": "policy_gate",
+    "modify.rejected": "policy_gate",
+    "modify.failed": "modify_handler",
+    "appointment.rescheduled": "modify_handler",
+    "appointment.canceled": "modify_handler",
+    "appointment.updated": "modify_handler",
+    "job.status_changed": "modify_handler",
+}
+
+ACTORS: dict[str, str] = {
+    "portal": "A customer portal (external): publishes the customer's modify requests.",
+    "office": "The office system (external): publishes appointments and self-service settings.",
+    "policy_gate": "Our worker that decides each request against the business's rules.",
+    "modify_handler": "Our worker that applies approved changes and records the office's appointments.",
+    "portal_sync": "Our worker that projects requests and results into the portal read store.",
+}
+
+DEAD_LETTER_TEXT: dict[str, str] = {
+    DeadLetterReason.MESSAGE_TOO_LARGE: f"The body is larger than {MAX_MESSAGE_BYTES} bytes.",
+    DeadLetterReason.WRONG_CONTENT_TYPE: f"The AMQP content_type is not {CONTENT_TYPE}.",
+    DeadLetterReason.MALFORMED_JSON: "The body is not UTF-8 JSON, or its top level is not an object.",
+    DeadLetterReason.UNKNOWN_MESSAGE_TYPE: "The body's `type` is missing or not a known message type.",
+    DeadLetterReason.UNSUPPORTED_SCHEMA_VERSION: "The body's `schema_version` is not one we accept.",
+    DeadLetterReason.SCHEMA_VIOLATION: "The body does not match its message schema (strict: no coercion).",
+    DeadLetterReason.PROPERTIES_MISMATCH: "The AMQP `type` property contradicts the body's `type`.",
+    DeadLetterReason.UNEXPECTED_MESSAGE_TYPE: "A valid message reached a worker that has no handler for it.",
+    DeadLetterReason.HANDLER_ERROR: "The worker failed on the message with an error that is not transient.",
+    DeadLetterReason.DELIVERY_LIMIT_EXCEEDED: (
+        f"Reserved. A message redelivered more than {DELIVERY_LIMIT} times is dead-lettered by the "
+        "broker itself, which sets RabbitMQ's `x-death` / `x-first-death-reason` headers instead."
+    ),
+}
+
+# AMQP headers our publishers set on every message (workers/runtime/broker.py `headers_for`),
+# each mirroring an envelope field so ops tools can filter without parsing bodies.
+HEADER_FIELDS: dict[str, str] = {
+    "x-message-type": "type",
+    "x-schema-version": "schema_version",
+    "x-tenant-id": "tenant_id",
+    "x-producer": "producer",
+    "x-causation-id": "causation_id",
+}
+
+# Headers a worker adds when it dead-letters a message (workers/runtime/consumer.py `_dead_letter`).
+DEAD_LETTER_HEADERS: dict[str, dict] = {
+    "x-dead-letter-reason": {
+        "type": "string",
+        "enum": [str(reason) for reason in DeadLetterReason],
+        "description": "Why: a code from `x-reason-codes.DeadLetterReason`.",
+    },
+    "x-dead-letter-detail": {
+        "type": "string",
+        "description": "A short, bounded explanation, e.g. the schema errors' locations and messages.",
+    },
+    "x-original-exchange": {"type": "string", "description": "The exchange the message was published to."},
+    "x-original-routing-key": {"type": "string", "description": "The routing key it was published with."},
+    "x-original-queue": {"type": "string", "description": "The work queue it was consumed from."},
+    "x-dead-lettered-by": {"type": "string", "description": "The worker that dead-lettered it."},
+    "x-dead-lettered-at": {"type": "string", "format": "date-time", "description": "When (UTC, ISO 8601)."},
+}
+
+DESCRIPTION = """\
+Customer self-service for field-service appointments: a portal asks to reschedule or cancel an \
+appointment, the business's rules decide, and the outcome flows back to the portal.
+
+**Flow.** A portal publishes `modify.requested` to `{ns}.requests`. `policy_gate` checks it against \
+the business's self-service settings (`office.portal_settings.updated`) and the appointment, and \
+publishes `modify.approved` to `{ns}.internal` or `modify.rejected` to `{ns}.events`. `modify_handler` \
+applies approved changes to the appointments the office records (`office.appointment.recorded`) and \
+publishes `appointment.rescheduled` / `appointment.canceled`, or `modify.failed` when the appointment \
+changed after the decision; office changes become `appointment.updated` and `job.status_changed`. \
+`portal_sync` consumes every request and result event and keeps the portal read store up to date. \
+Every message that follows from a request carries the request's `correlation_id`; `causation_id` is \
+the `message_id` of the message that caused it.
+
+**Publishing.** JSON bodies (`{content_type}`, UTF-8, at most {max_bytes} bytes), persistent, with \
+publisher confirms and `mandatory`. Set the AMQP `message_id`, `correlation_id` and `type` properties \
+to the envelope's values. Unknown fields are refused; ids and strings are bounded; times carry a \
+timezone. Exchange and queue names start with the deployment namespace (`{ns}` by default).
+
+**Dead letters.** A message a worker cannot process is republished, body unchanged, to the direct \
+exchange `{dlx}` with the routing key `<work queue>.dead` (a quorum queue of that name), then \
+acknowledged. It keeps its headers and gains `x-dead-letter-reason` (a code from \
+`x-reason-codes.DeadLetterReason`), `x-dead-letter-detail`, `x-original-exchange`, \
+`x-original-routing-key`, `x-original-queue`, `x-dead-lettered-by` and `x-dead-lettered-at`. A message \
+redelivered more than {limit} times is dead-lettered by the broker with RabbitMQ's `x-death` headers.
+"""
+
+
+# --- names ----------------------------------------------------------------------------------------
+
+
+def _snake(name: str) -> str:
+    return name.replace(".", "_").replace("-", "_")
+
+
+def channel_id(exchange_role: str, routing_key: str) -> str:
+    """One channel per (exchange, routing key); ids use only [A-Za-z0-9_-] so tools can name things."""
+    return f"{_snake(exchange_role)}_{_snake(routing_key)}"
+
+
+def message_key(cls: type[Envelope]) -> str:
+    return cls.__name__
+
+
+def _pointer(*parts: str) -> str:
+    escaped = (part.replace("~", "~0").replace("/", "~1") for part in parts)
+    return "#/" + "/".join(escaped)
+
+
+# --- topology -------------------------------------------------------------------------------------
+
+
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """AMQP topic matching: `*` is exactly one word, `#` zero or more words."""
+    return _match(pattern.split("."), routing_key.split("."))
+
+
+def _match(pattern: list[str], words: list[str]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head == "*" or head == words[0]) and _match(rest, words[1:])
+
+
+def consumers(topology: Topology, cls: type[Envelope]) -> Iterator[tuple[QueueSpec, str]]:
+    """(work queue, first matching binding key) for every queue a message of `cls` is routed to."""
+    for queue in topology.queues:
+        keys = [
+            binding.routing_key
+            for binding in queue.bindings
+            if binding.exchange_role == cls.exchange_role
+            and topic_matches(binding.routing_key, cls.routing_key)
+        ]
+        if queue.worker is not None and keys:
+            yield queue, keys[0]
+
+
+# --- schemas --------------------------------------------------------------------------------------
+
+
+def _schemas() -> dict[str, dict]:
+    """Every message's validation schema and its parts, named once, refs pointing into components."""
+    _, top = models_json_schema([(cls, "validation") for cls in MESSAGE_CLASSES], ref_template=SCHEMA_REF)
+    schemas = dict(sorted(top["$defs"].items()))
+    for cls in MESSAGE_CLASSES:
+        # decode() dispatches on these two before validating, so the wire requires them even though
+        # the models give them defaults (which makes pydantic call them optional).
+        _require(schemas[cls.__name__], "type", "schema_version")
+    for schema in schemas.values():
+        _walk_discriminators(schema, schemas)
+    return schemas
+
+
+def _require(schema: dict, *fields: str) -> None:
+    required = set(schema.get("required", ())) | set(fields)
+    schema["required"] = [name for name in schema["properties"] if name in required]
+
+
+def _walk_discriminators(node: object, schemas: dict[str, dict]) -> None:
+    """AsyncAPI's `discriminator` is a property name (a string), not OpenAPI's object that pydantic
+    emits; the tag property must be required in every variant, as the tagged union demands."""
+    if isinstance(node, list):
+        for item in node:
+            _walk_discriminators(item, schemas)
+        return
+    if not isinstance(node, dict):
+        return
+    found = node.get("discriminator")
+    if isinstance(found, dict):
+        prop = found["propertyName"]
+        node["discriminator"] = prop
+        for ref in found.get("mapping", {}).values():
+            _require(schemas[ref.rsplit("/", 1)[1]], prop)
+    for key, value in node.items():
+        if key != "discriminator":
+            _walk_discriminators(value, schemas)
+
+
+def _headers(envelope_schema: dict) -> dict:
+    properties = {}
+    for header, field in HEADER_FIELDS.items():
+        source = envelope_schema["properties"][field]
+        if field == "causation_id":
+            schema = {"type": "string", "format": "uuid"}
+            note = "Set only when the envelope has a causation_id."
+        else:
+            schema = {k: source[k] for k in ("type", "const", "pattern", "format") if k in source}
+            note = ""
+        schema["description"] = f"Mirrors the envelope's `{field}`. {note}".strip()
+        properties[header] = schema
+    return {
+        "type": "object",
+        "description": (
+            "Set by our workers on every message they publish, so ops tools can filter without parsing "
+            "bodies. External publishers may omit them: consumers read the body, not these headers."
+        ),
+        "properties": properties,
+    }
+
+
+# --- document parts -------------------------------------------------------------------------------
+
+
+def _title(cls: type[Envelope]) -> str:
+    words = "".join(f" {c}" if c.isupper() else c for c in cls.__name__).strip()
+    return words[0] + words[1:].lower()
+
+
+def _message(cls: type[Envelope], schemas: dict[str, dict], topology: Topology) -> dict:
+    type_ = type_name(cls)
+    return {
+        "name": type_,
+        "title": _title(cls),
+        "summary": cls.summary,
+        "description": (
+            f"Published by {PUBLISHERS[type_]} to `{topology.exchange(cls.exchange_role)}` with routing key "
+            f"`{cls.routing_key}`. AMQP properties: content_type `{CONTENT_TYPE}`, delivery_mode 2 "
+            "(persistent), message_id = `message_id`, correlation_id = `correlation_id`, "
+            "type = `type` (a mismatch is dead-lettered as `properties_mismatch`), app_id = `producer`, "
+            "timestamp = `occurred_at`."
+        ),
+        "contentType": CONTENT_TYPE,
+        "correlationId": {
+            "description": (
+                "The request id (portal) or change id (office), unchanged in every message that follows; "
+                "also sent as the AMQP correlation_id property."
+            ),
+            "location": "$message.payload#/correlation_id",
+        },
+        "headers": _headers(schemas[cls.__name__]),
+        "payload": {"$ref": SCHEMA_REF.format(model=cls.__name__)},
+        "bindings": {"amqp": {"messageType": type_, "bindingVersion": AMQP_BINDING_VERSION}},
+    }
+
+
+def _dead_letter_message() -> dict:
+    return {
+        "name": "dead_letter",
+        "title": "Dead letter",
+        "summary": "A message a worker could not process, with why.",
+        "description": (
+            "The original message, body and AMQP properties unchanged (the body may be anything, even "
+            "invalid JSON), plus the dead-letter headers below alongside its original headers."
+        ),
+        "headers": {
+            "type": "object",
+            "properties": copy.deepcopy(DEAD_LETTER_HEADERS),
+            "required": list(DEAD_LETTER_HEADERS),
+        },
+        "payload": {"description": "The original body, byte for byte."},
+    }
+
+
+def _exchange_binding(topology: Topology, role: str) -> dict:
+    spec = next(spec for spec in topology.exchanges if spec.role == role)
+    return {
+        "amqp": {
+            "is": "routingKey",
+            "exchange": {
+                "name": spec.name,
+                "type": str(spec.type.value),
+                "durable": True,
+                "autoDelete": False,
+                "vhost": "/",
+            },
+            "bindingVersion": AMQP_BINDING_VERSION,
+        }
+    }
+
+
+def _channels(topology: Topology) -> dict:
+    channels: dict[str, dict] = {}
+    for cls in MESSAGE_CLASSES:
+        key = channel_id(cls.exchange_role, cls.routing_key)
+        channel = channels.setdefault(
+            key,
+            {
+                "address": cls.routing_key,
+                "title": f"{topology.exchange(cls.exchange_role)} / {cls.routing_key}",
+                "description": "",
+                "messages": {},
+                "bindings": _exchange_binding(topology, cls.exchange_role),
+            },
+        )
+        channel["messages"][message_key(cls)] = {"$ref": _pointer("components", "messages", message_key(cls))}
+        queues = [
+            f"`{queue.name}` ({queue.worker}, binding key `{bound}`)"
+            for queue, bound in consumers(topology, cls)
+        ]
+        channel["description"] = (
+            f"Topic exchange `{topology.exchange(cls.exchange_role)}`, routing key `{cls.routing_key}`. "
+            f"Consumed by: {', '.join(queues) or 'no queue of ours'}."
+        )
+    for queue in topology.queues:
+        if queue.dead_letter_queue is None:
+            continue
+        channels[channel_id(DEAD_LETTER_ROLE, queue.dead_letter_queue)] = {
+            "address": queue.dead_letter_queue,
+            "title": f"{topology.dead_letter_exchange} / {queue.dead_letter_queue}",
+            "description": (
+                f"Dead letters of `{queue.name}`: direct exchange `{topology.dead_letter_exchange}`, "
+                f"routing key `{queue.dead_letter_queue}`, bound to the quorum queue of the same name."
+            ),
+            "messages": {"DeadLetter": {"$ref": _pointer("components", "messages", "DeadLetter")}},
+            "bindings": _exchange_binding(topology, DEAD_LETTER_ROLE),
+        }
+    return channels
+
+
+def _operation(action: str, channel: str, messages: list[str], summary: str, description: str) -> dict:
+    amqp = (
+        {"deliveryMode": 2, "mandatory": True, "timestamp": True}
+        if action == "send"
+        else {"ack": True}  # acked only after the handler's transaction committed
+    )
+    return {
+        "action": action,
+        "channel": {"$ref": _pointer("channels", channel)},
+        "summary": summary,
+        "description": description,
+        "messages": [{"$ref": _pointer("channels", channel, "messages", name)} for name in messages],
+        "bindings": {"amqp": {**amqp, "bindingVersion": AMQP_BINDING_VERSION}},
+    }
+
+
+def _operations(topology: Topology) -> dict:
+    operations: dict[str, dict] = {}
+    for cls in MESSAGE_CLASSES:
+        type_, publisher = type_name(cls), PUBLISHERS[type_name(cls)]
+        operations[f"{publisher}_send_{_snake(type_)}"] = _operation(
+            "send",
+            channel_id(cls.exchange_role, cls.routing_key),
+            [message_key(cls)],
+            cls.summary,
+            f"{ACTORS[publisher]} Publishes to `{topology.exchange(cls.exchange_role)}`.",
+        )
+    receives = sorted(
+        ((queue, bound, cls) for cls in MESSAGE_CLASSES for queue, bound in consumers(topology, cls)),
+        key=lambda item: topology.queues.index(item[0]),  # grouped by worker, registry order within
+    )
+    for queue, bound, cls in receives:
+        operations[f"{queue.worker}_receive_{_snake(type_name(cls))}"] = _operation(
+            "receive",
+            channel_id(cls.exchange_role, cls.routing_key),
+            [message_key(cls)],
+            cls.summary,
+            f"{ACTORS[queue.worker]} Consumes from `{queue.name}` (binding key `{bound}`).",
+        )
+    for queue in topology.queues:
+        if queue.worker is None or queue.dead_letter_queue is None:
+            continue
+        operations[f"{queue.worker}_send_dead_letter"] = _operation(
+            "send",
+            channel_id(DEAD_LETTER_ROLE, queue.dead_letter_queue),
+            ["DeadLetter"],
+            "Set aside a message that cannot be processed, with why.",
+            f"{queue.worker} republishes what it cannot process from `{queue.name}`, then acks it.",
+        )
+    return operations
+
+
+def _reason_codes() -> dict:
+    def outcome(code: str) -> dict:
+        # An example with the blanks filled, as customer_text() does for a reschedule of a done job.
+        return {
+            "customerText": CUSTOMER_TEXT[code],
+            "example": customer_text(code, action="reschedule", status="done"),
+        }
+
+    return {
+        "RejectionCode": {
+            "description": "`reason_code` of `modify.rejected`: the rules refused the request.",
+            "codes": {str(code): outcome(code) for code in RejectionCode},
+        },
+        "FailureCode": {
+            "description": "`reason_code` of `modify.failed`: approved but could not be applied.",
+            "codes": {str(code): outcome(code) for code in FailureCode},
+        },
+        "DeadLetterReason": {
+            "description": "`x-dead-letter-reason` header of dead letters.",
+            "codes": {str(code): {"description": DEAD_LETTER_TEXT[code]} for code in DeadLetterReason},
+        },
+        "blanks": {
+            "{action_past}": "'rescheduled' or 'canceled' from the request's action ('changed' if unknown).",
+            "{status}": "The appointment's status as a phrase a customer reads ('closed' if unknown).",
+        },
+    }
+
+
+# --- public API -----------------------------------------------------------------------------------
+
+
+def build_document(namespace: str = DEFAULT_NAMESPACE) -> dict:
+    """The AsyncAPI 3.0 document as a JSON-serialisable dict, the same on every call."""
+    topology = build(namespace)
+    schemas = _schemas()
+    messages = {message_key(cls): _message(cls, schemas, topology) for cls in MESSAGE_CLASSES}
+    messages["DeadLetter"] = _dead_letter_message()
+    description = DESCRIPTION.format(
+        ns=namespace,
+        content_type=CONTENT_TYPE,
+        max_bytes=MAX_MESSAGE_BYTES,
+        dlx=topology.dead_letter_exchange,
+        limit=DELIVERY_LIMIT,
+    )
+    return {
+        "asyncapi": ASYNCAPI_VERSION,
+        "info": {
+            "title": "Appointment self-service messaging",
+            "version": CONTRACT_VERSION,
+            "description": description,
+        },
+        "defaultContentType": CONTENT_TYPE,
+        "servers": {
+            "local": {
+                "host": "localhost:5672",
+                "protocol": "amqp",
+                "protocolVersion": "0-9-1",
+                "description": "The local RabbitMQ (`bash infra/services.sh` or docker compose); AMQP_URL.",
+            }
+        },
+        "channels": _channels(topology),
+        "operations": _operations(topology),
+        "components": {"schemas": schemas, "messages": messages},
+        "x-reason-codes": _reason_codes(),
+    }
+
+
+def render() -> str:
+    """The document as committed: 2-space JSON in a fixed key order, ending in a newline."""
+    return json.dumps(build_document(), indent=2, ensure_ascii=False) + "\n"
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m contracts.asyncapi", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the file differs from the models")
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_OUTPUT, help="default: contracts/asyncapi.json"
+    )
+    args = parser.parse_args(argv)
+    text = render()
+    shown = _shown(args.output)
+    if args.check:
+        current = args.output.read_text(encoding="utf-8") if args.output.exists() else None
+        if current != text:
+            again = "" if args.output == DEFAULT_OUTPUT else f" --output {shown}"
+            print(f"{shown} is stale: run `python -m contracts.asyncapi{again}`", file=sys.stderr)
+            return 1
+        print(f"{shown} is up to date")
+        return 0
+    args.output.write_text(text, encoding="utf-8", newline="\n")
+    print(f"wrote {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""Valid wire messages with sensible defaults, one factory per message type, for every test to reuse."""
+
+# Each factory returns a model instance; pass keyword arguments to change what a test cares about.
+# Windows default to the future relative to now, so a default request is never "in the past";
+# our own messages are built with Envelope.follow, as the workers build them.
+
+from datetime import UTC, datetime, timedelta
+from uuid import UUID, uuid4
+
+from contracts.common import (
+    AppointmentSnapshot,
+    AppointmentStatus,
+    ArrivalWindow,
+    Confirmation,
+    ContactRole,
+    JobStatus,
+    Project,
+    ProjectContact,
+)
+from contracts.envelope import Envelope
+from contracts.events_v1 import (
+    AppointmentCanceled,
+    AppointmentCanceledPayload,
+    AppointmentRescheduled,
+    AppointmentRescheduledPayload,
+    AppointmentUpdated,
+    AppointmentUpdatedPayload,
+    Initiator,
+    JobStatusChanged,
+    JobStatusChangedPayload,
+    ModifyFailed,
+    ModifyFailedPayload,
+    ModifyRejected,
+    ModifyRejectedPayload,
+)
+from contracts.internal_v1 import ModifyApproved, ModifyApprovedPayload
+from contracts.office_v1 import (
+    ActionRules,
+    AppointmentRecorded,
+    AppointmentRecordedPayload,
+    ConfirmationRule,
+    Permission,
+    PortalSettingsPayload,
+    PortalSettingsUpdated,
+)
+from contracts.portal_v1 import Cancel, ModifyChange, ModifyRequested, ModifyRequestedPayload, Reschedule
+from contracts.reasons import FailureCode, RejectionCode, customer_text
+
+TENANT = "acme"
+APPOINTMENT_ID = "appt-1"
+JOB_ID = "job-1"
+CUSTOMER_ID = "cust-1"
+REQUEST_ID = "req-1"
+BUSINESS_UNIT = "hvac"
+JOB_TYPE = "repair"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def arrival_window(
+    days_ahead: float = 7, *, hours: float = 2, start: datetime | None = None
+) -> ArrivalWindow:
+    """An arrival window of `hours` starting at `start`, or on the hour `days_ahead` days from now."""
+    if start is None:
+        start = now().replace(minute=0, second=0, microsecond=0) + timedelta(days=days_ahead)
+    return ArrivalWindow(start=start, end=start + timedelta(hours=hours))
+
+
+def reschedule(new_window: ArrivalWindow | None = None) -> Reschedule:
+    """A reschedule change; by default to a window 10 days ahead (not the default appointment window)."""
+    return Reschedule(new_window=new_window or arrival_window(10))
+
+
+def cancel(reason: str | None = None) -> Cancel:
+    return Cancel(reason=reason)
+
+
+def project(project_id: str = "proj-1", contacts: dict[str, ContactRole] | None = None) -> Project:
+    """A construction project with its named contacts, e.g. {"lead-1": ContactRole.PROJECT_LEAD}."""
+    return Project(
+        project_id=project_id,
+        contacts=[ProjectContact(contact_id=cid, role=role) for cid, role in (contacts or {}).items()],
+    )
+
+
+def allow_all_rules() -> ActionRules:
+    """Rules that let customers reschedule and cancel in either confirmation state."""
+    allow = ConfirmationRule(confirmed=Permission.ALLOW, unconfirmed=Permission.ALLOW)
+    return ActionRules(reschedule=allow, cancel=allow)
+
+
+def _envelope(
+    tenant: str, correlation_id: str, producer: str, occurred_at: datetime | None, causation_id: UUID | None
+) -> dict:
+    return {
+        "message_id": uuid4(),
+        "tenant_id": tenant,
+        "correlation_id": correlation_id,
+        "causation_id": causation_id,
+        "occurred_at": occurred_at or now(),
+        "producer": producer,
+    }
+
+
+# --- inputs: portal and office --------------------------------------------------------------------
+
+
+def modify_requested(
+    *,
+    tenant: str = TENANT,
+    appointment_id: str = APPOINTMENT_ID,
+    requester_id: str = CUSTOMER_ID,
+    change: ModifyChange | None = None,
+    expected_version: int | None = None,
+    request_id: str = REQUEST_ID,
+    producer: str = "portal-web",
+    occurred_at: datetime | None = None,
+) -> ModifyRequested:
+    """A customer's request (correlation_id = the portal's request id); a reschedule by default."""
+    return ModifyRequested(
+        **_envelope(tenant, request_id, producer, occurred_at, None),
+        payload=ModifyRequestedPayload(
+            appointment_id=appointment_id,
+            requester_id=requester_id,
+            change=change or reschedule(),
+            expected_version=expected_version,
+        ),
+    )
+
+
+def appointment_recorded(
+    *,
+    tenant: str = TENANT,
+    appointment_id: str = APPOINTMENT_ID,
+    job_id: str = JOB_ID,
+    customer_id: str = CUSTOMER_ID,
+    business_unit: str = BUSINESS_UNIT,
+    job_type: str = JOB_TYPE,
+    project: Project | None = None,
+    window: ArrivalWindow | None = None,
+    status: AppointmentStatus = AppointmentStatus.SCHEDULED,
+    confirmation: Confirmation = Confirmation.UNCONFIRMED,
+    change_id: str = "office-change-1",
+    occurred_at: datetime | None = None,
+) -> AppointmentRecorded:
+    """The office's full state of an appointment; a scheduled, unconfirmed one a week ahead by default."""
+    return AppointmentRecorded(
+        **_envelope(tenant, change_id, "office", occurred_at, None),
+        payload=AppointmentRecordedPayload(
+            appointment_id=appointment_id,
+            job_id=job_id,
+            customer_id=customer_id,
+            business_unit=business_unit,
+            job_type=job_type,
+            project=project,
+            window=window or arrival_window(),
+            status=status,
+            confirmation=confirmation,
+        ),
+    )
+
+
+def portal_settings_updated(
+    *,
+    tenant: str = TENANT,
+    feature_enabled: bool = True,
+    rules: ActionRules | None = None,
+    settings_version: int = 1,
+    changed_by: str = "admin-1",
+    occurred_at: datetime | None = None,
+) -> PortalSettingsUpdated:
+    """Self-service settings; enabled and allowing everything by default (pass rules to restrict)."""
+    return PortalSettingsUpdated(
+        **_envelope(tenant, f"settings-{settings_version}", "office", occurred_at, None),
+        payload=PortalSettingsPayload(
+            feature_enabled=feature_enabled,
+            rules=rules or allow_all_rules(),
+            settings_version=settings_version,
+            changed_by=changed_by,
+        ),
+    )
+
+
+# --- our own messages: each follows from a cause, as the workers build them -----------------------
+
+
+def modify_approved(
+    cause: ModifyRequested | None = None, *, decided_on_version: int = 1, producer: str = "policy_gate"
+) -> ModifyApproved:
+    """The gate's approval of `cause` (a default request when None)."""
+    cause = cause or modify_requested()
+    return ModifyApproved.follow(
+        cause,
+        producer=producer,
+        occurred_at=now(),
+        payload=ModifyApprovedPayload(
+            appointment_id=cause.payload.appointment_id,
+            requester_id=cause.payload.requester_id,
+            change=cause.payload.change,
+            decided_on_version=decided_on_version,
+        ),
+    )
+
+
+def modify_rejected(
+    cause: ModifyRequested | None = None, *, code: RejectionCode = RejectionCode.SAME_WINDOW
+) -> ModifyRejected:
+    """The gate's refusal of `cause` with `code` and its customer text."""
+    cause = cause or modify_requested()
+    action = cause.payload.change.action
+    return ModifyRejected.follow(
+        cause,
+        producer="policy_gate",
+        occurred_at=now(),
+        payload=ModifyRejectedPayload(
+            request_id=cause.correlation_id,
+            appointment_id=cause.payload.appointment_id,
+            action=action,
+            reason_code=code,
+            reason=customer_text(code, action=action),
+        ),
+    )
+
+
+def modify_failed(
+    cause: ModifyApproved | None = None, *, code: FailureCode = FailureCode.APPOINTMENT_CHANGED
+) -> ModifyFailed:
+    """The scheduling worker could not apply the approved `cause`."""
+    cause = cause or modify_approved()
+    action = cause.payload.change.action
+    return ModifyFailed.follow(
+        cause,
+        producer="modify_handler",
+        occurred_at=now(),
+        payload=ModifyFailedPayload(
+            request_id=cause.correlation_id,
+            appointment_id=cause.payload.appointment_id,
+            action=action,
+            reason_code=code,
+            reason=customer_text(code, action=action),
+        ),
+    )
+
+
+def snapshot(
+    *,
+    appointment_id: str = APPOINTMENT_ID,
+    job_id: str = JOB_ID,
+    customer_id: str = CUSTOMER_ID,
+    window: ArrivalWindow | None = None,
+    status: AppointmentStatus = AppointmentStatus.SCHEDULED,
+    confirmation: Confirmation = Confirmation.UNCONFIRMED,
+    project_id: str | None = None,
+    version: int = 2,
+) -> AppointmentSnapshot:
+    """An appointment's state as result events carry it."""
+    return AppointmentSnapshot(
+        appointment_id=appointment_id,
+        job_id=job_id,
+        customer_id=customer_id,
+        business_unit=BUSINESS_UNIT,
+        job_type=JOB_TYPE,
+        project_id=project_id,
+        window=window or arrival_window(),
+        status=status,
+        confirmation=confirmation,
+        version=version,
+    )
+
+
+def appointment_rescheduled(
+    cause: ModifyApproved | None = None, *, version: int = 2, previous_window: ArrivalWindow | None = None
+) -> AppointmentRescheduled:
+    """The appointment moved to the approved `cause`'s new window (a default reschedule when None)."""
+    cause = cause or modify_approved()
+    change = cause.payload.change
+    assert isinstance(change, Reschedule), "appointment_rescheduled needs an approved reschedule"
+    return AppointmentRescheduled.follow(
+        cause,
+        producer="modify_handler",
+        occurred_at=now(),
+        payload=AppointmentRescheduledPayload(
+            appointment=snapshot(
+                appointment_id=cause.payload.appointment_id, window=change.new_window, version=version
+            ),
+            previous_window=previous_window or arrival_window(),
+            initiated_by=Initiator.CUSTOMER,
+            request_id=cause.correlation_id,
+        ),
+    )
+
+
+def appointment_canceled(
+    cause: ModifyApproved | None = None, *, version: int = 2, reason: str | None = None
+) -> AppointmentCanceled:
+    """The appointment was canceled by the approved `cause` (a default cancel request when None)."""
+    cause = cause or modify_approved(modify_requested(change=cancel(reason)))
+    return AppointmentCanceled.follow(
+        cause,
+        producer="modify_handler",
+        occurred_at=now(),
+        payload=AppointmentCanceledPayload(
+            appointment=snapshot(
+                appointment_id=cause.payload.appointment_id,
+                status=AppointmentStatus.CANCELED,
+                version=version,
+            ),
+            reason=reason,
+            initiated_by=Initiator.CUSTOMER,
+            request_id=cause.correlation_id,
+        ),
+    )
+
+
+def appointment_updated(cause: AppointmentRecorded | None = None, *, version: int = 1) -> AppointmentUpdated:
+    """The office's recorded state (`cause`) as a result event."""
+    cause = cause or appointment_recorded()
+    p = cause.payload
+    return AppointmentUpdated.follow(
+        cause,
+        producer="modify_handler",
+        occurred_at=now(),
+        payload=AppointmentUpdatedPayload(
+            appointment=snapshot(
+                appointment_id=p.appointment_id,
+                job_id=p.job_id,
+                customer_id=p.customer_id,
+                window=p.window,
+                status=p.status,
+                confirmation=p.confirmation,
+                project_id=p.project.project_id if p.project else None,
+                version=version,
+            ),
+            initiated_by=Initiator.OFFICE,
+        ),
+    )
+
+
+def job_status_changed(
+    cause: Envelope | None = None,
+    *,
+    status: JobStatus = JobStatus.CANCELED,
+    previous_status: JobStatus | None = JobStatus.SCHEDULED,
+    active_appointments: int = 0,
+    version: int = 2,
+) -> JobStatusChanged:
+    """A job's status change caused by `cause` (by default: canceled after its last appointment was)."""
+    cause = cause or appointment_canceled()
+    return JobStatusChanged.follow(
+        cause,
+        producer="modify_handler",
+        occurred_at=now(),
+        payload=JobStatusChangedPayload(
+            job_id=JOB_ID,
+            customer_id=CUSTOMER_ID,
+            status=status,
+            previous_status=previous_status,
+            active_appointments=active_appointments,
+            version=version,
+        ),
+    )
+
+
+def one_of_each() -> list[Envelope]:
+    """One valid message of every registered type, in registry order."""
+    from contracts.registry import MESSAGE_CLASSES
+
+    built = [
+        modify_requested(),
+        appointment_recorded(),
+        portal_settings_updated(),
+        modify_approved(),
+        modify_rejected(),
+        modify_failed(),
+        appointment_rescheduled(),
+        appointment_canceled(),
+        appointment_updated(),
+        job_status_changed(),
+    ]
+    by_class = {type(message): message for message in built}
+    return [by_class[cls] for cls in MESSAGE_CLASSES]
