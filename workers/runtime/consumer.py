@@ -76,17 +76,25 @@ class QueueConsumer:
         log.info("consumer.started", queue=self._queue_name, prefetch=self._prefetch)
 
     async def drain(self, timeout_s: float) -> None:
-        """Stop taking messages, then let the ones in hand finish (unfinished ones go back to the queue)."""
+        """Stop taking messages, then let the ones in hand finish (unfinished ones go back to the queue).
+
+        Bounded by `timeout_s` as a whole, even when the broker is unreachable: cancelling the consumer
+        would otherwise wait for a reconnect that may never come.
+        """
         self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         if self._queue is not None and self._consumer_tag is not None:
             try:
-                await self._queue.cancel(self._consumer_tag)
+                await asyncio.wait_for(self._queue.cancel(self._consumer_tag), timeout=min(timeout_s, 5.0))
             except Exception as exc:
-                log.warning("consumer.cancel_failed", error=repr(exc))
+                log.warning("consumer.cancel_failed", error=repr(exc)[:300])
         if self._in_flight:
-            _, pending = await asyncio.wait(list(self._in_flight), timeout=timeout_s)
+            _, pending = await asyncio.wait(list(self._in_flight), timeout=max(deadline - loop.time(), 0.01))
             for task in pending:
                 task.cancel()
+            # Let cancelled handlers roll back before the caller closes the engine under them.
+            await asyncio.gather(*pending, return_exceptions=True)
         log.info("consumer.drained", queue=self._queue_name)
 
     def _count(self, outcome: str) -> None:
