@@ -49,6 +49,18 @@ fi
 if reachable "$mq_host" "$mq_port"; then echo "services: RabbitMQ reachable at $mq_host:$mq_port"
 else echo "services: RabbitMQ NOT reachable at $mq_host:$mq_port"; missing=1; fi
 
+# `apptctl status` reads unacknowledged counts and dead letters through the management HTTP API.
+# Enabling the plugin persists (enabled_plugins file), so this runs once per RabbitMQ installation.
+if [ "$missing" -eq 0 ] && is_local "$mq_host" && command -v rabbitmq-plugins >/dev/null 2>&1; then
+  if ! timeout 20 rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_management; then
+    echo "services: enabling the RabbitMQ management plugin"
+    timeout 60 rabbitmq-plugins enable rabbitmq_management >/dev/null || true
+  fi
+  for _ in $(seq 1 30); do reachable "$mq_host" 15672 && break; sleep 1; done
+  if reachable "$mq_host" 15672; then echo "services: RabbitMQ management API reachable at $mq_host:15672"
+  else echo "services: RabbitMQ management API NOT reachable at $mq_host:15672 (apptctl status reports unacked as unknown)"; fi
+fi
+
 if [ "$missing" -ne 0 ]; then
   echo "services: start them with 'docker compose up -d postgres rabbitmq' (see README), or set DATABASE_URL / AMQP_URL" >&2
   exit 1

@@ -8,6 +8,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
 
     amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", alias="AMQP_URL")
+    rabbitmq_management_url: str = Field(
+        default="http://guest:guest@127.0.0.1:15672", alias="RABBITMQ_MANAGEMENT_URL"
+    )
     database_url: str = Field(
         default="postgresql+asyncpg://postgres@127.0.0.1:5432/appointments", alias="DATABASE_URL"
     )
