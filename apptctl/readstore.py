@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from infra.db.tables import portal_appointments, portal_jobs, portal_requests, portal_settings
+from infra.db.tables import portal_appointments, portal_jobs, portal_requests
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,11 @@ async def job_status(engine: AsyncEngine, tenant_id: str, job_id: str) -> str | 
         ).scalar_one_or_none()
 
 
-async def settings_version(engine: AsyncEngine, tenant_id: str) -> int | None:
+async def settings_version(
+    engine: AsyncEngine, tenant_id: str, level: str = "business", key: str | None = None
+) -> int | None:
+    """The version of one of the business's settings layers (its own by default), if it has one."""
+    from workers.policy_gate.store import layer_version
+
     async with engine.connect() as conn:
-        return (
-            await conn.execute(
-                select(portal_settings.c.settings_version).where(portal_settings.c.tenant_id == tenant_id)
-            )
-        ).scalar_one_or_none()
+        return await layer_version(conn, tenant_id, level, key)

@@ -3,6 +3,7 @@
 import asyncio
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from uuid import uuid4
 
 import aio_pika
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from apptctl import readstore
 from apptctl.scenarios import Scenario, World
 from contracts.decoding import CONTENT_TYPE
+from contracts.office_v1 import ApprovalDecided, ApprovalDecidedPayload
 from workers.runtime.broker import Broker
 
 TERMINAL = frozenset({"rejected", "completed", "failed"})
@@ -48,7 +50,9 @@ async def wait_for_setup(engine: AsyncEngine, world: World, timeout_s: float = 3
 
     async def ready() -> bool:
         for message in world.settings:
-            version = await readstore.settings_version(engine, message.tenant_id)
+            scope = getattr(message.payload, "scope", None)
+            level, key = (scope.level.value, scope.key) if scope else ("business", None)
+            version = await readstore.settings_version(engine, message.tenant_id, level, key)
             if version is None or version < message.payload.settings_version:
                 return False
         for message in world.bookings:
@@ -117,14 +121,42 @@ async def run_scenarios(
 ) -> list[ScenarioResult]:
     before = await baseline(engine, world)
     await publish_all(broker, [s.request for s in world.scenarios])
+    approved: set[str] = set()
 
     async def settled() -> list[ScenarioResult] | None:
         results = [await observe(engine, s, before) for s in world.scenarios]
+        for result in results:
+            await _office_approves_if_waiting(broker, result, approved)
         done = all(r.request is not None and r.request.status in TERMINAL for r in results)
         return results if done and all(r.passed for r in results) else None
 
     results = await wait_until(settled, timeout_s, interval_s=0.2)
     return results or [await observe(engine, s, before) for s in world.scenarios]
+
+
+async def _office_approves_if_waiting(broker: Broker, result: ScenarioResult, approved: set[str]) -> None:
+    """Play the office's part: approve a request the scenario expects to wait for approval."""
+    scenario = result.scenario
+    if (
+        not scenario.expect.office_approves
+        or result.request is None
+        or result.request.status != "awaiting_approval"
+    ):
+        return
+    request_id = scenario.request.correlation_id
+    if request_id in approved:
+        return
+    approved.add(request_id)
+    await broker.publish_message(
+        ApprovalDecided(
+            message_id=uuid4(),
+            tenant_id=scenario.tenant_id,
+            correlation_id=f"approval-{request_id}",
+            occurred_at=datetime.now(UTC),
+            producer="office",
+            payload=ApprovalDecidedPayload(request_id=request_id, approved=True, decided_by="csr-office"),
+        )
+    )
 
 
 @dataclass

@@ -25,6 +25,15 @@ from contracts.office_v1 import (
     PortalSettingsPayload,
     PortalSettingsUpdated,
 )
+from contracts.office_v2 import Permission as PermissionV2
+from contracts.office_v2 import (
+    PortalSettingsUpdatedV2,
+    PortalSettingsV2Payload,
+    RescheduleSettings,
+    ScopeLevel,
+    SettingsLayer,
+    SettingsScope,
+)
 from contracts.portal_v1 import Cancel, ModifyRequested, ModifyRequestedPayload, Reschedule
 
 ALLOW, DENY = Permission.ALLOW, Permission.DENY
@@ -40,6 +49,7 @@ class Expectation:
     window: ArrivalWindow | None = None  # None: the window must be unchanged
     job_status: str | None = None
     unchanged_appointments: tuple[str, ...] = ()  # others that must keep their original version
+    office_approves: bool = False  # the request waits for the office, which then approves it
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,7 @@ class World:
     """Everything the demo publishes: office set-up first, then the portal requests."""
 
     run_id: str
-    settings: list[PortalSettingsUpdated] = field(default_factory=list)
+    settings: list[PortalSettingsUpdated | PortalSettingsUpdatedV2] = field(default_factory=list)
     bookings: list[AppointmentRecorded] = field(default_factory=list)
     scenarios: list[Scenario] = field(default_factory=list)
 
@@ -291,6 +301,68 @@ def build_world(run_id: str, now: datetime | None = None, tenant_suffix: str = "
             window=floor_new,
             unchanged_appointments=(floors[0], floors[2]),
         ),
+    )
+
+    # Residential construction: the office froze portal changes on another of the homeowner's projects.
+    garage_project = Project(
+        project_id=f"prj-{run_id}-garage",
+        contacts=[ProjectContact(contact_id="lead-dana", role=ContactRole.PROJECT_LEAD)],
+        portal_locked=True,
+    )
+    slab = book(
+        "oak-homes",
+        "garage-slab",
+        customer="home-eli",
+        job="garage-slab",
+        business_unit="construction",
+        job_type="concrete-pour",
+        confirmation=Confirmation.UNCONFIRMED,
+        window=window_on(day, 7, 4),
+        project=garage_project,
+    )
+    add(
+        "project-locked",
+        "Project lead tries to cancel on a project the office locked",
+        "oak-homes",
+        request("oak-homes", "slab-cancel", slab, "lead-dana", Cancel(reason="Weather")),
+        Expectation("rejected", reason_code="project_locked", appointment_status="scheduled"),
+    )
+
+    # Commercial construction: electrical rough-ins need the office's approval (a job-type override,
+    # settings schema v2); the subcontractor's move waits, the office grants it, then it is applied.
+    world.settings.append(
+        PortalSettingsUpdatedV2(
+            **_meta(tenant("skyline-build"), f"settings-{run_id}-electrical", "office", now),
+            payload=PortalSettingsV2Payload(
+                scope=SettingsScope(level=ScopeLevel.JOB_TYPE, key="electrical-rough-in"),
+                settings=SettingsLayer(
+                    reschedule=RescheduleSettings(
+                        confirmed=PermissionV2.REQUIRE_APPROVAL, unconfirmed=PermissionV2.REQUIRE_APPROVAL
+                    )
+                ),
+                settings_version=settings_version,
+                changed_by="admin-1",
+            ),
+        )
+    )
+    panel = book(
+        "skyline-build",
+        "panel",
+        customer="dev-corp",
+        job="panel",
+        business_unit="commercial-build",
+        job_type="electrical-rough-in",
+        confirmation=Confirmation.CONFIRMED,
+        window=window_on(day, 13),
+        project=sky_project,
+    )
+    panel_new = window_on(later + timedelta(days=2), 10)
+    add(
+        "office-approval",
+        "Subcontractor's move waits for the office, which approves it",
+        "skyline-build",
+        request("skyline-build", "panel-move", panel, "sub-gus", Reschedule(new_window=panel_new)),
+        Expectation("completed", appointment_status="scheduled", window=panel_new, office_approves=True),
     )
 
     # Someone else's appointment: refused as "not found", nothing changes.

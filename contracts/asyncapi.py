@@ -29,7 +29,9 @@ PUBLISHERS: dict[str, str] = {
     "office.appointment.recorded": "office",
     "office.portal_settings.updated": "office",
     "modify.approved": "policy_gate",
+    "office.approval.decided": "office",
     "modify.rejected": "policy_gate",
+    "modify.awaiting_approval": "policy_gate",
     "modify.failed": "modify_handler",
     "appointment.rescheduled": "modify_handler",
     "appointment.canceled": "modify_handler",
@@ -131,6 +133,12 @@ def channel_id(exchange_role: str, routing_key: str) -> str:
 
 def message_key(cls: type[Envelope]) -> str:
     return cls.__name__
+
+
+def operation_subject(cls: type[Envelope]) -> str:
+    """The message type in an operation id; later schema versions of one type get their own operation."""
+    version = cls.model_fields["schema_version"].default
+    return _snake(type_name(cls)) + (f"_v{version}" if version > 1 else "")
 
 
 def _pointer(*parts: str) -> str:
@@ -361,8 +369,8 @@ def _operation(action: str, channel: str, messages: list[str], summary: str, des
 def _operations(topology: Topology) -> dict:
     operations: dict[str, dict] = {}
     for cls in MESSAGE_CLASSES:
-        type_, publisher = type_name(cls), PUBLISHERS[type_name(cls)]
-        operations[f"{publisher}_send_{_snake(type_)}"] = _operation(
+        publisher = PUBLISHERS[type_name(cls)]
+        operations[f"{publisher}_send_{operation_subject(cls)}"] = _operation(
             "send",
             channel_id(cls.exchange_role, cls.routing_key),
             [message_key(cls)],
@@ -374,7 +382,7 @@ def _operations(topology: Topology) -> dict:
         key=lambda item: topology.queues.index(item[0]),  # grouped by worker, registry order within
     )
     for queue, bound, cls in receives:
-        operations[f"{queue.worker}_receive_{_snake(type_name(cls))}"] = _operation(
+        operations[f"{queue.worker}_receive_{operation_subject(cls)}"] = _operation(
             "receive",
             channel_id(cls.exchange_role, cls.routing_key),
             [message_key(cls)],

@@ -67,6 +67,15 @@ class Project(Strict):
 
     project_id: EntityId
     contacts: list[ProjectContact] = Field(default_factory=list, max_length=50)
+    portal_locked: bool = Field(default=False, description="The office froze portal changes for the project.")
+    starts_at: Timestamp | None = Field(default=None, description="New windows must not start before this.")
+    ends_at: Timestamp | None = Field(default=None, description="New windows must not end after this.")
+
+    @model_validator(mode="after")
+    def _dates_ordered(self) -> "Project":
+        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
+            raise ValueError("project must end after it starts")
+        return self
 
 
 class AppointmentSnapshot(Strict):

@@ -39,12 +39,15 @@ class Envelope(Strict):
     producer: Slug = Field(description="Who produced the message, e.g. 'portal-web' or 'modify_handler'.")
 
     @classmethod
-    def follow(cls, cause: "Envelope", *, producer: str, occurred_at, **fields):
-        """Build a message caused by `cause`: same tenant and correlation, causation = cause's id."""
+    def follow(
+        cls, cause: "Envelope", *, producer: str, occurred_at, correlation_id: str | None = None, **fields
+    ):
+        """Build a message caused by `cause`: same tenant and correlation (unless the cause answers another
+        request, e.g. an office approval), causation = cause's id."""
         return cls(
             message_id=uuid4(),
             tenant_id=cause.tenant_id,
-            correlation_id=cause.correlation_id,
+            correlation_id=correlation_id or cause.correlation_id,
             causation_id=cause.message_id,
             occurred_at=occurred_at,
             producer=producer,

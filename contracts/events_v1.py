@@ -33,6 +33,26 @@ class ModifyRejected(Envelope):
     payload: ModifyRejectedPayload
 
 
+class ModifyAwaitingApprovalPayload(Strict):
+    request_id: EntityId
+    appointment_id: EntityId
+    action: ModifyAction
+    reason_code: Slug = Field(description="awaiting_office_approval")
+    reason: LongText
+
+
+class ModifyAwaitingApproval(Envelope):
+    exchange_role: ClassVar[str] = "events"
+    routing_key: ClassVar[str] = "modify.awaiting_approval"
+    summary: ClassVar[str] = (
+        "The business wants its office to approve this request; it waits for that decision."
+    )
+
+    type: Literal["modify.awaiting_approval"] = "modify.awaiting_approval"
+    schema_version: Literal[1] = 1
+    payload: ModifyAwaitingApprovalPayload
+
+
 class ModifyFailedPayload(Strict):
     request_id: EntityId
     appointment_id: EntityId

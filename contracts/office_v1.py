@@ -7,7 +7,7 @@ from pydantic import Field
 
 from contracts.common import AppointmentStatus, ArrivalWindow, Confirmation, Project
 from contracts.envelope import Envelope, Strict
-from contracts.types import EntityId, Slug, Version
+from contracts.types import EntityId, ShortText, Slug, Version
 
 
 class AppointmentRecordedPayload(Strict):
@@ -66,3 +66,22 @@ class PortalSettingsUpdated(Envelope):
     type: Literal["office.portal_settings.updated"] = "office.portal_settings.updated"
     schema_version: Literal[1] = 1
     payload: PortalSettingsPayload
+
+
+class ApprovalDecidedPayload(Strict):
+    request_id: EntityId = Field(description="The portal request waiting for approval (its correlation id).")
+    approved: bool
+    reason: ShortText | None = Field(
+        default=None, description="Why the office declined; shown to the customer."
+    )
+    decided_by: EntityId
+
+
+class ApprovalDecided(Envelope):
+    exchange_role: ClassVar[str] = "office"
+    routing_key: ClassVar[str] = "office.approval.decided"
+    summary: ClassVar[str] = "The office approved or declined a request that was waiting for its approval."
+
+    type: Literal["office.approval.decided"] = "office.approval.decided"
+    schema_version: Literal[1] = 1
+    payload: ApprovalDecidedPayload

@@ -17,6 +17,21 @@ class RejectionCode(StrEnum):
     UNCONFIRMED_CHANGE_BLOCKED = "unconfirmed_change_blocked"
     NEW_WINDOW_IN_PAST = "new_window_in_past"
     SAME_WINDOW = "same_window"
+    PROJECT_LOCKED = "project_locked"
+    NOTICE_WINDOW_PASSED = "notice_window_passed"
+    NEW_WINDOW_TOO_SOON = "new_window_too_soon"
+    NEW_WINDOW_TOO_FAR = "new_window_too_far"
+    OUTSIDE_PROJECT_DATES = "outside_project_dates"
+    RESCHEDULE_LIMIT_REACHED = "reschedule_limit_reached"
+    CANCEL_REASON_REQUIRED = "cancel_reason_required"
+    CANCEL_REASON_NOT_ALLOWED = "cancel_reason_not_allowed"
+    OFFICE_DECLINED = "office_declined"
+
+
+class PendingCode(StrEnum):
+    """The request is neither allowed nor refused yet."""
+
+    AWAITING_OFFICE_APPROVAL = "awaiting_office_approval"
 
 
 class FailureCode(StrEnum):
@@ -58,6 +73,28 @@ CUSTOMER_TEXT: dict[str, str] = {
     ),
     RejectionCode.NEW_WINDOW_IN_PAST: "The time you picked has already passed. Please pick a later time.",
     RejectionCode.SAME_WINDOW: "Your appointment is already at that time.",
+    RejectionCode.PROJECT_LOCKED: (
+        "Changes to this project's appointments are handled by the office right now. Please contact your "
+        "project manager."
+    ),
+    RejectionCode.NOTICE_WINDOW_PASSED: (
+        "Online changes must be made at least {hours} hours before the appointment. Please call the office."
+    ),
+    RejectionCode.NEW_WINDOW_TOO_SOON: "Please pick a time at least {hours} hours from now.",
+    RejectionCode.NEW_WINDOW_TOO_FAR: "Please pick a time within the next {days} days.",
+    RejectionCode.OUTSIDE_PROJECT_DATES: "Please pick a time within your project's schedule.",
+    RejectionCode.RESCHEDULE_LIMIT_REACHED: (
+        "This appointment has already been rescheduled online {limit} times. Please call the office to "
+        "change it again."
+    ),
+    RejectionCode.CANCEL_REASON_REQUIRED: "Please tell us why you are canceling.",
+    RejectionCode.CANCEL_REASON_NOT_ALLOWED: "Please choose one of these reasons: {reasons}.",
+    RejectionCode.OFFICE_DECLINED: (
+        "The office couldn't approve this change: {office_reason} Please call the office."
+    ),
+    PendingCode.AWAITING_OFFICE_APPROVAL: (
+        "Your request was sent to the office for approval. We'll let you know as soon as they decide."
+    ),
     FailureCode.APPOINTMENT_CHANGED: (
         "Your appointment was updated by the office while we processed your request, so nothing was "
         "changed. Please review it and try again."
@@ -75,10 +112,24 @@ STATUS_PHRASE = {
 }
 
 
-def customer_text(code: str, *, action: str | None = None, status: str | None = None) -> str:
+# Neutral words for a blank the caller could not fill (documentation, examples); the gate always fills them.
+_NEUTRAL_FACTS = {
+    "hours": "the required number of",
+    "days": "bookable",
+    "limit": "the allowed number of",
+    "reasons": "the reasons the office lists",
+    "office_reason": "no reason was given.",
+}
+
+
+def customer_text(code: str, *, action: str | None = None, status: str | None = None, **facts: object) -> str:
     """The customer-facing sentence for an outcome code, with its blanks filled."""
     template = CUSTOMER_TEXT[code]
-    return template.format(
-        action_past=_ACTION_PAST.get(action or "", "changed"),
-        status=STATUS_PHRASE.get(status or "", "closed"),
+    return template.format_map(
+        {
+            **_NEUTRAL_FACTS,
+            "action_past": _ACTION_PAST.get(action or "", "changed"),
+            "status": STATUS_PHRASE.get(status or "", "closed"),
+            **facts,
+        }
     )

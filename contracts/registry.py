@@ -6,19 +6,24 @@ from contracts.events_v1 import (
     AppointmentRescheduled,
     AppointmentUpdated,
     JobStatusChanged,
+    ModifyAwaitingApproval,
     ModifyFailed,
     ModifyRejected,
 )
 from contracts.internal_v1 import ModifyApproved
-from contracts.office_v1 import AppointmentRecorded, PortalSettingsUpdated
+from contracts.office_v1 import AppointmentRecorded, ApprovalDecided, PortalSettingsUpdated
+from contracts.office_v2 import PortalSettingsUpdatedV2
 from contracts.portal_v1 import ModifyRequested
 
 MESSAGE_CLASSES: tuple[type[Envelope], ...] = (
     ModifyRequested,
     AppointmentRecorded,
     PortalSettingsUpdated,
+    PortalSettingsUpdatedV2,
+    ApprovalDecided,
     ModifyApproved,
     ModifyRejected,
+    ModifyAwaitingApproval,
     ModifyFailed,
     AppointmentRescheduled,
     AppointmentCanceled,

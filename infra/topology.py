@@ -68,6 +68,7 @@ SUBSCRIPTIONS: dict[str, tuple[Binding, ...]] = {
     "policy_gate": (
         Binding("requests", "modify.requested"),
         Binding("office", "office.portal_settings.updated"),
+        Binding("office", "office.approval.decided"),
     ),
     "modify_handler": (
         Binding("internal", "modify.approved"),

@@ -28,6 +28,8 @@ from contracts.events_v1 import (
     Initiator,
     JobStatusChanged,
     JobStatusChangedPayload,
+    ModifyAwaitingApproval,
+    ModifyAwaitingApprovalPayload,
     ModifyFailed,
     ModifyFailedPayload,
     ModifyRejected,
@@ -38,13 +40,16 @@ from contracts.office_v1 import (
     ActionRules,
     AppointmentRecorded,
     AppointmentRecordedPayload,
+    ApprovalDecided,
+    ApprovalDecidedPayload,
     ConfirmationRule,
     Permission,
     PortalSettingsPayload,
     PortalSettingsUpdated,
 )
+from contracts.office_v2 import PortalSettingsUpdatedV2, PortalSettingsV2Payload, SettingsLayer, SettingsScope
 from contracts.portal_v1 import Cancel, ModifyChange, ModifyRequested, ModifyRequestedPayload, Reschedule
-from contracts.reasons import FailureCode, RejectionCode, customer_text
+from contracts.reasons import FailureCode, PendingCode, RejectionCode, customer_text
 
 TENANT = "acme"
 APPOINTMENT_ID = "appt-1"
@@ -183,7 +188,57 @@ def portal_settings_updated(
     )
 
 
+def settings_layer_updated(
+    *,
+    tenant: str = TENANT,
+    level: str = "business",
+    key: str | None = None,
+    settings: SettingsLayer | None = None,
+    settings_version: int = 1,
+    changed_by: str = "admin-1",
+) -> PortalSettingsUpdatedV2:
+    """One layer of settings (v2); by default a business layer that turns self-service on."""
+    return PortalSettingsUpdatedV2(
+        **_envelope(tenant, f"settings-{level}-{settings_version}", "office", None, None),
+        payload=PortalSettingsV2Payload(
+            scope=SettingsScope(level=level, key=key),
+            settings=settings or SettingsLayer(feature_enabled=True),
+            settings_version=settings_version,
+            changed_by=changed_by,
+        ),
+    )
+
+
+def approval_decided(
+    request_id: str = "req-1", *, tenant: str = TENANT, approved: bool = True, reason: str | None = None
+) -> ApprovalDecided:
+    """The office's answer to a request that waited for its approval."""
+    return ApprovalDecided(
+        **_envelope(tenant, f"approval-{request_id}", "office", None, None),
+        payload=ApprovalDecidedPayload(
+            request_id=request_id, approved=approved, reason=reason, decided_by="csr-1"
+        ),
+    )
+
+
 # --- our own messages: each follows from a cause, as the workers build them -----------------------
+
+
+def modify_awaiting_approval(cause: ModifyRequested | None = None) -> ModifyAwaitingApproval:
+    """The gate parks `cause` until the office decides."""
+    cause = cause or modify_requested()
+    return ModifyAwaitingApproval.follow(
+        cause,
+        producer="policy_gate",
+        occurred_at=now(),
+        payload=ModifyAwaitingApprovalPayload(
+            request_id=cause.correlation_id,
+            appointment_id=cause.payload.appointment_id,
+            action=cause.payload.change.action,
+            reason_code=PendingCode.AWAITING_OFFICE_APPROVAL,
+            reason=customer_text(PendingCode.AWAITING_OFFICE_APPROVAL),
+        ),
+    )
 
 
 def modify_approved(
@@ -371,8 +426,11 @@ def one_of_each() -> list[Envelope]:
         modify_requested(),
         appointment_recorded(),
         portal_settings_updated(),
+        settings_layer_updated(),
+        approval_decided(),
         modify_approved(),
         modify_rejected(),
+        modify_awaiting_approval(),
         modify_failed(),
         appointment_rescheduled(),
         appointment_canceled(),

@@ -61,6 +61,19 @@ project_contacts = Table(
     schema="scheduling",
 )
 
+projects = Table(
+    "projects",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("project_id", ID, nullable=False),
+    Column("portal_locked", Boolean, nullable=False, server_default=text("false")),
+    Column("starts_at", DateTime(timezone=True)),
+    Column("ends_at", DateTime(timezone=True)),
+    _now(),
+    PrimaryKeyConstraint("tenant_id", "project_id"),
+    schema="scheduling",
+)
+
 appointments = Table(
     "appointments",
     metadata,
@@ -77,6 +90,7 @@ appointments = Table(
     Column("confirmation", String(16), nullable=False),
     Column("version", BigInteger, nullable=False, server_default=text("1")),
     _now(),
+    Column("customer_reschedules", Integer, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("tenant_id", "appointment_id"),
     ForeignKeyConstraint(["tenant_id", "job_id"], ["scheduling.jobs.tenant_id", "scheduling.jobs.job_id"]),
     CheckConstraint("window_end > window_start", name="appointment_window_ordered"),
@@ -87,16 +101,37 @@ appointments = Table(
 )
 
 # --- policy: the gate's settings and its decisions -----------------------------------------------
-portal_settings = Table(
-    "portal_settings",
+settings_layers = Table(
+    "settings_layers",
     metadata,
     Column("tenant_id", ID, nullable=False),
-    Column("feature_enabled", Boolean, nullable=False),
-    Column("rules", JSONB, nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("scope_key", ID, nullable=False),  # '' for the business level
+    Column("settings", JSONB, nullable=False),
     Column("settings_version", BigInteger, nullable=False),
     Column("changed_by", ID, nullable=False),
     _now(),
-    PrimaryKeyConstraint("tenant_id"),
+    PrimaryKeyConstraint("tenant_id", "level", "scope_key"),
+    CheckConstraint(
+        "level IN ('business','business_unit','job_type','project')", name="settings_level_known"
+    ),
+    schema="policy",
+)
+
+settings_history = Table(
+    "settings_history",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("tenant_id", ID, nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("scope_key", ID, nullable=False),
+    Column("settings_version", BigInteger, nullable=False),
+    Column("settings", JSONB, nullable=False),
+    Column("previous", JSONB),
+    Column("changed_by", ID, nullable=False),
+    Column("message_id", UUID(as_uuid=True), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("settings_history_by_scope", "tenant_id", "level", "scope_key", "id"),
     schema="policy",
 )
 
@@ -113,8 +148,15 @@ decisions = Table(
     Column("reason_text", String(1000)),
     Column("decided_on_version", BigInteger),
     Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("requester_id", ID),
+    Column("change", JSONB),
+    Column("rule", String(64)),
+    Column("setting", String(64)),
+    Column("setting_level", String(16)),
+    Column("office_decided_by", ID),
+    Column("office_decided_at", DateTime(timezone=True)),
     PrimaryKeyConstraint("tenant_id", "request_id"),
-    CheckConstraint("outcome IN ('approved','rejected')", name="decision_outcome_known"),
+    CheckConstraint("outcome IN ('approved','rejected','needs_approval')", name="decision_outcome_known"),
     schema="policy",
 )
 
@@ -162,13 +204,16 @@ portal_requests = Table(
     Column("appointment_id", ID, nullable=False),
     Column("requester_id", ID),
     Column("action", String(16), nullable=False),
-    Column("status", String(16), nullable=False),
+    Column("status", String(24), nullable=False),
     Column("reason_code", String(64)),
     Column("reason_text", String(1000)),
     Column("requested_at", DateTime(timezone=True)),
     _now(),
     PrimaryKeyConstraint("tenant_id", "request_id"),
-    CheckConstraint("status IN ('pending','rejected','completed','failed')", name="request_status_known"),
+    CheckConstraint(
+        "status IN ('pending','awaiting_approval','rejected','completed','failed')",
+        name="request_status_known",
+    ),
     schema="portal",
 )
 

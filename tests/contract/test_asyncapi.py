@@ -207,7 +207,7 @@ def test_every_message_class_is_documented_with_its_route(cls: type[Envelope]) -
 @pytest.mark.parametrize("cls", MESSAGE_CLASSES, ids=type_name)
 def test_each_message_has_one_publisher(cls: type[Envelope]) -> None:
     sends = operations_for(cls, "send")
-    assert list(sends) == [f"{asyncapi.PUBLISHERS[type_name(cls)]}_send_{type_name(cls).replace('.', '_')}"]
+    assert list(sends) == [f"{asyncapi.PUBLISHERS[type_name(cls)]}_send_{asyncapi.operation_subject(cls)}"]
 
 
 @pytest.mark.parametrize("cls", MESSAGE_CLASSES, ids=type_name)

@@ -28,7 +28,7 @@ async def test_demo_passes_and_can_run_again(service_urls, database_url):
         for _ in range(2):
             result = _apptctl("demo", env=env)
             assert result.returncode == 0, result.stdout + result.stderr
-            assert "demo: 8/8 scenarios ended as expected" in result.stdout
+            assert "demo: 10/10 scenarios ended as expected" in result.stdout
             assert "[FAIL]" not in result.stdout
     finally:
         connection = await aio_pika.connect(service_urls.amqp)

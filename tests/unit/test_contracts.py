@@ -27,6 +27,7 @@ from contracts.reasons import (
     STATUS_PHRASE,
     DeadLetterReason,
     FailureCode,
+    PendingCode,
     RejectionCode,
     customer_text,
 )
@@ -158,7 +159,7 @@ def test_decode_or_raise() -> None:
 def test_registry_lists_every_class_once_by_type_and_version() -> None:
     assert len(MESSAGE_TYPES) == len(MESSAGE_CLASSES)
     for cls in MESSAGE_CLASSES:
-        assert message_class(type_name(cls), 1) is cls
+        assert message_class(type_name(cls), cls.model_fields["schema_version"].default) is cls
         assert cls.exchange_role in EXCHANGE_ROLES
         assert cls.routing_key and cls.summary
     assert KNOWN_TYPES == {type_name(cls) for cls in MESSAGE_CLASSES}
@@ -549,7 +550,18 @@ def test_reason_codes_are_stable() -> None:
         "unconfirmed_change_blocked",
         "new_window_in_past",
         "same_window",
+        # codes are only ever appended
+        "project_locked",
+        "notice_window_passed",
+        "new_window_too_soon",
+        "new_window_too_far",
+        "outside_project_dates",
+        "reschedule_limit_reached",
+        "cancel_reason_required",
+        "cancel_reason_not_allowed",
+        "office_declined",
     ]
+    assert [str(c) for c in PendingCode] == ["awaiting_office_approval"]
     assert [str(c) for c in FailureCode] == ["appointment_changed", "new_window_in_past"]
     assert {str(c) for c in DeadLetterReason} >= {
         "message_too_large",
@@ -564,7 +576,7 @@ def test_reason_codes_are_stable() -> None:
     }
 
 
-OUTCOME_CODES = [*RejectionCode, *FailureCode]
+OUTCOME_CODES = [*RejectionCode, *FailureCode, *PendingCode]
 
 
 @pytest.mark.parametrize("code", OUTCOME_CODES, ids=lambda c: f"{type(c).__name__}.{c.name}")

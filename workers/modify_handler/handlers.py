@@ -46,7 +46,9 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
     if isinstance(result, Failure):
         await _fail(message, uow, result.code, now)
         return
-    await repository.save_appointment(conn, result)
+    await repository.save_appointment(
+        conn, result, customer_reschedule=isinstance(request.change, Reschedule)
+    )
     event: Envelope
     if isinstance(request.change, Reschedule):
         event = AppointmentRescheduled.follow(

@@ -6,7 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.common import AppointmentStatus, ArrivalWindow, Confirmation, JobStatus
 from contracts.office_v1 import AppointmentRecordedPayload
-from infra.db.tables import appointments, jobs, project_contacts
+from infra.db.tables import appointments, jobs, project_contacts, projects
 from workers.modify_handler.domain import Appointment
 
 
@@ -37,7 +37,11 @@ async def lock_appointment(conn: AsyncConnection, tenant_id: str, appointment_id
     return _to_domain(row) if row else None
 
 
-async def save_appointment(conn: AsyncConnection, appointment: Appointment) -> None:
+async def save_appointment(
+    conn: AsyncConnection, appointment: Appointment, *, customer_reschedule: bool = False
+) -> None:
+    """Write the appointment's new state; a customer's reschedule also counts toward their limit."""
+    counted = {"customer_reschedules": appointments.c.customer_reschedules + 1} if customer_reschedule else {}
     await conn.execute(
         update(appointments)
         .where(
@@ -51,6 +55,7 @@ async def save_appointment(conn: AsyncConnection, appointment: Appointment) -> N
             confirmation=appointment.confirmation.value,
             version=appointment.version,
             updated_at=func.now(),
+            **counted,
         )
     )
 
@@ -125,8 +130,21 @@ async def record_office_appointment(
     ).returning(*appointments.c)
     row = (await conn.execute(statement)).one()
     if payload.project is not None:
+        await record_project(conn, tenant_id, payload.project)
         await replace_project_contacts(conn, tenant_id, payload.project)
     return _to_domain(row)
+
+
+async def record_project(conn: AsyncConnection, tenant_id: str, project) -> None:
+    """The project's portal lock and dates, as the office last sent them."""
+    values = dict(portal_locked=project.portal_locked, starts_at=project.starts_at, ends_at=project.ends_at)
+    statement = insert(projects).values(tenant_id=tenant_id, project_id=project.project_id, **values)
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[projects.c.tenant_id, projects.c.project_id],
+            set_={**{k: statement.excluded[k] for k in values}, "updated_at": func.now()},
+        )
+    )
 
 
 async def replace_project_contacts(conn: AsyncConnection, tenant_id: str, project) -> None:

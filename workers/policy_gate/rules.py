@@ -1,58 +1,243 @@
-"""The gate's rules, pure: facts about the appointment + the business's settings + now -> a decision.
+"""The gate's rules, pure: facts about the appointment + effective settings + now -> a decision.
 
-Order matters and is part of the contract: ownership first (so a stranger learns nothing about an
-appointment, not even whether self-service is on), then the feature switch, then the appointment's
-state, then the business's rule for this action and confirmation state, then the new time itself.
+The order is part of the contract and documented in docs/policy.md:
+ 1. ownership (a stranger learns nothing, not even whether self-service is on)
+ 2. feature switch            3. project lock            4. blocking statuses
+ 5. the permission for this action and confirmation state (deny)
+ 6. the notice window before the current start
+ 7. reschedule only: new window in the past / unchanged / too soon / too far / outside the project's
+    dates; the customer reschedule limit.   cancel only: reason required / reason not on the list
+ 8. the permission says "require approval" -> the request waits for the office
+The window-independent part (1-6 and the reschedule limit) also decides what the portal offers, so
+the portal never shows a button the gate would refuse.
 """
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from enum import StrEnum
 
 from contracts.common import AppointmentStatus, ArrivalWindow, Confirmation
-from contracts.office_v1 import ActionRules, Permission
+from contracts.office_v2 import Permission
 from contracts.portal_v1 import Cancel, Reschedule
-from contracts.reasons import RejectionCode, customer_text
+from contracts.reasons import PendingCode, RejectionCode, customer_text
+from workers.policy_gate.settings import EffectiveSettings
 
-# Statuses in which the customer may still change the appointment online.
-MODIFIABLE_STATUSES = frozenset({AppointmentStatus.SCHEDULED})
+
+class Outcome(StrEnum):
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    NEEDS_APPROVAL = "needs_approval"
+
+
+@dataclass(frozen=True)
+class ProjectFacts:
+    project_id: str
+    contacts: frozenset[str]
+    portal_locked: bool = False
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
 
 
 @dataclass(frozen=True)
 class AppointmentFacts:
     appointment_id: str
     customer_id: str
-    project_contacts: frozenset[str]
+    business_unit: str
+    job_type: str
+    project: ProjectFacts | None
     status: AppointmentStatus
     confirmation: Confirmation
     window: ArrivalWindow
     version: int
+    customer_reschedules: int = 0
 
-
-@dataclass(frozen=True)
-class PortalSettings:
-    feature_enabled: bool
-    rules: ActionRules
-    settings_version: int
+    @property
+    def project_id(self) -> str | None:
+        return self.project.project_id if self.project else None
 
 
 @dataclass(frozen=True)
 class Decision:
-    approved: bool
+    outcome: Outcome
     rule: str
+    setting: str | None = None  # the settings path that decided, if one did
+    setting_level: str | None = None  # business / business_unit / job_type / project / default
     reason_code: str | None = None
     reason_text: str | None = None
 
-    @classmethod
-    def reject(cls, code: RejectionCode, rule: str, **text_args) -> "Decision":
-        return cls(False, rule, code.value, customer_text(code, **text_args))
+    @property
+    def approved(self) -> bool:
+        return self.outcome is Outcome.APPROVED
 
 
-APPROVED = Decision(True, "all_rules_passed")
+APPROVED = Decision(Outcome.APPROVED, "all_rules_passed")
 
 
 def may_act_for(requester_id: str, facts: AppointmentFacts) -> bool:
-    """The job's customer, or a named contact of the appointment's project."""
-    return requester_id == facts.customer_id or requester_id in facts.project_contacts
+    """The job's customer, or a named contact (project lead, subcontractor) of the appointment's project."""
+    return requester_id == facts.customer_id or (
+        facts.project is not None and requester_id in facts.project.contacts
+    )
+
+
+def _reject(
+    code: RejectionCode,
+    rule: str,
+    settings: EffectiveSettings | None = None,
+    setting: str | None = None,
+    **text_args,
+) -> Decision:
+    level = settings.level_of(setting) if settings is not None and setting is not None else None
+    return Decision(Outcome.REJECTED, rule, setting, level, code.value, customer_text(code, **text_args))
+
+
+def check_action(
+    *,
+    requester_id: str,
+    action: str,
+    facts: AppointmentFacts | None,
+    settings: EffectiveSettings,
+    now: datetime,
+) -> Decision:
+    """Everything that does not depend on the new window or the cancel reason (rules 1-6, the reschedule
+    limit, and the approval requirement). APPROVED here means the portal may offer the action."""
+    if facts is None or not may_act_for(requester_id, facts):
+        return _reject(RejectionCode.APPOINTMENT_NOT_FOUND, "ownership")
+    if not settings.get("feature_enabled"):
+        return _reject(RejectionCode.SELF_SERVICE_DISABLED, "feature_switch", settings, "feature_enabled")
+    if facts.project is not None and facts.project.portal_locked:
+        return Decision(
+            Outcome.REJECTED,
+            "project_lock",
+            None,
+            "project",
+            RejectionCode.PROJECT_LOCKED.value,
+            customer_text(RejectionCode.PROJECT_LOCKED),
+        )
+    if facts.status in settings.get("blocking_statuses"):
+        return _reject(
+            RejectionCode.APPOINTMENT_NOT_MODIFIABLE,
+            "appointment_status",
+            settings,
+            "blocking_statuses",
+            status=facts.status.value,
+        )
+    permission_path = f"{action}.{facts.confirmation.value}"
+    permission = settings.get(permission_path)
+    if permission is Permission.DENY:
+        code = (
+            RejectionCode.CONFIRMED_CHANGE_BLOCKED
+            if facts.confirmation is Confirmation.CONFIRMED
+            else RejectionCode.UNCONFIRMED_CHANGE_BLOCKED
+        )
+        return _reject(code, permission_path, settings, permission_path, action=action)
+    notice_path = f"{action}.min_notice_hours"
+    notice_hours = settings.get(notice_path)
+    if now + timedelta(hours=notice_hours) >= facts.window.start:
+        return _reject(
+            RejectionCode.NOTICE_WINDOW_PASSED, "notice_window", settings, notice_path, hours=notice_hours
+        )
+    if action == "reschedule":
+        limit = settings.get("reschedule.max_customer_reschedules")
+        if limit is not None and facts.customer_reschedules >= limit:
+            return _reject(
+                RejectionCode.RESCHEDULE_LIMIT_REACHED,
+                "reschedule_limit",
+                settings,
+                "reschedule.max_customer_reschedules",
+                limit=limit,
+            )
+    if action == "reschedule":
+        closed = _no_bookable_window(facts, settings, now)
+        if closed is not None:
+            return closed
+    if permission is Permission.REQUIRE_APPROVAL:
+        return Decision(
+            Outcome.NEEDS_APPROVAL,
+            permission_path,
+            permission_path,
+            settings.level_of(permission_path),
+            PendingCode.AWAITING_OFFICE_APPROVAL.value,
+            customer_text(PendingCode.AWAITING_OFFICE_APPROVAL),
+        )
+    return APPROVED
+
+
+def _no_bookable_window(
+    facts: AppointmentFacts, settings: EffectiveSettings, now: datetime
+) -> Decision | None:
+    """Refuse up front when lead time, horizon and the project's dates leave no start a new window could
+    have, so the portal does not offer a reschedule that every pick would fail."""
+    earliest = now + timedelta(hours=settings.get("reschedule.min_lead_hours"))
+    latest = now + timedelta(days=settings.get("reschedule.max_horizon_days"))
+    project = facts.project
+    if project is not None and project.starts_at is not None:
+        earliest = max(earliest, project.starts_at)
+    if project is not None and project.ends_at is not None and earliest >= project.ends_at:
+        return Decision(
+            Outcome.REJECTED,
+            "project_dates",
+            None,
+            "project",
+            RejectionCode.OUTSIDE_PROJECT_DATES.value,
+            customer_text(RejectionCode.OUTSIDE_PROJECT_DATES),
+        )
+    if earliest > latest:
+        horizon = settings.get("reschedule.max_horizon_days")
+        return _reject(
+            RejectionCode.NEW_WINDOW_TOO_FAR, "horizon", settings, "reschedule.max_horizon_days", days=horizon
+        )
+    return None
+
+
+def _check_new_window(
+    new_window: ArrivalWindow, facts: AppointmentFacts, settings: EffectiveSettings, now: datetime
+) -> Decision | None:
+    if new_window.start <= now:
+        return _reject(RejectionCode.NEW_WINDOW_IN_PAST, "new_window")
+    if new_window == facts.window:
+        return _reject(RejectionCode.SAME_WINDOW, "new_window")
+    lead = settings.get("reschedule.min_lead_hours")
+    if new_window.start < now + timedelta(hours=lead):
+        return _reject(
+            RejectionCode.NEW_WINDOW_TOO_SOON, "lead_time", settings, "reschedule.min_lead_hours", hours=lead
+        )
+    horizon = settings.get("reschedule.max_horizon_days")
+    if new_window.start > now + timedelta(days=horizon):
+        return _reject(
+            RejectionCode.NEW_WINDOW_TOO_FAR, "horizon", settings, "reschedule.max_horizon_days", days=horizon
+        )
+    project = facts.project
+    if project is not None and (
+        (project.starts_at is not None and new_window.start < project.starts_at)
+        or (project.ends_at is not None and new_window.end > project.ends_at)
+    ):
+        return Decision(
+            Outcome.REJECTED,
+            "project_dates",
+            None,
+            "project",
+            RejectionCode.OUTSIDE_PROJECT_DATES.value,
+            customer_text(RejectionCode.OUTSIDE_PROJECT_DATES),
+        )
+    return None
+
+
+def _check_cancel_reason(reason: str | None, settings: EffectiveSettings) -> Decision | None:
+    if settings.get("cancel.reason_required") and not reason:
+        return _reject(
+            RejectionCode.CANCEL_REASON_REQUIRED, "cancel_reason", settings, "cancel.reason_required"
+        )
+    allowed = settings.get("cancel.allowed_reasons")
+    if reason and allowed is not None and reason.casefold() not in {r.casefold() for r in allowed}:
+        return _reject(
+            RejectionCode.CANCEL_REASON_NOT_ALLOWED,
+            "cancel_reason",
+            settings,
+            "cancel.allowed_reasons",
+            reasons=", ".join(allowed),
+        )
+    return None
 
 
 def decide(
@@ -60,30 +245,40 @@ def decide(
     requester_id: str,
     change: Reschedule | Cancel,
     facts: AppointmentFacts | None,
-    settings: PortalSettings | None,
+    settings: EffectiveSettings,
     now: datetime,
 ) -> Decision:
-    action = change.action
-    if facts is None or not may_act_for(requester_id, facts):
-        return Decision.reject(RejectionCode.APPOINTMENT_NOT_FOUND, "ownership")
-    if settings is None or not settings.feature_enabled:
-        return Decision.reject(RejectionCode.SELF_SERVICE_DISABLED, "feature_switch")
-    if facts.status not in MODIFIABLE_STATUSES:
-        return Decision.reject(
-            RejectionCode.APPOINTMENT_NOT_MODIFIABLE, "appointment_status", status=facts.status.value
-        )
-    rule = getattr(settings.rules, action)
-    permission = getattr(rule, facts.confirmation.value)
-    if permission is not Permission.ALLOW:
-        code = (
-            RejectionCode.CONFIRMED_CHANGE_BLOCKED
-            if facts.confirmation is Confirmation.CONFIRMED
-            else RejectionCode.UNCONFIRMED_CHANGE_BLOCKED
-        )
-        return Decision.reject(code, f"{action}.{facts.confirmation.value}", action=action)
+    base = check_action(
+        requester_id=requester_id, action=change.action, facts=facts, settings=settings, now=now
+    )
+    if base.outcome is Outcome.REJECTED:
+        return base
+    assert facts is not None
     if isinstance(change, Reschedule):
-        if change.new_window.start <= now:
-            return Decision.reject(RejectionCode.NEW_WINDOW_IN_PAST, "new_window")
-        if change.new_window == facts.window:
-            return Decision.reject(RejectionCode.SAME_WINDOW, "new_window")
-    return APPROVED
+        refusal = _check_new_window(change.new_window, facts, settings, now)
+    else:
+        refusal = _check_cancel_reason(change.reason, settings)
+    return refusal or base
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What the portal shows for one appointment: which actions, and why not the others."""
+
+    reschedule: Decision
+    cancel: Decision
+
+    @property
+    def modify_offered(self) -> bool:
+        return self.reschedule.outcome is not Outcome.REJECTED or self.cancel.outcome is not Outcome.REJECTED
+
+
+def offer(*, requester_id: str, facts: AppointmentFacts, settings: EffectiveSettings, now: datetime) -> Offer:
+    return Offer(
+        reschedule=check_action(
+            requester_id=requester_id, action="reschedule", facts=facts, settings=settings, now=now
+        ),
+        cancel=check_action(
+            requester_id=requester_id, action="cancel", facts=facts, settings=settings, now=now
+        ),
+    )

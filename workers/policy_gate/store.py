@@ -1,15 +1,27 @@
-"""The gate's reads and writes: appointment facts (from scheduling), settings and decisions (policy)."""
+"""The gate's reads and writes: appointment facts (scheduling, read-only), settings layers with their
+history, and decisions by request id (policy)."""
 
 from datetime import datetime
+from uuid import UUID
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.common import AppointmentStatus, ArrivalWindow, Confirmation
-from contracts.office_v1 import ActionRules, PortalSettingsPayload
-from infra.db.tables import appointments, decisions, portal_settings, project_contacts
-from workers.policy_gate.rules import AppointmentFacts, Decision, PortalSettings
+from contracts.office_v2 import ScopeLevel, SettingsLayer, SettingsScope
+from infra.db.tables import (
+    appointments,
+    decisions,
+    project_contacts,
+    projects,
+    settings_history,
+    settings_layers,
+)
+from workers.policy_gate.rules import AppointmentFacts, Decision, ProjectFacts
+from workers.policy_gate.settings import ScopedLayer, applicable_scopes
+
+BUSINESS_KEY = ""  # the business layer has no key; '' keeps the primary key simple
 
 
 async def load_facts(
@@ -24,7 +36,7 @@ async def load_facts(
     ).first()
     if row is None:
         return None
-    contacts: frozenset[str] = frozenset()
+    project = None
     if row.project_id is not None:
         contacts = frozenset(
             (
@@ -36,46 +48,136 @@ async def load_facts(
                 )
             ).scalars()
         )
+        details = (
+            await connection.execute(
+                select(projects).where(
+                    projects.c.tenant_id == tenant_id, projects.c.project_id == row.project_id
+                )
+            )
+        ).first()
+        project = ProjectFacts(
+            project_id=row.project_id,
+            contacts=contacts,
+            portal_locked=bool(details and details.portal_locked),
+            starts_at=details.starts_at if details else None,
+            ends_at=details.ends_at if details else None,
+        )
     return AppointmentFacts(
         appointment_id=row.appointment_id,
         customer_id=row.customer_id,
-        project_contacts=contacts,
+        business_unit=row.business_unit,
+        job_type=row.job_type,
+        project=project,
         status=AppointmentStatus(row.status),
         confirmation=Confirmation(row.confirmation),
         window=ArrivalWindow(start=row.window_start, end=row.window_end),
         version=row.version,
+        customer_reschedules=row.customer_reschedules,
     )
 
 
-async def load_settings(connection: AsyncConnection, tenant_id: str) -> PortalSettings | None:
-    row = (
-        await connection.execute(select(portal_settings).where(portal_settings.c.tenant_id == tenant_id))
+async def load_layers(
+    connection: AsyncConnection, tenant_id: str, business_unit: str, job_type: str, project_id: str | None
+) -> list[ScopedLayer]:
+    """The settings layers that apply to one appointment (one query)."""
+    scopes = applicable_scopes(business_unit, job_type, project_id)
+    wanted = or_(
+        *(
+            and_(settings_layers.c.level == level.value, settings_layers.c.scope_key == (key or BUSINESS_KEY))
+            for level, key in scopes
+        )
+    )
+    rows = await connection.execute(
+        select(settings_layers).where(settings_layers.c.tenant_id == tenant_id, wanted)
+    )
+    return [
+        ScopedLayer(
+            ScopeLevel(r.level),
+            r.scope_key or None,
+            SettingsLayer.model_validate(r.settings, strict=False),
+            r.settings_version,
+        )
+        for r in rows
+    ]
+
+
+async def layer_version(
+    connection: AsyncConnection,
+    tenant_id: str,
+    level: str = ScopeLevel.BUSINESS.value,
+    key: str | None = None,
+) -> int | None:
+    return (
+        await connection.execute(
+            select(settings_layers.c.settings_version).where(
+                settings_layers.c.tenant_id == tenant_id,
+                settings_layers.c.level == level,
+                settings_layers.c.scope_key == (key or BUSINESS_KEY),
+            )
+        )
+    ).scalar_one_or_none()
+
+
+async def save_layer(
+    connection: AsyncConnection,
+    tenant_id: str,
+    scope: SettingsScope,
+    layer: SettingsLayer,
+    *,
+    settings_version: int,
+    changed_by: str,
+    message_id: UUID,
+) -> bool:
+    """Store a layer unless the same or a newer version is stored; keep the change in the history.
+    True when it was applied."""
+    key = scope.key or BUSINESS_KEY
+    document = layer.model_dump(mode="json", exclude_none=True)
+    previous = (
+        await connection.execute(
+            select(settings_layers.c.settings, settings_layers.c.settings_version)
+            .where(
+                settings_layers.c.tenant_id == tenant_id,
+                settings_layers.c.level == scope.level.value,
+                settings_layers.c.scope_key == key,
+            )
+            .with_for_update()
+        )
     ).first()
-    if row is None:
-        return None
-    return PortalSettings(
-        feature_enabled=row.feature_enabled,
-        rules=ActionRules.model_validate(row.rules, strict=False),
-        settings_version=row.settings_version,
-    )
-
-
-async def save_settings(connection: AsyncConnection, tenant_id: str, payload: PortalSettingsPayload) -> bool:
-    """Store settings unless a newer version is already stored; True when they were applied."""
-    values = dict(
+    if previous is not None and previous.settings_version >= settings_version:
+        return False
+    statement = insert(settings_layers).values(
         tenant_id=tenant_id,
-        feature_enabled=payload.feature_enabled,
-        rules=payload.rules.model_dump(mode="json"),
-        settings_version=payload.settings_version,
-        changed_by=payload.changed_by,
+        level=scope.level.value,
+        scope_key=key,
+        settings=document,
+        settings_version=settings_version,
+        changed_by=changed_by,
     )
-    statement = insert(portal_settings).values(**values)
-    statement = statement.on_conflict_do_update(
-        index_elements=[portal_settings.c.tenant_id],
-        set_={k: statement.excluded[k] for k in [*values, "updated_at"] if k != "tenant_id"},
-        where=portal_settings.c.settings_version < statement.excluded.settings_version,
-    ).returning(portal_settings.c.tenant_id)
-    return (await connection.execute(statement)).first() is not None
+    await connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=[
+                settings_layers.c.tenant_id,
+                settings_layers.c.level,
+                settings_layers.c.scope_key,
+            ],
+            set_={
+                k: statement.excluded[k] for k in ("settings", "settings_version", "changed_by", "updated_at")
+            },
+        )
+    )
+    await connection.execute(
+        insert(settings_history).values(
+            tenant_id=tenant_id,
+            level=scope.level.value,
+            scope_key=key,
+            settings_version=settings_version,
+            settings=document,
+            previous=previous.settings if previous else None,
+            changed_by=changed_by,
+            message_id=message_id,
+        )
+    )
+    return True
 
 
 async def record_decision(
@@ -85,7 +187,8 @@ async def record_decision(
     request_id: str,
     message_id,
     appointment_id: str,
-    action: str,
+    requester_id: str,
+    change: dict,
     decision: Decision,
     decided_on_version: int | None,
     decided_at: datetime,
@@ -98,8 +201,13 @@ async def record_decision(
             request_id=request_id,
             message_id=message_id,
             appointment_id=appointment_id,
-            action=action,
-            outcome="approved" if decision.approved else "rejected",
+            requester_id=requester_id,
+            change=change,
+            action=change["action"],
+            outcome=decision.outcome.value,
+            rule=decision.rule,
+            setting=decision.setting,
+            setting_level=decision.setting_level,
             reason_code=decision.reason_code,
             reason_text=decision.reason_text,
             decided_on_version=decided_on_version,
@@ -109,3 +217,43 @@ async def record_decision(
         .returning(decisions.c.request_id)
     )
     return (await connection.execute(statement)).first() is not None
+
+
+async def lock_pending_approval(connection: AsyncConnection, tenant_id: str, request_id: str):
+    """The decision row of a request still waiting for the office, locked; None if there is none."""
+    return (
+        await connection.execute(
+            select(decisions)
+            .where(
+                decisions.c.tenant_id == tenant_id,
+                decisions.c.request_id == request_id,
+                decisions.c.outcome == "needs_approval",
+            )
+            .with_for_update()
+        )
+    ).first()
+
+
+async def settle_approval(
+    connection: AsyncConnection,
+    tenant_id: str,
+    request_id: str,
+    *,
+    approved: bool,
+    reason_code: str | None,
+    reason_text: str | None,
+    decided_by: str,
+    decided_at: datetime,
+) -> None:
+    await connection.execute(
+        update(decisions)
+        .where(decisions.c.tenant_id == tenant_id, decisions.c.request_id == request_id)
+        .values(
+            outcome="approved" if approved else "rejected",
+            rule="office_approval",
+            reason_code=reason_code,
+            reason_text=reason_text,
+            office_decided_by=decided_by,
+            office_decided_at=decided_at,
+        )
+    )

@@ -8,6 +8,7 @@ from contracts.events_v1 import (
     AppointmentRescheduled,
     AppointmentUpdated,
     JobStatusChanged,
+    ModifyAwaitingApproval,
     ModifyFailed,
     ModifyRejected,
 )
@@ -41,6 +42,7 @@ HANDLERS = {
     for cls in (
         ModifyRequested,
         ModifyRejected,
+        ModifyAwaitingApproval,
         ModifyFailed,
         AppointmentRescheduled,
         AppointmentCanceled,

@@ -12,12 +12,15 @@ from contracts.events_v1 import (
     AppointmentRescheduled,
     AppointmentUpdated,
     JobStatusChanged,
+    ModifyAwaitingApproval,
     ModifyFailed,
     ModifyRejected,
 )
 from contracts.portal_v1 import ModifyRequested
 
 TERMINAL_REQUEST_STATUSES = frozenset({"rejected", "completed", "failed"})
+# How far along a request is; a status never moves to a lower rank, and the first terminal one is final.
+REQUEST_RANK = {"pending": 0, "awaiting_approval": 1, "rejected": 2, "completed": 2, "failed": 2}
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ def request_outcome(event) -> RequestOutcome | None:
                 "pending",
                 requester_id=p.requester_id,
             )
+        case ModifyAwaitingApproval(payload=p):
+            return RequestOutcome(
+                p.request_id, p.appointment_id, p.action.value, "awaiting_approval", p.reason_code, p.reason
+            )
         case ModifyRejected(payload=p):
             return RequestOutcome(
                 p.request_id, p.appointment_id, p.action.value, "rejected", p.reason_code, p.reason
@@ -94,8 +101,8 @@ def job_row(event) -> dict | None:
 
 def merge_request(current_status: str | None, incoming: RequestOutcome) -> str | None:
     """The status to store, or None to leave the row as it is."""
-    if current_status in TERMINAL_REQUEST_STATUSES:
-        return None
-    if current_status == "pending" and incoming.status == "pending":
+    if current_status is None:
+        return incoming.status
+    if REQUEST_RANK[incoming.status] <= REQUEST_RANK[current_status]:
         return None
     return incoming.status

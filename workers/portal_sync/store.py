@@ -53,6 +53,17 @@ async def record_request(
             index_elements=[table.c.tenant_id, table.c.request_id],
             set_={"requester_id": ex.requester_id, "requested_at": ex.requested_at},
         )
+    elif outcome.status == "awaiting_approval":
+        statement = statement.on_conflict_do_update(
+            index_elements=[table.c.tenant_id, table.c.request_id],
+            set_={
+                "status": ex.status,
+                "reason_code": ex.reason_code,
+                "reason_text": ex.reason_text,
+                "updated_at": func.now(),
+            },
+            where=table.c.status == "pending",
+        )
     else:
         statement = statement.on_conflict_do_update(
             index_elements=[table.c.tenant_id, table.c.request_id],

@@ -1,0 +1,118 @@
+"""Office settings messages, schema version 2: layered self-service settings (business and overrides).
+
+One message sets one layer. A layer only says what it overrides: a field left null is inherited from
+the less specific layer. Precedence, most specific first: project > job type > business unit > business.
+"""
+
+from enum import StrEnum
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from contracts.common import AppointmentStatus
+from contracts.envelope import Envelope, Strict
+from contracts.types import EntityId, ShortText, Slug, Version
+
+MAX_NOTICE_HOURS = 24 * 60
+MAX_HORIZON_DAYS = 730
+
+
+class Permission(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    REQUIRE_APPROVAL = "require_approval"  # the request waits for the office's decision
+
+
+class ScopeLevel(StrEnum):
+    """Settings layers, least specific first."""
+
+    BUSINESS = "business"
+    BUSINESS_UNIT = "business_unit"
+    JOB_TYPE = "job_type"
+    PROJECT = "project"
+
+
+PRECEDENCE: tuple[ScopeLevel, ...] = tuple(ScopeLevel)  # later wins
+
+
+class SettingsScope(Strict):
+    level: ScopeLevel
+    key: Slug | None = Field(
+        default=None, description="The business unit, job type or project id; null for business."
+    )
+
+    @model_validator(mode="after")
+    def _key_matches_level(self) -> "SettingsScope":
+        if (self.level is ScopeLevel.BUSINESS) != (self.key is None):
+            raise ValueError("key must be null for the business level and set for every other level")
+        return self
+
+
+class RescheduleSettings(Strict):
+    confirmed: Permission | None = None
+    unconfirmed: Permission | None = None
+    min_notice_hours: int | None = Field(default=None, ge=0, le=MAX_NOTICE_HOURS)
+    min_lead_hours: int | None = Field(default=None, ge=0, le=MAX_NOTICE_HOURS)
+    max_horizon_days: int | None = Field(default=None, ge=1, le=MAX_HORIZON_DAYS)
+    max_customer_reschedules: int | None = Field(default=None, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _lead_within_horizon(self) -> "RescheduleSettings":
+        if self.min_lead_hours is not None and self.max_horizon_days is not None:
+            if self.min_lead_hours >= self.max_horizon_days * 24:
+                raise ValueError("min_lead_hours must be shorter than max_horizon_days")
+        return self
+
+
+class CancelSettings(Strict):
+    confirmed: Permission | None = None
+    unconfirmed: Permission | None = None
+    min_notice_hours: int | None = Field(default=None, ge=0, le=MAX_NOTICE_HOURS)
+    reason_required: bool | None = None
+    allowed_reasons: list[ShortText] | None = Field(default=None, min_length=1, max_length=50)
+
+    @model_validator(mode="after")
+    def _reasons_unique(self) -> "CancelSettings":
+        if self.allowed_reasons is not None:
+            folded = [r.casefold() for r in self.allowed_reasons]
+            if len(set(folded)) != len(folded):
+                raise ValueError("allowed_reasons must not repeat a reason")
+        return self
+
+
+class SettingsLayer(Strict):
+    feature_enabled: bool | None = None
+    blocking_statuses: list[AppointmentStatus] | None = Field(
+        default=None, max_length=5, description="Statuses in which the portal may change nothing."
+    )
+    reschedule: RescheduleSettings = Field(default_factory=RescheduleSettings)
+    cancel: CancelSettings = Field(default_factory=CancelSettings)
+
+    @model_validator(mode="after")
+    def _canceled_always_blocks(self) -> "SettingsLayer":
+        if self.blocking_statuses is not None and AppointmentStatus.CANCELED not in self.blocking_statuses:
+            raise ValueError(
+                "blocking_statuses must include 'canceled': a canceled appointment can't be changed"
+            )
+        return self
+
+
+class PortalSettingsV2Payload(Strict):
+    scope: SettingsScope
+    settings: SettingsLayer
+    settings_version: Version = Field(
+        description="Increases with every change of this layer; older ones are ignored."
+    )
+    changed_by: EntityId
+
+
+class PortalSettingsUpdatedV2(Envelope):
+    exchange_role: ClassVar[str] = "office"
+    routing_key: ClassVar[str] = "office.portal_settings.updated"
+    summary: ClassVar[str] = (
+        "The business changed one layer of its self-service settings (business or an override)."
+    )
+
+    type: Literal["office.portal_settings.updated"] = "office.portal_settings.updated"
+    schema_version: Literal[2] = 2
+    payload: PortalSettingsV2Payload
