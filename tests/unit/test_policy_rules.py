@@ -1740,6 +1740,31 @@ def layer_sets(draw: st.DrawFn, friendly: bool = False) -> list[ScopedLayer]:
     return layers
 
 
+@st.composite
+def owned_appointments(draw: st.DrawFn) -> tuple[str, AppointmentFacts]:
+    """An appointment of an unlocked project (or none) and someone who may act on it (ownership and the
+    project lock have their own tests)."""
+    appointment = draw(known_facts)
+    status = draw(st.sampled_from([AppointmentStatus.SCHEDULED] * 12 + list(AppointmentStatus)))
+    appointment = dataclasses.replace(appointment, status=status)
+    if appointment.project is not None:
+        appointment = dataclasses.replace(
+            appointment, project=dataclasses.replace(appointment.project, portal_locked=False)
+        )
+    contacts = sorted(appointment.project.contacts) if appointment.project else []
+    return draw(st.sampled_from([appointment.customer_id, *contacts])), appointment
+
+
+any_requester = st.sampled_from(PEOPLE)
+# Who asks about which appointment: mostly someone who may act (so that inputs reach the later rules),
+# sometimes anyone about anything.
+requests = st.one_of(owned_appointments(), owned_appointments(), st.tuples(any_requester, any_facts))
+requests_about_known = st.one_of(
+    owned_appointments(), owned_appointments(), st.tuples(any_requester, known_facts)
+)
+any_layers = st.one_of(layer_sets(friendly=True), layer_sets())
+
+
 any_change = st.one_of(
     st.builds(Reschedule, new_window=any_window),
     st.builds(Cancel, reason=st.sampled_from([None, "Moving", "moving", "OTHER", "Changed my mind"])),
@@ -1751,7 +1776,42 @@ any_now = st.one_of(
         lambda m: (NOW + timedelta(minutes=m)).astimezone(PLUS_TWO), st.integers(-5 * 24 * 60, 5 * 24 * 60)
     ),
 )
-any_requester = st.sampled_from(PEOPLE)
+
+
+Scenario = tuple[str, AppointmentFacts | None, list[ScopedLayer], Reschedule | Cancel, datetime]
+
+
+@st.composite
+def scenarios(draw: st.DrawFn, known: bool = False) -> Scenario:
+    """A whole request. Often the clock sits right at the notice limit and the new window right at an
+    edge (now, lead time, horizon, project dates), give or take a microsecond, so boundaries are hit."""
+    requester_id, appointment = draw(requests_about_known if known else requests)
+    layers = draw(any_layers)
+    change = draw(any_change)
+    now = draw(any_now)
+    config = resolve(layers)  # only to aim at the edges; the checks use their own model
+    nudge = st.sampled_from([-US, timedelta(0), timedelta(0), US, -timedelta(hours=1), timedelta(hours=1)])
+    if appointment is not None and draw(st.booleans()):
+        notice = config.get(f"{change.action}.min_notice_hours")
+        now = appointment.window.start - timedelta(hours=notice) - draw(nudge)
+    limit = config.get("reschedule.max_customer_reschedules")
+    if appointment is not None and limit is not None and draw(st.booleans()):
+        done = max(0, limit + draw(st.sampled_from([-1, 0, 0, 1])))
+        appointment = dataclasses.replace(appointment, customer_reschedules=done)
+    if isinstance(change, Reschedule) and draw(st.booleans()):
+        edges = [
+            now,
+            now + timedelta(hours=config.get("reschedule.min_lead_hours")),
+            now + timedelta(days=config.get("reschedule.max_horizon_days")),
+        ]
+        if appointment is not None and appointment.project is not None:
+            edges += [e for e in (appointment.project.starts_at, appointment.project.ends_at) if e]
+        length = draw(st.sampled_from([US, timedelta(hours=2)]))
+        start = draw(st.sampled_from(edges)) + draw(nudge)
+        if draw(st.booleans()):
+            start -= length  # end at the edge rather than start there
+        change = Reschedule(new_window=ArrivalWindow(start=start, end=start + length))
+    return requester_id, appointment, layers, change, now
 
 
 def model_settings(layers: list[ScopedLayer]) -> dict[str, tuple[object, str]]:
@@ -1849,14 +1909,9 @@ def expected_decision(
 LEVELS = {None, "default", *(level.value for level in ScopeLevel)}
 
 
-@given(requester_id=any_requester, change=any_change, appointment=any_facts, layers=layer_sets(), now=any_now)
-def test_decide_is_total_and_well_formed(
-    requester_id: str,
-    change: Reschedule | Cancel,
-    appointment: AppointmentFacts | None,
-    layers: list[ScopedLayer],
-    now: datetime,
-) -> None:
+@given(scenario=scenarios())
+def test_decide_is_total_and_well_formed(scenario: Scenario) -> None:
+    requester_id, appointment, layers, change, now = scenario
     config = resolve(layers)
     decision = decide(requester_id=requester_id, change=change, facts=appointment, settings=config, now=now)
     assert isinstance(decision, Decision)
@@ -1875,15 +1930,10 @@ def test_decide_is_total_and_well_formed(
         assert_customer_sentence(decision.reason_text)
 
 
-@settings(max_examples=300)
-@given(requester_id=any_requester, change=any_change, appointment=any_facts, layers=layer_sets(), now=any_now)
-def test_decision_is_the_first_failing_rule_in_documented_order(
-    requester_id: str,
-    change: Reschedule | Cancel,
-    appointment: AppointmentFacts | None,
-    layers: list[ScopedLayer],
-    now: datetime,
-) -> None:
+@settings(max_examples=500)
+@given(scenario=scenarios())
+def test_decision_is_the_first_failing_rule_in_documented_order(scenario: Scenario) -> None:
+    requester_id, appointment, layers, change, now = scenario
     decision = decide(
         requester_id=requester_id, change=change, facts=appointment, settings=resolve(layers), now=now
     )
@@ -1892,16 +1942,10 @@ def test_decision_is_the_first_failing_rule_in_documented_order(
 
 
 @settings(max_examples=300)
-@given(
-    requester_id=any_requester, change=any_change, appointment=known_facts, layers=layer_sets(), now=any_now
-)
-def test_approval_implies_every_rule_passes(
-    requester_id: str,
-    change: Reschedule | Cancel,
-    appointment: AppointmentFacts,
-    layers: list[ScopedLayer],
-    now: datetime,
-) -> None:
+@given(scenario=scenarios(known=True))
+def test_approval_implies_every_rule_passes(scenario: Scenario) -> None:
+    requester_id, appointment, layers, change, now = scenario
+    assert appointment is not None
     config = resolve(layers)
     decision = decide(requester_id=requester_id, change=change, facts=appointment, settings=config, now=now)
     if decision.outcome is Outcome.REJECTED:
@@ -1937,14 +1981,9 @@ def test_approval_implies_every_rule_passes(
         )
 
 
-@given(requester_id=any_requester, change=any_change, appointment=any_facts, layers=layer_sets(), now=any_now)
-def test_decide_is_deterministic(
-    requester_id: str,
-    change: Reschedule | Cancel,
-    appointment: AppointmentFacts | None,
-    layers: list[ScopedLayer],
-    now: datetime,
-) -> None:
+@given(scenario=scenarios())
+def test_decide_is_deterministic(scenario: Scenario) -> None:
+    requester_id, appointment, layers, change, now = scenario
     first = decide(
         requester_id=requester_id, change=change, facts=appointment, settings=resolve(layers), now=now
     )
@@ -2004,19 +2043,18 @@ def a_valid_reason(config: EffectiveSettings) -> str | None:
 
 @settings(max_examples=300)
 @given(
-    requester_id=any_requester,
-    appointment=known_facts,
-    layers=layer_sets(),
+    request=requests_about_known,
+    layers=any_layers,
     now=any_now,
     changes=st.lists(any_change, min_size=1, max_size=8),
 )
 def test_an_action_the_portal_does_not_offer_is_refused_by_the_gate_for_the_same_reason(
-    requester_id: str,
-    appointment: AppointmentFacts,
+    request: tuple[str, AppointmentFacts],
     layers: list[ScopedLayer],
     now: datetime,
     changes: list[Reschedule | Cancel],
 ) -> None:
+    requester_id, appointment = request
     config = resolve(layers)
     shown = offer(requester_id=requester_id, facts=appointment, settings=config, now=now)
     for change in changes:
@@ -2029,21 +2067,6 @@ def test_an_action_the_portal_does_not_offer_is_refused_by_the_gate_for_the_same
         assert decision.outcome is Outcome.REJECTED
         assert decision.reason_code == offered.reason_code
         assert decision == offered
-
-
-@st.composite
-def owned_appointments(draw: st.DrawFn) -> tuple[str, AppointmentFacts]:
-    """An appointment of an unlocked project (or none) and someone who may act on it (ownership and the
-    project lock have their own tests)."""
-    appointment = draw(known_facts)
-    status = draw(st.sampled_from([AppointmentStatus.SCHEDULED] * 12 + list(AppointmentStatus)))
-    appointment = dataclasses.replace(appointment, status=status)
-    if appointment.project is not None:
-        appointment = dataclasses.replace(
-            appointment, project=dataclasses.replace(appointment.project, portal_locked=False)
-        )
-    contacts = sorted(appointment.project.contacts) if appointment.project else []
-    return draw(st.sampled_from([appointment.customer_id, *contacts])), appointment
 
 
 @settings(max_examples=300)
@@ -2077,10 +2100,11 @@ def test_an_action_the_portal_offers_can_be_done_with_the_offered_outcome(
         assert decision == shown.cancel
 
 
+TightCase = tuple[AppointmentFacts, list[ScopedLayer], datetime, list[ArrivalWindow]]
+
+
 @st.composite
-def tight_schedules(
-    draw: st.DrawFn,
-) -> tuple[AppointmentFacts, EffectiveSettings, datetime, list[ArrivalWindow]]:
+def tight_schedules(draw: st.DrawFn) -> TightCase:
     """Lead time, horizon and project dates close together, so that the bookable span is often narrow or
     empty; and new windows tried right at and next to each of its edges."""
     now = NOW + timedelta(hours=draw(st.integers(-24, 24)))
@@ -2098,44 +2122,42 @@ def tight_schedules(
     ends_at = draw(maybe(near_an_edge))
     if starts_at and ends_at and ends_at <= starts_at:
         starts_at, ends_at = ends_at, starts_at + timedelta(hours=draw(st.integers(1, 48)))
-    # A project ending 1 µs after now with no lead time is the known gap (see the xfail test above).
+    # A project ending 1 µs after now with no lead time is the known gap (see the xfail test below).
     assume(not (ends_at == now + US and lead == 0 and (starts_at is None or starts_at <= now)))
     appointment = facts(project=project(starts_at=starts_at, ends_at=ends_at))
-    config = effective(
-        business(reschedule={"min_lead_hours": lead}), at(JOB_TYPE, reschedule={"max_horizon_days": horizon})
-    )
+    layers = [
+        business(reschedule={"min_lead_hours": lead}),
+        at(JOB_TYPE, reschedule={"max_horizon_days": horizon}),
+    ]
     edges += [edge for edge in (starts_at, ends_at) if edge]
-    tried = []
+    tried = [appointment.window]
     for edge in edges:
         for offset in (-US, timedelta(0), US):
             for length in (US, timedelta(minutes=30), timedelta(hours=2)):
                 tried += [ArrivalWindow(start=edge + offset, end=edge + offset + length)]
                 tried += [ArrivalWindow(start=edge + offset - length, end=edge + offset)]
-    return appointment, config, now, tried
+    return appointment, layers, now, tried
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(case=tight_schedules())
-def test_reschedule_is_offered_exactly_when_some_window_can_pass(
-    case: tuple[AppointmentFacts, EffectiveSettings, datetime, list[ArrivalWindow]],
-) -> None:
-    """The key property: the offer rejects "reschedule" iff the gate rejects every new window. Also checks
-    the test's own a_valid_window(): whenever the gate accepts a tried window, it finds one too."""
-    appointment, config, now, tried = case
+def test_reschedule_is_offered_exactly_when_some_window_can_pass(case: TightCase) -> None:
+    """The key property: the offer rejects "reschedule" iff the gate rejects every new window. Every
+    window tried at the edges gets the documented decision, and the test's own a_valid_window() finds a
+    window whenever the gate accepts one."""
+    appointment, layers, now, tried = case
+    config = resolve(layers)
     shown = offer(requester_id=CUSTOMER, facts=appointment, settings=config, now=now)
     assert shown.cancel.approved
     found = a_valid_window(appointment, config, now)
-    accepted = [
-        new_window
-        for new_window in tried
-        if decide(
-            requester_id=CUSTOMER,
-            change=Reschedule(new_window=new_window),
-            facts=appointment,
-            settings=config,
-            now=now,
-        ).approved
-    ]
+    accepted = []
+    for new_window in tried:
+        change = Reschedule(new_window=new_window)
+        decision = decide(requester_id=CUSTOMER, change=change, facts=appointment, settings=config, now=now)
+        expected = expected_decision(CUSTOMER, change, appointment, layers, now)
+        assert (decision.outcome, decision.reason_code, decision.setting, decision.setting_level) == expected
+        if decision.approved:
+            accepted.append(new_window)
     event("a window is bookable" if found else "no window is bookable")
     if accepted:
         assert found is not None
