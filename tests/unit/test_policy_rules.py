@@ -1930,7 +1930,7 @@ def test_decide_is_total_and_well_formed(scenario: Scenario) -> None:
         assert_customer_sentence(decision.reason_text)
 
 
-@settings(max_examples=500)
+@settings(max_examples=300)
 @given(scenario=scenarios())
 def test_decision_is_the_first_failing_rule_in_documented_order(scenario: Scenario) -> None:
     requester_id, appointment, layers, change, now = scenario
@@ -1941,7 +1941,7 @@ def test_decision_is_the_first_failing_rule_in_documented_order(scenario: Scenar
     assert (decision.outcome, decision.reason_code, decision.setting, decision.setting_level) == expected
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(scenario=scenarios(known=True))
 def test_approval_implies_every_rule_passes(scenario: Scenario) -> None:
     requester_id, appointment, layers, change, now = scenario
@@ -2041,7 +2041,7 @@ def a_valid_reason(config: EffectiveSettings) -> str | None:
     return "Changed my mind" if config.get("cancel.reason_required") else None
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(
     request=requests_about_known,
     layers=any_layers,
@@ -2069,7 +2069,7 @@ def test_an_action_the_portal_does_not_offer_is_refused_by_the_gate_for_the_same
         assert decision == offered
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(
     owned=owned_appointments(),
     layers=layer_sets(friendly=True),
@@ -2302,12 +2302,6 @@ def test_reschedule_is_offered_when_exactly_one_start_is_left(
     ).approved
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules._no_bookable_window() takes now + min_lead_hours as the earliest start, but a new window "
-    "must start after now: with no lead time and a project ending 1 µs from now, no window can pass "
-    "yet reschedule is offered; see the report",
-)
 def test_no_reschedule_is_offered_when_the_project_ends_a_microsecond_from_now() -> None:
     appointment = facts(project=project(ends_at=NOW + US))
     config = effective(business())

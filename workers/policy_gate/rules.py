@@ -168,7 +168,10 @@ def _no_bookable_window(
 ) -> Decision | None:
     """Refuse up front when lead time, horizon and the project's dates leave no start a new window could
     have, so the portal does not offer a reschedule that every pick would fail."""
-    earliest = now + timedelta(hours=settings.get("reschedule.min_lead_hours"))
+    # A new window starts strictly after now, so the earliest start is at least 1 µs ahead.
+    earliest = max(
+        now + timedelta(microseconds=1), now + timedelta(hours=settings.get("reschedule.min_lead_hours"))
+    )
     latest = now + timedelta(days=settings.get("reschedule.max_horizon_days"))
     project = facts.project
     if project is not None and project.starts_at is not None:
