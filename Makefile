@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv services migrate topology demo run test lint format asyncapi clean
+.PHONY: venv services migrate topology demo run test lint format asyncapi clean bench bench-quick
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ format: venv
 
 asyncapi: venv
 	$(BIN)/python -m contracts.asyncapi
+
+# End-to-end throughput/latency against a bare relay (docs/benchmarks.md); own database and namespace.
+bench: venv services
+	$(BIN)/python -m bench
+
+bench-quick: venv services
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,46 @@
+"""`python -m bench [--quick] [--only ours,bare,runtime] [--profile PROCESS] [--wait-quiet S]`;
+see docs/benchmarks.md."""
+
+import argparse
+import asyncio
+import sys
+
+from bench.run import PROFILE_TARGETS, main_async
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="50 and 200/s for 7 s each and a 5 s max phase (under two minutes)",
+    )
+    parser.add_argument(
+        "--only",
+        default="ours,bare,runtime",
+        help="comma-separated systems to run (the summary line needs all three)",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILE_TARGETS),
+        metavar="PROCESS",
+        help="run only the system of PROCESS (a worker, rt_stageN or bareN) at max load for 15 s with "
+        "py-spy sampling that process; print where its CPU goes",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="first wait up to this long for the machine to be under 20%% busy (shared machines)",
+    )
+    args = parser.parse_args()
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(only) - {"ours", "bare", "runtime"}
+    if unknown:
+        parser.error(f"unknown system(s): {', '.join(sorted(unknown))}")
+    return asyncio.run(main_async(args.quick, only, args.profile, args.wait_quiet))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

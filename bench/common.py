@@ -1,0 +1,58 @@
+"""Names and settings shared by the bench's processes (orchestrator, load generator, stage processes)."""
+
+import os
+
+from sqlalchemy.engine import make_url
+
+from workers.runtime.settings import Settings
+
+BENCH_DATABASE = "appt_bench"
+OURS_NAMESPACE = "bench"  # the real topology (infra.topology.build) under its own prefix
+RUNTIME_NAMESPACE = "benchrt"  # three trivial stages on our runtime
+BARE_NAMESPACE = "benchbare"  # three trivial stages on plain aio-pika + asyncpg
+
+STAGES = (1, 2, 3)
+PREFETCH = 32  # = APPT_PREFETCH's default, used by every consumer in every system
+DB_POOL = 10  # = APPT_DB_POOL_SIZE's default (SQLAlchemy adds as many overflow connections)
+
+# The trivial transaction every bare and runtime stage runs; the last stage's row marks "done".
+HOPS_DDL = (
+    "CREATE SCHEMA IF NOT EXISTS bench",
+    "CREATE TABLE IF NOT EXISTS bench.hops ("
+    " id text NOT NULL, stage smallint NOT NULL, at timestamptz NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (id, stage))",
+)
+HOP_SQL = "INSERT INTO bench.hops (id, stage) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+
+
+def amqp_url() -> str:
+    return Settings().amqp_url
+
+
+def database_url() -> str:
+    """BENCH_DATABASE_URL, else DATABASE_URL (or its default) with the database renamed to appt_bench."""
+    explicit = os.environ.get("BENCH_DATABASE_URL")
+    if explicit:
+        return explicit
+    url = make_url(Settings().database_url).set(database=BENCH_DATABASE)
+    return url.render_as_string(hide_password=False)
+
+
+def asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+# Bare relay names: one direct exchange, queue s<N> bound with routing key s<N>.
+BARE_EXCHANGE = f"{BARE_NAMESPACE}.x"
+
+
+def bare_queue(stage: int) -> str:
+    return f"{BARE_NAMESPACE}.s{stage}"
+
+
+# Runtime-stage names: exchange role "bench" -> benchrt.stages, queue benchrt.stage<N> bound to stage<N>.
+RUNTIME_ROLE = "bench"
+
+
+def runtime_queue(stage: int) -> str:
+    return f"{RUNTIME_NAMESPACE}.stage{stage}"

@@ -1,0 +1,746 @@
+"""The orchestrator: reset, seed, run each system through the same phases, print the numbers."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+import psutil
+
+from apptctl.processes import WorkerProcesses
+from bench import rt_stage, seed
+from bench.common import (
+    BARE_EXCHANGE,
+    OURS_NAMESPACE,
+    RUNTIME_NAMESPACE,
+    STAGES,
+    amqp_url,
+    asyncpg_dsn,
+    bare_queue,
+    database_url,
+    runtime_queue,
+)
+from bench.measure import Monitor, peak_rss_mb, percentile
+from infra import topology as topology_module
+from workers.registry import WORKER_NAMES
+from workers.runtime.broker import Broker
+
+ROOT = Path(__file__).resolve().parent.parent
+PHASE_MIN_DRAIN_S = 3
+# --profile NAME: which system runs that process.
+PROFILE_TARGETS = {
+    **{name: "ours" for name in WORKER_NAMES},
+    **{f"bare{s}": "bare" for s in STAGES},
+    **{f"rt_stage{s}": "runtime" for s in STAGES},
+}
+# How a time budget is shared among the systems still to run (their run times on a quiet machine).
+BUDGET_WEIGHTS = {"ours": 0.45, "bare": 0.25, "runtime": 0.30}
+TERMINAL = ["completed", "rejected", "failed"]
+# PostgreSQL's cumulative statistics lag by up to a second per backend: a per-phase approximation.
+XACTS_SQL = (
+    "SELECT xact_commit + xact_rollback, sessions FROM pg_stat_database WHERE datname = current_database()"
+)
+# The bench database's backends and the server's own processes (no database), not other databases'.
+PG_PIDS_SQL = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() OR datname IS NULL"
+
+
+async def postgres_pids(db: asyncpg.Connection) -> set[int]:
+    return {row[0] for row in await db.fetch(PG_PIDS_SQL)}
+
+
+@dataclass(frozen=True)
+class Phase:
+    key: str
+    rate: float | None  # None: max (backlog-bounded)
+    duration_s: float
+    measured: bool = True
+
+    @property
+    def label(self) -> str:
+        return "warm-up" if not self.measured else ("max" if self.rate is None else f"{self.rate:g}/s")
+
+
+@dataclass(frozen=True)
+class Plan:
+    phases: tuple[Phase, ...]
+    max_count: dict[str, int]  # per system: at most this many messages in the max phase
+    backlog: int
+    drain_timeout_s: float  # after the load generator is done, how long the pipeline may take to finish
+    budget_s: float | None = None  # the whole run; drains are cut short to stay within it
+
+
+# Quick: 7 s per rate, because OURS needs about three times as long again to work off 200/s on 2 cores,
+# and the three systems, set-up included, must fit in two minutes.
+QUICK = Plan(
+    (Phase("w", 50, 1, measured=False), Phase("r50", 50, 7), Phase("r200", 200, 7), Phase("max", None, 5)),
+    {"ours": 1500, "bare": 5000, "runtime": 4000},
+    backlog=200,
+    drain_timeout_s=15,
+    budget_s=105,
+)
+FULL = Plan(
+    (
+        Phase("w", 50, 2, measured=False),
+        Phase("r50", 50, 20),
+        Phase("r200", 200, 20),
+        Phase("r400", 400, 20),
+        Phase("max", None, 20),
+    ),
+    {"ours": 6000, "bare": 20000, "runtime": 12000},
+    backlog=200,
+    drain_timeout_s=150,
+)
+
+
+@dataclass
+class PhaseResult:
+    phase: Phase
+    sent: int = 0
+    failed_publishes: int = 0
+    done: int = 0
+    unfinished: int = 0  # not done when the drain time ran out; counted in percentiles as lower bounds
+    throughput: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
+    outcomes: Counter = field(default_factory=Counter)
+    wall_s: float = 0.0
+    machine_busy_percent: float = 0.0
+    transactions_per_request: float = 0.0  # committed + rolled back in the bench database, all clients
+    new_connections: int = 0  # sessions opened to the bench database during the phase
+    others_percent: float = 0.0  # of the machine, used by processes this run did not measure
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies_ms, q)
+
+    def p_text(self, q: float) -> str:
+        """The percentile, marked '>' when it falls among unfinished requests (a lower bound)."""
+        bound = self.unfinished and 100 * self.unfinished / max(self.sent, 1) > 100 - q
+        return f"{'>' if bound else ''}{self.p(q):.1f}"
+
+
+@dataclass
+class SystemResult:
+    key: str
+    title: str
+    process_names: list[str]
+    phases: list[PhaseResult] = field(default_factory=list)
+    peak_rss_mb: dict[str, float | None] = field(default_factory=dict)
+    dead_letters: int = 0
+
+    def phase(self, key: str) -> PhaseResult | None:
+        return next((r for r in self.phases if r.phase.key == key), None)
+
+
+@dataclass
+class System:
+    key: str
+    title: str
+    exchange: str
+    routing_key: str
+    first_queue: str
+    work_queues: list[str]
+    dead_queues: list[str]
+    count_sql: str
+    done_sql: str
+
+
+OURS_DONE_WHERE = "FROM portal.requests WHERE request_id LIKE $1 AND status = ANY($2::text[])"
+HOPS_DONE_WHERE = "FROM bench.hops WHERE stage = 3 AND id LIKE $1 AND $2::text[] IS NOT NULL"
+
+
+def systems() -> dict[str, System]:
+    ours_topology = topology_module.build(OURS_NAMESPACE)
+    rt_topology = rt_stage.topology()
+    return {
+        "ours": System(
+            "ours",
+            "OURS: policy_gate -> modify_handler -> portal_sync (real rules, real schedule, read store)",
+            ours_topology.exchange("requests"),
+            "modify.requested",
+            ours_topology.queue_of("policy_gate").name,
+            [q.name for q in ours_topology.queues if q.worker is not None],
+            [q.name for q in ours_topology.queues if q.worker is None],
+            f"SELECT count(*) {OURS_DONE_WHERE}",
+            f"SELECT request_id, status, extract(epoch FROM updated_at)::float8 {OURS_DONE_WHERE}",
+        ),
+        "bare": System(
+            "bare",
+            "BARE: 3 x (aio-pika consume -> 1 PostgreSQL tx -> confirmed publish -> ack)",
+            BARE_EXCHANGE,
+            "s1",
+            bare_queue(1),
+            [bare_queue(s) for s in STAGES],
+            [],
+            f"SELECT count(*) {HOPS_DONE_WHERE}",
+            f"SELECT id, 'completed', extract(epoch FROM at)::float8 {HOPS_DONE_WHERE}",
+        ),
+        "runtime": System(
+            "runtime",
+            "RUNTIME: 3 trivial stages on our runtime (decode, inbox, outbox + relay, logging)",
+            rt_topology.exchange(rt_stage.RUNTIME_ROLE),
+            "stage1",
+            runtime_queue(1),
+            [runtime_queue(s) for s in STAGES],
+            [q.name for q in rt_topology.queues if q.name.endswith(".dead")],
+            f"SELECT count(*) {HOPS_DONE_WHERE}",
+            f"SELECT id, 'completed', extract(epoch FROM at)::float8 {HOPS_DONE_WHERE}",
+        ),
+    }
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# --- broker set-up ------------------------------------------------------------------------------------
+async def reset_broker(url: str) -> None:
+    """Delete and redeclare the three namespaces' exchanges and queues."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        await topology_module.delete(channel, topology_module.build(OURS_NAMESPACE))
+        await topology_module.delete(channel, rt_stage.topology())
+        for stage in STAGES:
+            await channel.queue_delete(bare_queue(stage))
+        await channel.exchange_delete(BARE_EXCHANGE)
+
+        await topology_module.declare(channel, topology_module.build(OURS_NAMESPACE))
+        await topology_module.declare(channel, rt_stage.topology())
+        exchange = await channel.declare_exchange(BARE_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+        for stage in STAGES:
+            queue = await channel.declare_queue(
+                bare_queue(stage), durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            await queue.bind(exchange, routing_key=f"s{stage}")
+
+
+async def wait_consumers(
+    url: str, queues: list[str], alive: Callable[[], bool], timeout_s: float = 60
+) -> None:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not alive():
+                raise RuntimeError("a stage process exited during start-up (see its log)")
+            counts = [
+                (await channel.declare_queue(q, passive=True)).declaration_result.consumer_count
+                for q in queues
+            ]
+            if all(counts):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no consumer on {queues} after {timeout_s}s")
+            await asyncio.sleep(0.2)
+
+
+async def purge(url: str, queues: list[str]) -> int:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        total = 0
+        for q in queues:
+            queue = await channel.declare_queue(q, passive=True)
+            total += (await queue.purge()).message_count or 0
+        return total
+
+
+async def dead_letter_count(url: str, queues: list[str]) -> int:
+    if not queues:
+        return 0
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        total = 0
+        for q in queues:
+            total += (await channel.declare_queue(q, passive=True)).declaration_result.message_count or 0
+        return total
+
+
+# --- stage processes ----------------------------------------------------------------------------------
+class StageProcesses:
+    def __init__(self, module: str, prefix: str, env: dict[str, str], log_dir: Path) -> None:
+        self.module, self.prefix, self.env, self.log_dir = module, prefix, env, log_dir
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> None:
+        for stage in STAGES:
+            name = f"{self.prefix}{stage}"
+            output = (self.log_dir / f"{name}.log").open("ab")
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", self.module, "--stage", str(stage)],
+                env=self.env,
+                cwd=ROOT,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.processes.values())
+
+    def stop(self, timeout_s: float = 30) -> dict[str, int | None]:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        for name, process in self.processes.items():
+            try:
+                codes[name] = process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[name] = process.wait()
+        return codes
+
+
+# --- one phase ----------------------------------------------------------------------------------------
+async def run_phase(
+    system: System,
+    phase: Phase,
+    messages: list,
+    plan: Plan,
+    monitor: Monitor,
+    db: asyncpg.Connection,
+    work_dir: Path,
+    deadline: float,
+    profile: tuple[int, Path] | None = None,
+) -> PhaseResult:
+    tag = f"{system.key}-{phase.key}"
+    plan_file = work_dir / f"{tag}.plan.jsonl"
+    out_file = work_dir / f"{tag}.sent.json"
+    seed.write_plan(plan_file, messages)
+    command = [
+        sys.executable, "-m", "bench.loadgen", "--plan", str(plan_file), "--out", str(out_file),
+        "--exchange", system.exchange, "--routing-key", system.routing_key,
+        "--duration", str(phase.duration_s), "--watch-queue", system.first_queue,
+        "--backlog", str(plan.backlog),
+    ]  # fmt: skip
+    if phase.rate is not None:
+        command += ["--rate", str(phase.rate)]
+    xacts_before, sessions_before = await db.fetchrow(XACTS_SQL)
+    before = monitor.snapshot(await postgres_pids(db))
+    started = time.monotonic()
+    loader = await asyncio.create_subprocess_exec(*command, cwd=ROOT, env=os.environ.copy())
+    spy = None
+    if profile is not None:
+        pid, spy_out = profile
+        spy = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--rate", "200",
+            "--duration", str(int(phase.duration_s)), "--nonblocking", "--gil", "--format", "raw",
+            "--output", str(spy_out),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+    if await loader.wait() != 0:
+        raise RuntimeError(f"load generator failed in phase {tag}")
+    loaded = json.loads(out_file.read_text())
+    sent = {item_id: t for item_id, t in loaded["sent"]}
+    result = PhaseResult(phase, sent=len(sent), failed_publishes=loaded["failed"])
+    like = f"{tag}-%"
+    drain_until = min(time.monotonic() + plan.drain_timeout_s, deadline)
+    while True:
+        finished = await db.fetchval(system.count_sql, like, TERMINAL)
+        if finished >= len(sent) or time.monotonic() > drain_until:
+            break
+        await asyncio.sleep(0.2)
+    after = monitor.snapshot(await postgres_pids(db))
+    gave_up_at = time.time()
+    xacts_after, sessions_after = await db.fetchrow(XACTS_SQL)
+    if spy is not None:
+        await spy.wait()
+    result.wall_s = time.monotonic() - started
+    rows = await db.fetch(system.done_sql, like, TERMINAL)
+    done_at: list[float] = []
+    for item_id, status, at in rows:
+        if item_id in sent:
+            result.outcomes[status] += 1
+            result.latencies_ms.append((at - sent[item_id]) * 1000)
+            done_at.append(at)
+    result.done = len(done_at)
+    if result.done < len(sent):
+        # Out of time: what is still queued is dropped so the next phase starts clean; each unfinished
+        # request counts with the latency it had reached (a lower bound).
+        finished_ids = {row[0] for row in rows}
+        for item_id, t in sent.items():
+            if item_id not in finished_ids:
+                result.latencies_ms.append((gave_up_at - t) * 1000)
+        result.unfinished = len(sent) - result.done
+        dropped = await purge(amqp_url(), system.work_queues)
+        await asyncio.sleep(1.0)
+        dropped += await purge(amqp_url(), system.work_queues)
+        log(f"{system.key}: {result.unfinished} requests unfinished after the drain time; purged {dropped}")
+    result.latencies_ms.sort()
+    if done_at:
+        span = max(done_at) - min(sent.values())
+        result.throughput = result.done / span if span > 0 else 0.0
+    spent = Monitor.delta(before, after)
+    spent["loadgen"] = loaded["cpu_s"]
+    result.machine_busy_percent = Monitor.machine_busy_percent(before, after)
+    wall = after["wall"] - before["wall"]
+    measured = sum(v for v in spent.values() if v == v)  # NaN-safe
+    busy = after["machine_busy"] - before["machine_busy"]
+    result.others_percent = 100 * max(0.0, busy - measured) / (wall * (os.cpu_count() or 1)) if wall else 0.0
+    result.cpu_ms_per_request = {k: v * 1000 / max(result.done, 1) for k, v in spent.items()}
+    result.transactions_per_request = (xacts_after - xacts_before) / max(result.done, 1)
+    result.new_connections = sessions_after - sessions_before
+    return result
+
+
+async def run_system(
+    system: System,
+    start: Callable[[], dict[str, int]],
+    stop: Callable[[], object],
+    phase_messages: dict[str, list],
+    plan: Plan,
+    db: asyncpg.Connection,
+    work_dir: Path,
+    deadline: float = float("inf"),
+    before_phases: Callable | None = None,
+    profile: tuple[str, Path] | None = None,
+) -> SystemResult:
+    result = SystemResult(system.key, system.title, [])
+    monitor = Monitor()
+    try:
+        pids = start()
+        result.process_names = list(pids)
+        for name, pid in pids.items():
+            monitor.add(name, pid)
+        if before_phases is not None:
+            await before_phases()
+        for n, phase in enumerate(plan.phases):
+            # Leave each later phase its load time plus a few seconds to drain.
+            # Over budget, drains are cut short (unfinished requests are reported), never phases skipped.
+            reserve = sum(p.duration_s + PHASE_MIN_DRAIN_S for p in plan.phases[n + 1 :])
+            phase_deadline = max(deadline - reserve, time.monotonic() + phase.duration_s + PHASE_MIN_DRAIN_S)
+            spy = None
+            if profile is not None and phase.rate is None:
+                spy = (pids[profile[0]], profile[1])
+            log(f"{system.key}: phase {phase.label} ({len(phase_messages[phase.key])} messages ready)")
+            phase_result = await run_phase(
+                system, phase, phase_messages[phase.key], plan, monitor, db, work_dir, phase_deadline, spy
+            )
+            if phase.measured:
+                result.phases.append(phase_result)
+        result.peak_rss_mb = {name: peak_rss_mb(pid) for name, pid in pids.items()}
+        result.dead_letters = await dead_letter_count(amqp_url(), system.dead_queues)
+    finally:
+        codes = stop()
+        log(f"{system.key}: stopped (exit codes {codes})")
+    return result
+
+
+# --- report -------------------------------------------------------------------------------------------
+def print_system(result: SystemResult) -> None:
+    print(f"\n{result.title}")
+    columns = [*result.process_names, "broker", "postgres", "loadgen"]
+    print(
+        f"  {'phase':>7} {'sent':>6} {'done':>6} {'thr/s':>6} {'p50ms':>8} {'p95ms':>8} {'p99ms':>8} "
+        f"{'maxms':>8} | CPU ms/request: "
+        + " ".join(f"{n:>14}" for n in columns)
+        + " | tx/req new-conns | machine busy, others"
+    )
+    for r in result.phases:
+        cpu = " ".join(f"{r.cpu_ms_per_request.get(n, float('nan')):14.2f}" for n in columns)
+        print(
+            f"  {r.phase.label:>7} {r.sent:>6} {r.done:>6} {r.throughput:6.0f} {r.p_text(50):>8} "
+            f"{r.p_text(95):>8} {r.p_text(99):>8} {r.p_text(100):>8} | {'':16}{cpu} | "
+            f"{r.transactions_per_request:6.1f} {r.new_connections:9d} | "
+            f"{r.machine_busy_percent:11.0f}% {r.others_percent:5.0f}%"
+        )
+    rss = ", ".join(f"{n} {v:.0f} MB" for n, v in result.peak_rss_mb.items() if v is not None)
+    print(f"  peak RSS: {rss}")
+    problems = []
+    for r in result.phases:
+        if r.failed_publishes:
+            problems.append(f"{r.phase.label}: {r.failed_publishes} publishes failed")
+        if r.unfinished:
+            problems.append(f"{r.phase.label}: {r.unfinished} requests not finished in the drain time")
+        odd = {k: v for k, v in r.outcomes.items() if k != "completed"}
+        if odd:
+            problems.append(f"{r.phase.label}: outcomes other than completed {odd}")
+        if r.others_percent > 15:
+            problems.append(f"{r.phase.label}: other processes used {r.others_percent:.0f}% of the machine")
+    if result.dead_letters:
+        problems.append(f"{result.dead_letters} dead letters")
+    print("  problems: " + ("; ".join(problems) if problems else "none"))
+
+
+def ratio(a: float | None, b: float | None) -> float:
+    return a / b if a and b else float("nan")
+
+
+def summary_line(results: dict[str, SystemResult]) -> str:
+    """The last line. A phase that did not run gives nan; p99 of a phase with unfinished
+    requests is a lower bound (see PhaseResult.p_text)."""
+
+    def thr(key: str) -> float | None:
+        phase = results[key].phase("max") if key in results else None
+        return phase.throughput if phase else None
+
+    def p99_at_200(key: str) -> float | None:
+        phase = results[key].phase("r200") if key in results else None
+        return phase.p(99) if phase else None
+
+    ours, bare = thr("ours"), thr("bare")
+    return (
+        f"bench: throughput_ratio={ratio(ours, bare):.2f}"
+        f" p99_ratio_at_200={ratio(p99_at_200('ours'), p99_at_200('bare')):.2f}"
+        f" runtime_ratio={ratio(thr('runtime'), bare):.2f}"
+        f" ours_rps={ours or float('nan'):.0f} bare_rps={bare or float('nan'):.0f}"
+    )
+
+
+def to_json(results: dict[str, SystemResult]) -> dict:
+    return {
+        key: {
+            "peak_rss_mb": r.peak_rss_mb,
+            "dead_letters": r.dead_letters,
+            "phases": [
+                {
+                    "phase": p.phase.label,
+                    "sent": p.sent,
+                    "done": p.done,
+                    "throughput": p.throughput,
+                    "p50_ms": p.p(50),
+                    "p95_ms": p.p(95),
+                    "p99_ms": p.p(99),
+                    "max_ms": p.p(100),
+                    "cpu_ms_per_request": p.cpu_ms_per_request,
+                    "outcomes": dict(p.outcomes),
+                    "machine_busy_percent": p.machine_busy_percent,
+                    "others_percent": p.others_percent,
+                    "transactions_per_request": p.transactions_per_request,
+                    "new_connections": p.new_connections,
+                    "unfinished": p.unfinished,
+                }
+                for p in r.phases
+            ],
+        }
+        for key, r in results.items()
+    }
+
+
+# --- the run ------------------------------------------------------------------------------------------
+def _phase_counts(plan: Plan, key: str) -> dict[str, int]:
+    return {p.key: plan.max_count[key] if p.rate is None else int(p.rate * p.duration_s) for p in plan.phases}
+
+
+async def wait_quiet(limit_s: float, busy_below: float = 20.0) -> None:
+    """Wait (at most `limit_s`) until the machine is nearly idle: other people's test runs share it."""
+    if limit_s <= 0:
+        return
+    deadline = time.monotonic() + limit_s
+    while True:
+        busy = await asyncio.to_thread(psutil.cpu_percent, 2.0)
+        if busy < busy_below or time.monotonic() > deadline:
+            log(
+                f"machine {busy:.0f}% busy before the run"
+                + ("" if busy < busy_below else " (gave up waiting)")
+            )
+            return
+        await asyncio.sleep(1.0)
+
+
+async def main_async(quick: bool, only: list[str], profile: str | None, quiet_s: float = 0) -> int:
+    await wait_quiet(quiet_s)
+    plan = QUICK if quick else FULL
+    spy_out = None
+    if profile is not None:
+        plan = Plan(
+            (Phase("w", 50, 1, measured=False), Phase("max", None, 15)), plan.max_count, plan.backlog, 40
+        )
+        only = [PROFILE_TARGETS[profile]]
+    began = time.monotonic()
+    amqp, db_url = amqp_url(), database_url()
+    work_dir = Path(tempfile.mkdtemp(prefix="appt-bench-"))
+    log(f"bench {'quick' if quick else 'full'}: database {db_url.rsplit('/', 1)[-1]}, work dir {work_dir}")
+    log(f"machine: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f} (shared with other runs)")
+    await reset_broker(amqp)
+    await seed.reset_database(db_url)
+    now = datetime.now(UTC)
+    counts = {key: _phase_counts(plan, key) for key in ("ours", "bare", "runtime")}
+    targets = await seed.seed_schedule(db_url, sum(counts["ours"].values()), now)
+    log(f"reset and seeded: {len(targets)} request targets in {len(seed.TENANTS)} tenants")
+
+    messages: dict[str, dict[str, list]] = {}
+    offset = 0
+    messages["ours"] = {}
+    for phase_key, n in counts["ours"].items():
+        batch = targets[offset : offset + n]
+        offset += n
+        messages["ours"][phase_key] = [
+            seed.modify_request(f"ours-{phase_key}", i, t, now) for i, t in enumerate(batch)
+        ]
+    for key in ("bare", "runtime"):
+        messages[key] = {
+            phase_key: [
+                seed.modify_request(f"{key}-{phase_key}", i, seed.synthetic_target(i), now) for i in range(n)
+            ]
+            for phase_key, n in counts[key].items()
+        }
+
+    db = await asyncpg.connect(asyncpg_dsn(db_url))
+    defs = systems()
+    base_env = {
+        **os.environ,
+        "AMQP_URL": amqp,
+        "DATABASE_URL": db_url,
+        "BENCH_DATABASE_URL": db_url,
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    results: dict[str, SystemResult] = {}
+    deadline = began + plan.budget_s if plan.budget_s else float("inf")
+
+    def system_deadline(key: str) -> float:
+        """This system's share of what is left of the budget (weighted by typical run time)."""
+        remaining = [k for k in ("ours", "bare", "runtime") if k in only and k not in results]
+        share = BUDGET_WEIGHTS[key] / sum(BUDGET_WEIGHTS[k] for k in remaining)
+        now = time.monotonic()
+        return now + share * (deadline - now) if deadline != float("inf") else deadline
+
+    try:
+        if "ours" in only:
+            workers = WorkerProcesses({**base_env, "APPT_NAMESPACE": OURS_NAMESPACE}, work_dir / "logs")
+
+            def start_ours() -> dict[str, int]:
+                workers.start()
+                return {name: workers.processes[name].pid for name in WORKER_NAMES}
+
+            async def setup_ours() -> None:
+                topology = topology_module.build(OURS_NAMESPACE)
+                await workers.wait_consuming(amqp, topology, timeout_s=60)
+                broker = Broker(amqp, topology, name="bench-office")
+                await broker.connect()
+                settings = seed.settings_messages(now)
+                try:
+                    await asyncio.gather(*(broker.publish_message(m) for m in settings))
+                finally:
+                    await broker.close()
+                deadline = time.monotonic() + 30
+                while await db.fetchval("SELECT count(*) FROM policy.settings_layers") < len(settings):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the settings did not reach policy_gate in time")
+                    await asyncio.sleep(0.2)
+                log(f"ours: workers consuming, {len(settings)} settings layers applied by policy_gate")
+
+            spy_out = work_dir / f"pyspy-{profile}.txt" if profile else None
+            results["ours"] = await run_system(
+                defs["ours"], start_ours, workers.stop, messages["ours"], plan, db, work_dir,
+                system_deadline("ours"), setup_ours, (profile, spy_out) if profile else None,
+            )  # fmt: skip
+        for key, module, prefix, queue_of in (
+            ("bare", "bench.bare", "bare", bare_queue),
+            ("runtime", "bench.rt_stage", "rt_stage", runtime_queue),
+        ):
+            if key not in only:
+                continue
+            env = {**base_env, "APPT_NAMESPACE": RUNTIME_NAMESPACE}
+            stages = StageProcesses(module, prefix, env, work_dir)
+
+            def start_stages(stages: StageProcesses = stages) -> dict[str, int]:
+                stages.start()
+                return {name: p.pid for name, p in stages.processes.items()}
+
+            async def wait_stages(stages: StageProcesses = stages, queue_of=queue_of, key=key) -> None:
+                await wait_consumers(amqp, [queue_of(s) for s in STAGES], stages.alive)
+                log(f"{key}: stage processes consuming")
+
+            spy_out = work_dir / f"pyspy-{profile}.txt" if profile else None
+            results[key] = await run_system(
+                defs[key], start_stages, stages.stop, messages[key], plan, db, work_dir,
+                system_deadline(key), wait_stages, (profile, spy_out) if profile else None,
+            )  # fmt: skip
+    finally:
+        await db.close()
+
+    if profile is not None:
+        print_system(results[only[0]])
+        print_profile(spy_out)
+        return 0
+
+    for key in ("ours", "bare", "runtime"):
+        if key in results:
+            print_system(results[key])
+    (work_dir / "results.json").write_text(json.dumps(to_json(results), indent=2))
+    print(f"\nresults: {work_dir / 'results.json'}; worker logs: {work_dir}")
+    print(f"run took {time.monotonic() - began:.0f} s")
+    print(summary_line(results))
+    return 0
+
+
+PACKAGES = (
+    ("sqlalchemy/", "SQLAlchemy (statement building, compile cache, result rows)"),
+    ("asyncpg/", "asyncpg (protocol, prepared statements)"),
+    ("pydantic", "pydantic (validate, dump)"),
+    ("aio_pika/", "aio-pika / aiormq / pamqp (AMQP)"),
+    ("aiormq/", "aio-pika / aiormq / pamqp (AMQP)"),
+    ("pamqp/", "aio-pika / aiormq / pamqp (AMQP)"),
+    ("structlog/", "structlog + logging + json (log lines)"),
+    ("logging/", "structlog + logging + json (log lines)"),
+    ("json/", "structlog + logging + json (log lines)"),
+    ("asyncio/", "asyncio event loop, transports"),
+    ("greenlet", "asyncio event loop, transports"),
+    ("workers/", "our code (workers/, contracts/, infra/)"),
+    ("contracts/", "our code (workers/, contracts/, infra/)"),
+    ("infra/", "our code (workers/, contracts/, infra/)"),
+)
+_GENERIC = ("runpy>", "asyncio/", "entrypoint.py", "__main__.py", "greenlet", "<module> (", "main (bench/")
+
+
+def _package(frame: str) -> str:
+    where = frame.rpartition("(")[2]
+    for prefix, label in PACKAGES:
+        if where.startswith(prefix) or f"/{prefix}" in where:
+            return label
+    return "other / C code without a Python frame" if not where else "other Python"
+
+
+def print_profile(path: Path | None, top: int = 15) -> None:
+    """A py-spy raw (collapsed) profile, sampled only while the worker held the GIL (~ its Python CPU):
+    own samples by package, the top own frames, and the top inclusive frames of our code and SQLAlchemy.
+    SQLAlchemy's async layer runs the sync execute in a greenlet, whose stacks py-spy shows as separate
+    roots, so inclusive numbers of our callers miss the part spent inside Connection.execute."""
+    if path is None or not path.exists():
+        print("\nprofile: py-spy produced nothing (is ptrace allowed here?)")
+        return
+    own: Counter = Counter()
+    packages: Counter = Counter()
+    inclusive: Counter = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if f.strip()]
+        total += count
+        leaf = frames[-1] if frames else ""
+        own[leaf or "<no Python frame>"] += count
+        packages[_package(leaf)] += count
+        for frame in set(frames):
+            if not any(g in frame for g in _GENERIC):
+                inclusive[frame] += count
+    if not total:
+        print("\nprofile: no samples")
+        return
+    print(f"\nprofile: {total} samples while holding the GIL ({path})")
+    print("  own time by package:")
+    for label, n in packages.most_common():
+        print(f"    {100 * n / total:5.1f}%  {label}")
+    print("  top own frames:")
+    for frame, n in own.most_common(top):
+        print(f"    {100 * n / total:5.1f}%  {frame}")
+    print("  top inclusive frames (event-loop plumbing left out):")
+    for frame, n in inclusive.most_common(top):
+        print(f"    {100 * n / total:5.1f}%  {frame}")
