@@ -2,15 +2,14 @@
 own process, against the real broker and database of the test's namespace."""
 
 import asyncio
-import inspect
 import json
 import os
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from contracts.decoding import CONTENT_TYPE
 from contracts.envelope import Envelope
 from infra import topology as topology_module
 from infra.db.tables import decisions, inbox, outbox
-from tests import factories
+from tests import factories, waiting
 from tests.conftest import unique_tenant
 from workers.runtime.broker import Broker, to_amqp
 from workers.runtime.settings import Settings
@@ -33,6 +32,8 @@ from workers.runtime.settings import Settings
 pytestmark = pytest.mark.integration
 
 WAIT_S = 20.0
+# The broker's first queue statistics can take ~10 s on fresh queues, so waits here run longer.
+eventually = partial(waiting.eventually, timeout_s=WAIT_S, interval_s=0.1)
 
 
 # --- running the CLI and waiting ------------------------------------------------------------------
@@ -69,20 +70,6 @@ async def apptctl(settings: Settings, *args: str, stdin: Any = None, timeout_s: 
     out, err = await asyncio.wait_for(process.communicate(), timeout_s)
     assert process.returncode is not None
     return Run(process.returncode, out.decode(), err.decode())
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    """Poll `check` (sync or async) until it returns something truthy; fail with `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if inspect.isawaitable(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
 async def status_json(settings: Settings, *extra: str) -> tuple[int, dict]:

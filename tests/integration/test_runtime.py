@@ -7,7 +7,6 @@ small test handlers that write into a scratch table, so every effect is a row we
 
 import asyncio
 import contextlib
-import inspect
 import json
 import time
 import uuid
@@ -33,6 +32,7 @@ from contracts.reasons import DeadLetterReason
 from infra.db.tables import inbox, outbox
 from infra.topology import Topology
 from tests.conftest import unique_tenant
+from tests.waiting import eventually
 from workers.runtime import outbox as outbox_module
 from workers.runtime.broker import Broker
 from workers.runtime.consumer import MAX_CONFLICT_RETRIES, QueueConsumer
@@ -45,20 +45,6 @@ WAIT_S = 10.0
 
 
 # --- waiting on real signals --------------------------------------------------------------------
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    """Poll `check` (sync or async) until it returns something truthy; fail with `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if inspect.isawaitable(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
 async def settle() -> None:
