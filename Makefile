@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv services migrate topology demo run test lint format asyncapi clean bench bench-quick
+.PHONY: venv services migrate topology demo run test lint format asyncapi clean bench bench-quick bench-scale \
+	soak test-restarts faults-report
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +50,27 @@ bench: venv services
 
 bench-quick: venv services
 	$(BIN)/python -m bench --quick
+
+# 1 vs 2 replicas per stage, and the gate's decision time with 1k vs 1M appointments (docs/scaling.md).
+bench-scale: venv services
+	$(BIN)/python -m bench --scale --quick
+
+# The fault suite (tests/faults, docs/reliability.md) at 10x its CI size: ~20,000 requests.
+# APPT_FAULTS_SCALE sets another size; the last run's numbers land in build/faults/.
+SOAK_SCALE ?= 10
+soak: venv services
+	APPT_FAULTS_SCALE=$(SOAK_SCALE) APPT_FAULTS_SETTLE_S=600 $(BIN)/pytest -m faults \
+		-o timeout=3600 tests/faults
+	$(BIN)/python -m tests.faults.report
+
+# Restarts the shared RabbitMQ and PostgreSQL mid-run: run it alone on the services.
+test-restarts: venv services
+	APPT_SERVICE_RESTART_TESTS=1 $(BIN)/pytest -m service_restart tests/faults
+	$(BIN)/python -m tests.faults.report
+
+# The table of the last fault runs (build/faults/*.json), written into docs/reliability.md.
+faults-report: venv
+	$(BIN)/python -m tests.faults.report
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

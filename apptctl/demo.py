@@ -18,6 +18,27 @@ from workers.runtime.database import create_engine
 from workers.runtime.settings import Settings
 
 
+def _fmt_offer(offer) -> str:
+    """The Modify button as the portal would draw it now: each action offered, or why not."""
+
+    def one(action: str, offered: bool, approval: bool, code: str | None) -> str:
+        if offered:
+            return f"{action} yes" + (" (office approves)" if approval else "")
+        return f"{action} no [{code}]"
+
+    return (
+        f"Modify {'shown' if offer.modify_offered else 'hidden'}: "
+        + one(
+            "reschedule",
+            offer.reschedule_offered,
+            offer.reschedule_needs_approval,
+            offer.reschedule_reason_code,
+        )
+        + "; "
+        + one("cancel", offer.cancel_offered, offer.cancel_needs_approval, offer.cancel_reason_code)
+    )
+
+
 def _fmt_window(view) -> str:
     if view is None:
         return "-"
@@ -31,12 +52,13 @@ async def run_demo(settings: Settings, log_dir: Path | None = None) -> bool:
     typer.echo(f"demo run {run_id}: database {database}, namespace {settings.namespace}")
     await ensure_database(settings.database_url)
     await upgrade_async(settings.database_url)
-    topology = await topology_module.apply(settings.amqp_url, settings.namespace)
+    topology = await topology_module.apply(settings.amqp_url, settings.namespace, settings.retry_delays_s)
     typer.echo(f"schema migrated, topology declared; starting workers (logs in {log_dir})")
 
     workers = WorkerProcesses(
         {
             "APPT_NAMESPACE": settings.namespace,
+            "APPT_RETRY_DELAYS_S": settings.retry_delays,
             "DATABASE_URL": settings.database_url,
             "AMQP_URL": settings.amqp_url,
         },
@@ -79,6 +101,8 @@ async def run_demo(settings: Settings, log_dir: Path | None = None) -> bool:
                     f"{result.appointment.confirmation}, {_fmt_window(result.appointment)}, "
                     f"v{result.appointment.version}; job {result.job_status}"
                 )
+            if result.offer:
+                typer.echo(f"       offers    {_fmt_offer(result.offer)}")
             for problem in result.problems:
                 typer.echo(f"       problem   {problem}")
             ok &= result.passed

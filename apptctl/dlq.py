@@ -17,7 +17,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import ChannelNotFoundEntity
 
-from infra.topology import Topology
+from infra.topology import DEAD_LETTER, Topology
 from workers.runtime.broker import Broker
 
 MAX_SWEEP = 10_000  # dead letters read per queue in one command
@@ -54,7 +54,7 @@ class UnknownQueue(ValueError):
 
 
 def dead_letter_queues(topology: Topology) -> list[str]:
-    return [spec.name for spec in topology.queues if spec.worker is None]
+    return [spec.name for spec in topology.queues if spec.kind == DEAD_LETTER]
 
 
 def resolve_queues(topology: Topology, name: str | None) -> list[str]:
@@ -93,12 +93,16 @@ def _deaths(headers: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def reason_of(headers: dict[str, Any]) -> str:
-    """Our consumer's reason, else the broker's (`delivery_limit` for a crash loop), else `unknown`."""
-    for key in (REASON, "x-first-death-reason"):
-        if headers.get(key):
-            return str(plain(headers[key]))
+    """Our consumer's reason, else the broker's (`delivery_limit` for a crash loop), else `unknown`.
+
+    The broker's is its latest death: a message that went through a delay queue first died there
+    (`expired`, which is what `x-first-death-reason` keeps saying)."""
+    if headers.get(REASON):
+        return str(plain(headers[REASON]))
     deaths = _deaths(headers)
-    return str(plain(deaths[-1].get("reason", "unknown"))) if deaths else "unknown"
+    if deaths and deaths[0].get("reason"):
+        return str(plain(deaths[0]["reason"]))
+    return str(plain(headers.get("x-first-death-reason") or "unknown"))
 
 
 def target_of(headers: dict[str, Any]) -> tuple[str, str] | None:

@@ -39,11 +39,11 @@ def migrate() -> None:
 
 @topology_app.command("apply")
 def topology_apply() -> None:
-    """Declare exchanges, quorum queues, bindings and dead-letter queues (idempotent)."""
+    """Declare exchanges, quorum queues, bindings, dead-letter and delay queues (idempotent)."""
     from infra.topology import apply
 
     settings = Settings()
-    topology = asyncio.run(apply(settings.amqp_url, settings.namespace))
+    topology = asyncio.run(apply(settings.amqp_url, settings.namespace, settings.retry_delays_s))
     typer.echo(
         f"topology '{topology.namespace}': {len(topology.exchanges)} exchanges, {len(topology.queues)} queues"
     )
@@ -61,7 +61,8 @@ def topology_export(
     from infra.definitions import definitions, render
     from infra.topology import build
 
-    text = render(definitions(build(Settings().namespace), vhost))
+    settings = Settings()
+    text = render(definitions(build(settings.namespace, settings.retry_delays_s), vhost))
     if output is None:
         typer.echo(text, nl=False)
         return
@@ -112,6 +113,35 @@ def demo() -> None:
     configure_logging("WARNING")
     ok = asyncio.run(run_demo(Settings()))
     raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def audit(
+    appointment_id: str = typer.Argument(..., help="the appointment's id"),
+    tenant: str = typer.Option(..., "--tenant", "-t", help="the business (tenant id) it belongs to"),
+    as_json: bool = typer.Option(False, "--json", help="print the lines as JSON"),
+) -> None:
+    """One appointment's audit trail, in order: who asked for what, the answer and the rule behind it,
+    and what changed."""
+    from apptctl import audit as audit_view
+    from apptctl import readstore
+    from workers.runtime.database import create_engine
+
+    settings = Settings()
+
+    async def read():
+        engine = create_engine(settings.database_url, 1)
+        try:
+            return await readstore.audit_trail(engine, tenant, appointment_id)
+        finally:
+            await engine.dispose()
+
+    lines = asyncio.run(read())
+    if not lines:
+        typer.echo(f"no audit trail for appointment {appointment_id!r} of tenant {tenant!r}", err=True)
+        raise typer.Exit(1)
+    text = audit_view.as_json(lines) if as_json else "\n".join(map(audit_view.describe, lines))
+    typer.echo(text)
 
 
 def _quiet_amqp_logs() -> None:
@@ -317,6 +347,283 @@ def dlq_purge(
     for name, count in sorted(removed.items()):
         typer.echo(f"purged {count} from {name}")
     typer.echo(f"purged {sum(removed.values())} dead letter(s)")
+
+
+# --- reconciliation ---------------------------------------------------------------------------------
+
+
+TENANT_OPTION = typer.Option(None, "--tenant", "-t", help="only this tenant (repeatable)")
+SENT_OPTION = typer.Option(
+    None,
+    "--sent",
+    help="JSON lines of the requests the portal sent: missing ones are lost, others unexpected",
+)
+
+
+@app.command()
+def reconcile(
+    tenant: list[str] | None = TENANT_OPTION,
+    since: str | None = typer.Option(
+        None, "--since", help="only rows touched since then: ISO 8601 time with a timezone, or 15m / 2h / 7d"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of the report"),
+    sent: Path | None = SENT_OPTION,
+    grace: float = typer.Option(
+        60.0, "--grace", min=0, help="seconds unfinished work may take before it counts as lost"
+    ),
+    dead_letters: bool = typer.Option(
+        True, "--dead-letters/--no-dead-letters", help="read the dead-letter queues (nothing is removed)"
+    ),
+    all_requests: bool = typer.Option(False, "--all", help="with --json: every request's verdict"),
+) -> None:
+    """Check that every accepted request ended in one outcome (applied, rejected, failed, dead-lettered),
+    that no change happened without a request or twice, and that the read store equals the schedule.
+    Exits 1 on any violation."""
+    from apptctl import reconcile as checker
+
+    _quiet_amqp_logs()
+    try:
+        report = asyncio.run(
+            checker.run(
+                Settings(),
+                tenants=tenant,
+                since=since,
+                sent_path=sent,
+                grace_s=grace,
+                read_dlq=dead_letters,
+            )
+        )
+    except checker.BadSince as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    except checker.DatabaseUnavailable as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        json.dumps(report.to_json(all_requests=all_requests), indent=2) if as_json else checker.render(report)
+    )
+    raise typer.Exit(0 if report.ok else 1)
+
+
+# --- least privilege ----------------------------------------------------------------------------------
+
+security_app = typer.Typer(help="Per-worker RabbitMQ users and PostgreSQL roles.", no_args_is_help=True)
+app.add_typer(security_app, name="security")
+ENV_DIR_OPTION = typer.Option(
+    None, "--env-dir", help="write <name>.env (mode 0600) with each one's AMQP_URL / DATABASE_URL"
+)
+PREFIX_OPTION = typer.Option(None, "--prefix", help="user and role name prefix (default: namespace)")
+
+
+@security_app.command("apply")
+def security_apply(
+    env_dir: Path | None = ENV_DIR_OPTION,
+    prefix: str | None = PREFIX_OPTION,
+) -> None:
+    """Create or update one RabbitMQ user per worker (and for portal and office publishers), allowed only
+    its own queue and the exchanges it publishes to, and one PostgreSQL role per worker with grants only on
+    the tables it uses. Idempotent; passwords already in --env-dir are kept. Passwords are never printed."""
+    from infra import security
+
+    settings = Settings()
+    created = asyncio.run(
+        security.apply(
+            amqp_url=settings.amqp_url,
+            management_url=settings.rabbitmq_management_url,
+            database_url=settings.database_url,
+            namespace=settings.namespace,
+            env_dir=env_dir,
+            prefix=prefix,
+        )
+    )
+    for name, creds in created.items():
+        role = f", postgresql role {creds.db_role}" if creds.db_role else ""
+        typer.echo(f"{name}: rabbitmq user {creds.amqp_user}{role}")
+    if env_dir is not None:
+        typer.echo(f"credentials written to {env_dir}/<name>.env (mode 0600)")
+
+
+@security_app.command("drop")
+def security_drop(
+    prefix: str | None = PREFIX_OPTION,
+) -> None:
+    """Remove the users and roles `security apply` created."""
+    from infra import security
+
+    settings = Settings()
+    removed = asyncio.run(
+        security.drop(
+            management_url=settings.rabbitmq_management_url,
+            database_url=settings.database_url,
+            namespace=settings.namespace,
+            prefix=prefix,
+        )
+    )
+    typer.echo("\n".join(removed) or "nothing to remove")
+
+
+# --- message fixtures -------------------------------------------------------------------------------
+
+fixtures_app = typer.Typer(
+    help="Message fixtures: replay them, record live traffic into them, generate the library and load sets.",
+    no_args_is_help=True,
+)
+app.add_typer(fixtures_app, name="fixtures")
+
+FIXTURE_PATHS = typer.Argument(..., help="fixture files or folders (a folder: its *.json, recursively)")
+TENANT_RENAME_OPTION = typer.Option(None, "--tenant", help="OLD=NEW: replay OLD as NEW (repeatable)")
+RECORD_OUT_OPTION = typer.Option(..., "--out", "-o", help="folder for the fixture files (created if missing)")
+GENERATE_OUT_OPTION = typer.Option(..., "--out", "-o", help="folder to write into (created if missing)")
+
+
+@fixtures_app.command("replay")
+def fixtures_replay(
+    paths: list[Path] = FIXTURE_PATHS,
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate (and rewrite) only; publish nothing"),
+    rate: float = typer.Option(0.0, "--rate", min=0, help="messages per second; 0 = as fast as possible"),
+    fresh_ids: bool = typer.Option(
+        False, "--fresh-ids", help="new message ids (default: keep them, so the inboxes drop a replay)"
+    ),
+    tenant_suffix: str = typer.Option(
+        "", "--tenant-suffix", help="append to every tenant id (and derive new message ids): new data"
+    ),
+    tenant: list[str] | None = TENANT_RENAME_OPTION,
+    keep_times: bool = typer.Option(
+        False, "--keep-times", help="publish times as written (default: shift them by now - anchor)"
+    ),
+    settle: bool = typer.Option(
+        True,
+        "--settle/--no-settle",
+        help="before each file, wait until the workers handled the earlier files' messages (their inbox)",
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="afterwards, wait for each fixture's expect (request outcome, dead letter)"
+    ),
+    skip_malformed: bool = typer.Option(
+        False, "--skip-malformed", help="do not publish fixtures marked expect.dead_letter"
+    ),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="seconds to wait (--settle, --check)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar (only on a terminal)"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
+) -> None:
+    """Validate every fixture against the contracts, then publish them to APPT_NAMESPACE (confirmed,
+    persistent, mandatory), file by file. Publishes nothing when a fixture is invalid (exit 1); intentionally
+    malformed ones (expect.dead_letter) are published as they are. See docs/fixtures.md."""
+    from apptctl.fixture_replay import ReplayOptions, replay, report
+    from apptctl.fixtures import FixturePathError, Rewrite, RewriteError, load, parse_tenant_map
+
+    _quiet_amqp_logs()
+    try:
+        checked = load(paths)
+        rewrite = Rewrite(
+            shift_times=not keep_times,
+            fresh_ids=fresh_ids,
+            tenant_map=parse_tenant_map(tenant or []),
+            tenant_suffix=tenant_suffix,
+        )
+    except (FixturePathError, RewriteError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    options = ReplayOptions(
+        dry_run=dry_run,
+        rate=rate,
+        settle=settle,
+        check=check,
+        skip_malformed=skip_malformed,
+        timeout_s=timeout,
+        progress=progress,
+    )
+    summary = asyncio.run(replay(Settings(), checked, rewrite, options))
+    out, err = report(summary)
+    if err:
+        typer.echo(err, err=True)
+    typer.echo(json.dumps(summary.to_json(), indent=2) if as_json else out)
+    raise typer.Exit(0 if summary.ok else 1)
+
+
+@fixtures_app.command("record")
+def fixtures_record(
+    queue: str = typer.Argument(
+        ..., help="worker whose bindings to copy: policy_gate, modify_handler, portal_sync"
+    ),
+    out: Path = RECORD_OUT_OPTION,
+    count: int | None = typer.Option(None, "--count", min=1, help="stop after this many messages"),
+    timeout: float | None = typer.Option(None, "--timeout", min=0.1, help="stop after this many seconds"),
+) -> None:
+    """Record what is published from now on to a worker queue's bindings, one fixture file per message,
+    named to sort in arrival order. A temporary exclusive queue gets copies: the worker misses nothing."""
+    import signal
+
+    from aiormq.exceptions import ChannelNotFoundEntity
+
+    from apptctl.fixture_record import UnknownWorkQueue, record, resolve_work_queue
+    from infra.topology import build
+
+    settings = Settings()
+    topology = build(settings.namespace)
+    try:
+        spec = resolve_work_queue(topology, queue)
+    except UnknownWorkQueue as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    out.mkdir(parents=True, exist_ok=True)
+
+    async def action(broker):
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            return await record(
+                broker.connection,
+                topology,
+                spec,
+                out,
+                count=count,
+                timeout_s=timeout,
+                stop=stop,
+                on_ready=lambda text: typer.echo(text, err=True),
+            )
+        except ChannelNotFoundEntity as exc:
+            typer.echo(f"{exc}: run `apptctl topology apply` (or check APPT_NAMESPACE)", err=True)
+            raise typer.Exit(1) from None
+
+    recording = _with_broker(settings, action)
+    typer.echo(
+        f"recorded {len(recording.written)} message(s) from {recording.queue}'s bindings into {out} "
+        f"(stopped by {recording.stopped_by})"
+    )
+
+
+@fixtures_app.command("generate")
+def fixtures_generate(
+    kind: str = typer.Argument(..., help="library (what tests/fixtures holds) or load"),
+    out: Path = GENERATE_OUT_OPTION,
+    count: int = typer.Option(1000, "--count", min=1, help="load: appointments (booked, then changed once)"),
+    seed: str | None = typer.Option(None, "--seed", help="load: names its tenants (default: random)"),
+) -> None:
+    """Generate fixtures from the contract models: `library` rewrites the committed set (stories,
+    rejections, malformed, a small load set); `load` writes settings, bookings and requests files for
+    COUNT appointments (2 x COUNT + 1 per 100 messages) with times relative to now."""
+    import secrets
+
+    from apptctl import fixture_library
+
+    if kind == "library":
+        files = fixture_library.library()
+    elif kind == "load":
+        try:
+            files = fixture_library.load(
+                count, seed or secrets.token_hex(3), fixture_library.now_anchor(), folder="."
+            )
+        except ValueError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
+    else:
+        typer.echo(f"unknown kind {kind!r}: choose library or load", err=True)
+        raise typer.Exit(2)
+    written = fixture_library.write(files, out)
+    typer.echo(f"wrote {len(written)} fixture file(s) under {out}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aio_pika
@@ -14,20 +15,41 @@ from workers.registry import WORKER_NAMES
 
 
 class WorkerProcesses:
-    def __init__(self, env: dict[str, str], log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path | None = None,
+        commands: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """`commands`: process name -> argv, to run other processes the same way (the bench's stages and
+        replicas); by default the three workers, one process each."""
         self._env = {**os.environ, **env}
         self._log_dir = log_dir
         self.processes: dict[str, subprocess.Popen] = {}
+        self._commands = {
+            name: list(argv)
+            for name, argv in (
+                commands or {name: [sys.executable, "-m", f"workers.{name}"] for name in WORKER_NAMES}
+            ).items()
+        }
+
+    def env_of(self, index: int) -> dict[str, str]:
+        """A worker's environment: with APPT_METRICS_PORT=N, the workers serve on N, N+1, N+2 (0: each
+        takes any free port; unset: none serves), so they never contend for one port."""
+        port = self._env.get("APPT_METRICS_PORT", "").strip()
+        if port.isdigit() and int(port) > 0:
+            return {**self._env, "APPT_METRICS_PORT": str(int(port) + index)}
+        return self._env
 
     def start(self) -> None:
-        for name in WORKER_NAMES:
+        for index, (name, argv) in enumerate(self._commands.items()):
             output = None
             if self._log_dir is not None:
                 self._log_dir.mkdir(parents=True, exist_ok=True)
                 output = (self._log_dir / f"{name}.log").open("ab")
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", f"workers.{name}"],
-                env=self._env,
+                argv,
+                env=self.env_of(index),
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )

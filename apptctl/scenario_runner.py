@@ -24,6 +24,7 @@ class ScenarioResult:
     request: readstore.RequestView | None = None
     appointment: readstore.AppointmentView | None = None
     job_status: str | None = None
+    offer: readstore.OfferView | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -85,6 +86,7 @@ async def observe(engine: AsyncEngine, scenario: Scenario, before: dict) -> Scen
     result.appointment = now.get(appointment_id)
     if result.appointment is not None:
         result.job_status = await readstore.job_status(engine, tenant, result.appointment.job_id)
+    result.offer = (await readstore.offers(engine, tenant, [appointment_id])).get(appointment_id)
     problems = result.problems
     if result.request is None:
         problems.append("request not in read store")

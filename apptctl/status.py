@@ -26,7 +26,7 @@ DEFAULT_OUTBOX_MAX_AGE_S = 60.0
 @dataclass
 class QueueStatus:
     name: str
-    kind: str  # "work" or "dead-letter"
+    kind: str  # "work", "dead-letter" or "delay" (retries waiting for their next attempt; no consumer)
     worker: str | None
     exists: bool | None = None  # None: could not ask the broker
     ready: int | None = None
@@ -88,10 +88,7 @@ def _age_s(when: datetime | None, now: datetime) -> float | None:
 
 
 def initial_queues(topology: Topology) -> list[QueueStatus]:
-    return [
-        QueueStatus(spec.name, "work" if spec.worker else "dead-letter", spec.worker)
-        for spec in topology.queues
-    ]
+    return [QueueStatus(spec.name, spec.kind, spec.worker) for spec in topology.queues]
 
 
 # --- gathering ---------------------------------------------------------------------------------------
@@ -254,7 +251,7 @@ def problems_of(status: Status) -> list[str]:
 
 
 async def collect(settings: Settings, outbox_max_age_s: float = DEFAULT_OUTBOX_MAX_AGE_S) -> Status:
-    topology = build(settings.namespace)
+    topology = build(settings.namespace, settings.retry_delays_s)
     status = Status(
         settings.namespace,
         vhost_of(settings.amqp_url),
@@ -284,7 +281,7 @@ def render(status: Status) -> str:
         if q.exists is False:
             lines.append(f"{q.name:<{width}}  (missing)")
             continue
-        consumers = "-" if q.kind == "dead-letter" else _cell(q.consumers)
+        consumers = _cell(q.consumers) if q.kind == "work" else "-"
         lines.append(
             f"{q.name:<{width}}{_cell(q.ready):>7}{_cell(q.unacknowledged):>9}{consumers:>11}"
             f"{fmt_age(q.oldest_message_age_s):>9}"

@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--only ours,bare,runtime] [--profile PROCESS] [--wait-quiet S]`;
-see docs/benchmarks.md."""
+"""`python -m bench [--quick] [--only ours,bare,runtime] [--replicas N] [--profile PROCESS] [--wait-quiet S]`,
+`python -m bench --scale [--quick]`; see docs/benchmarks.md and docs/scaling.md."""
 
 import argparse
 import asyncio
@@ -34,12 +34,30 @@ def main() -> int:
         metavar="SECONDS",
         help="first wait up to this long for the machine to be under 20%% busy (shared machines)",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        choices=range(1, 5),
+        metavar="N",
+        help="run N processes per stage for OURS and RUNTIME (BARE stays at one)",
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="instead: max throughput with 1 and 2 replicas per stage (OURS, RUNTIME), and the gate's "
+        "decision time with 1k and 1M appointments (seeded with INSERT ... SELECT)",
+    )
     args = parser.parse_args()
+    if args.scale:
+        from bench.scale import main_async as scale_main
+
+        return asyncio.run(scale_main(args.quick, args.wait_quiet))
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - {"ours", "bare", "runtime"}
     if unknown:
         parser.error(f"unknown system(s): {', '.join(sorted(unknown))}")
-    return asyncio.run(main_async(args.quick, only, args.profile, args.wait_quiet))
+    return asyncio.run(main_async(args.quick, only, args.profile, args.wait_quiet, args.replicas))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,21 @@
 """Names and settings shared by the bench's processes (orchestrator, load generator, stage processes)."""
 
 import os
+import re
 
 from sqlalchemy.engine import make_url
 
 from workers.runtime.settings import Settings
 
-BENCH_DATABASE = "appt_bench"
-OURS_NAMESPACE = "bench"  # the real topology (infra.topology.build) under its own prefix
-RUNTIME_NAMESPACE = "benchrt"  # three trivial stages on our runtime
-BARE_NAMESPACE = "benchbare"  # three trivial stages on plain aio-pika + asyncpg
+# BENCH_PREFIX names everything a run owns (default `bench`: database appt_bench, namespaces bench,
+# benchrt, benchbare), so two people benchmarking on one shared machine don't reset each other's run.
+PREFIX = os.environ.get("BENCH_PREFIX", "bench")
+if not re.fullmatch(r"[a-z][a-z0-9]{0,15}", PREFIX):
+    raise SystemExit(f"BENCH_PREFIX must be a short lowercase name, like bench or perf2; got {PREFIX!r}")
+BENCH_DATABASE = f"appt_{PREFIX}"
+OURS_NAMESPACE = PREFIX  # the real topology (infra.topology.build) under its own prefix
+RUNTIME_NAMESPACE = f"{PREFIX}rt"  # three trivial stages on our runtime
+BARE_NAMESPACE = f"{PREFIX}bare"  # three trivial stages on plain aio-pika + asyncpg
 
 STAGES = (1, 2, 3)
 PREFETCH = 32  # = APPT_PREFETCH's default, used by every consumer in every system
@@ -30,7 +36,7 @@ def amqp_url() -> str:
 
 
 def database_url() -> str:
-    """BENCH_DATABASE_URL, else DATABASE_URL (or its default) with the database renamed to appt_bench."""
+    """BENCH_DATABASE_URL, else DATABASE_URL (or its default) with the database renamed to appt_<prefix>."""
     explicit = os.environ.get("BENCH_DATABASE_URL")
     if explicit:
         return explicit

@@ -1,71 +1,78 @@
 """One trivial stage on OUR runtime: `python -m bench.rt_stage --stage N`.
 
-What runs is the production runtime, unmodified: QueueConsumer (decode + strict validation, inbox claim,
-handler, commit, ack, dead-letter policy, structlog per message) and, for stages 1 and 2, the
-OutboxRelay (LISTEN/NOTIFY wake-up, FOR UPDATE SKIP LOCKED batch, confirmed publish, mark published).
-Only the handler is trivial: the same one-row insert the bare relay does, then `uow.emit` of the
+What runs is the production runtime, unmodified: `workers.runtime.worker.Worker` with its QueueConsumer
+(decode + strict validation, inbox claim, handler, commit, ack, dead-letter policy, structlog per
+message) and, for stages 1 and 2, its OutboxRelay (LISTEN/NOTIFY wake-up, FOR UPDATE SKIP LOCKED batch,
+confirmed publish, mark published). Only the handler is trivial: the same one-row insert the bare relay
+does (the same SQL on the unit of work's asyncpg connection, in its transaction), then `uow.emit` of the
 next-stage message into the outbox of that same transaction.
 
 Routing without touching contracts/: the message is a ModifyRequested on the wire (so decode() knows
 it), emitted as a bench-local subclass whose class-level exchange_role/routing_key point at the next
 stage queue. The outbox stores role + routing key per row, and the relay resolves the role through the
-Broker's Topology, which the bench builds itself for its own namespace.
-
-`Worker` itself is not used because it derives topology and queue from the settings' namespace and the
-three production worker names (`build_topology(namespace).queue_of(spec.name)`); StageWorker below
-wires the same parts the same way from a WorkerSpec plus the bench topology.
+Worker's Topology, which the bench builds for its own namespace: the production topology's queue
+family of one worker (work queue, dead letters, any retry tiers, same arguments) cloned once per stage.
 """
 
 import argparse
-import asyncio
-import contextlib
-import os
-import signal
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import ClassVar
 
-import structlog
 from aio_pika.abc import ExchangeType
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from bench.common import (
-    RUNTIME_NAMESPACE,
-    RUNTIME_ROLE,
-    database_url,
-    runtime_queue,
-)
+from bench.common import HOP_SQL, RUNTIME_NAMESPACE, RUNTIME_ROLE, STAGES, runtime_queue
 from contracts.portal_v1 import ModifyRequested
-from infra.topology import DEAD_LETTER_ROLE, Binding, ExchangeSpec, QueueSpec, Topology
+from infra.topology import Binding, ExchangeSpec, QueueSpec, Topology
 from infra.topology import build as build_production_topology
-from workers.runtime.broker import Broker
-from workers.runtime.consumer import QueueConsumer
-from workers.runtime.database import UnitOfWork, create_engine
+from workers.runtime import loop
+from workers.runtime.database import UnitOfWork
 from workers.runtime.logging import configure_logging
-from workers.runtime.outbox import OutboxRelay
 from workers.runtime.settings import Settings
-from workers.runtime.worker import WorkerSpec
+from workers.runtime.worker import Worker, WorkerSpec
 
-log = structlog.get_logger(__name__)
+# Whose queue family (arguments, dead letters, retry tiers) each stage copies.
+TEMPLATE_WORKER = "policy_gate"
+
+
+def _renamed(value, old: str, new: str):
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, dict):
+        return {k: _renamed(v, old, new) for k, v in value.items()}
+    return value
 
 
 def topology() -> Topology:
-    """Exchange `benchrt.stages` (topic) + dead letters; queues benchrt.stage1..3 with exactly the
-    arguments of a production work queue (quorum, delivery limit, dead-lettering, reject-publish)."""
-    template = build_production_topology(RUNTIME_NAMESPACE).queue_of("policy_gate").arguments
-    dlx = f"{RUNTIME_NAMESPACE}.{DEAD_LETTER_ROLE}"
+    """Exchange `benchrt.stages` (topic) next to the production exchanges of the namespace; per stage,
+    the production queue family of a worker (work queue `benchrt.stageN` bound to `stageN`, its dead
+    letters, any retry tiers) with exactly the production arguments."""
+    production = build_production_topology(RUNTIME_NAMESPACE)
+    template = production.queue_of(TEMPLATE_WORKER)
     queues: list[QueueSpec] = []
-    for stage in (1, 2, 3):
-        name = runtime_queue(stage)
-        dead = f"{name}.dead"
-        arguments = {**template, "x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": dead}
-        queues.append(QueueSpec(name, arguments, (Binding(RUNTIME_ROLE, f"stage{stage}"),), None, dead))
-        queues.append(QueueSpec(dead, {"x-queue-type": "quorum"}, (Binding(DEAD_LETTER_ROLE, dead),)))
+    for stage in STAGES:
+        name, worker = runtime_queue(stage), f"rt_stage{stage}"
+        for spec in production.queues:
+            if spec.worker != TEMPLATE_WORKER and spec.name != template.dead_letter_queue:
+                continue
+            clone = replace(
+                spec,
+                name=spec.name.replace(template.name, name),
+                arguments=_renamed(spec.arguments, template.name, name),
+                bindings=tuple(
+                    replace(b, routing_key=b.routing_key.replace(template.name, name)) for b in spec.bindings
+                ),
+                worker=worker if spec.worker else None,
+                dead_letter_queue=_renamed(spec.dead_letter_queue, template.name, name),
+            )
+            if spec.name == template.name:
+                clone = replace(clone, bindings=(Binding(RUNTIME_ROLE, f"stage{stage}"),))
+            queues.append(clone)
     return Topology(
         RUNTIME_NAMESPACE,
         (
+            *production.exchanges,
             ExchangeSpec(RUNTIME_ROLE, f"{RUNTIME_NAMESPACE}.stages", ExchangeType.TOPIC),
-            ExchangeSpec(DEAD_LETTER_ROLE, dlx, ExchangeType.DIRECT),
         ),
         tuple(queues),
     )
@@ -82,7 +89,6 @@ class ToStage3(ModifyRequested):
 
 
 NEXT = {1: ToStage2, 2: ToStage3, 3: None}
-_HOP = text("INSERT INTO bench.hops (id, stage) VALUES (:id, :stage) ON CONFLICT DO NOTHING")
 
 
 def stage_spec(stage: int) -> WorkerSpec:
@@ -90,7 +96,8 @@ def stage_spec(stage: int) -> WorkerSpec:
     following = NEXT[stage]
 
     async def handle(message: ModifyRequested, uow: UnitOfWork) -> None:
-        await uow.connection.execute(_HOP, {"id": message.correlation_id, "stage": stage})
+        # The bare stage's statement, on the unit of work's asyncpg connection (its transaction).
+        await uow.driver.execute(HOP_SQL, message.correlation_id, stage)
         if following is not None:
             await uow.emit(
                 following.follow(
@@ -101,78 +108,13 @@ def stage_spec(stage: int) -> WorkerSpec:
     return WorkerSpec(name, {ModifyRequested: handle}, emits_events=following is not None)
 
 
-class StageWorker:
-    """`workers.runtime.worker.Worker`, wired from a WorkerSpec and the bench topology."""
-
-    def __init__(self, stage: int, settings: Settings, db_url: str) -> None:
-        self.spec = stage_spec(stage)
-        self.settings = settings
-        self.topology = topology()
-        if os.environ.get("BENCH_RT_PRE_PING") == "0":  # experiment: the runtime's engine minus pre-ping
-            self.engine = create_async_engine(
-                db_url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size, pool_recycle=1800
-            )
-        else:
-            self.engine = create_engine(db_url, settings.db_pool_size)
-        self.broker = Broker(
-            settings.amqp_url,
-            self.topology,
-            name=self.spec.name,
-            publish_timeout_s=settings.publish_timeout_s,
-        )
-        queue = next(q for q in self.topology.queues if q.name == runtime_queue(stage))
-        self.consumer = QueueConsumer(
-            name=self.spec.name,
-            queue_name=queue.name,
-            dead_letter_routing_key=queue.dead_letter_queue or "",
-            handlers=self.spec.handlers,
-            engine=self.engine,
-            broker=self.broker,
-            prefetch=settings.prefetch,
-            transient_retry_delay_s=settings.transient_retry_delay_s,
-        )
-        self.relay = (
-            OutboxRelay(
-                self.engine,
-                self.broker,
-                producer=self.spec.name,
-                database_url=db_url,
-                batch_size=settings.outbox_batch_size,
-                poll_interval_s=settings.outbox_poll_interval_s,
-                retention_s=settings.outbox_retention_s,
-            )
-            if self.spec.emits_events
-            else None
-        )
-
-    async def run(self) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await self.broker.connect(retry_for_s=10)
-        relay_task = asyncio.create_task(self.relay.run()) if self.relay is not None else None
-        await self.consumer.start()
-        await stop.wait()
-        await self.consumer.drain(self.settings.drain_timeout_s)
-        if self.relay is not None and relay_task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.relay.publish_pending(), timeout=5)
-            self.relay.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(relay_task, timeout=5)
-        await self.broker.close()
-        await self.engine.dispose()
-        log.info("worker.stopped", counts=self.consumer.counts)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
     args = parser.parse_args()
     settings = Settings()
     configure_logging(settings.log_level, worker=f"rt_stage{args.stage}")
-    asyncio.run(StageWorker(args.stage, settings, database_url()).run())
+    loop.run(Worker(stage_spec(args.stage), settings, topology=topology()).run())
 
 
 if __name__ == "__main__":

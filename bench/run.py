@@ -3,8 +3,6 @@
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from workers.runtime.broker import Broker
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASE_MIN_DRAIN_S = 3
+RSS_LIMIT_MB = 120  # the target for a worker's peak resident memory
 # --profile NAME: which system runs that process.
 PROFILE_TARGETS = {
     **{name: "ours" for name in WORKER_NAMES},
@@ -226,8 +225,9 @@ async def reset_broker(url: str) -> None:
 
 
 async def wait_consumers(
-    url: str, queues: list[str], alive: Callable[[], bool], timeout_s: float = 60
+    url: str, queues: list[str], alive: Callable[[], bool], timeout_s: float = 60, each: int = 1
 ) -> None:
+    """Until every queue has `each` consumers (one per replica); raises if a process died."""
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
@@ -239,7 +239,7 @@ async def wait_consumers(
                 (await channel.declare_queue(q, passive=True)).declaration_result.consumer_count
                 for q in queues
             ]
-            if all(counts):
+            if all(c >= each for c in counts):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no consumer on {queues} after {timeout_s}s")
@@ -270,38 +270,30 @@ async def dead_letter_count(url: str, queues: list[str]) -> int:
 
 
 # --- stage processes ----------------------------------------------------------------------------------
-class StageProcesses:
-    def __init__(self, module: str, prefix: str, env: dict[str, str], log_dir: Path) -> None:
-        self.module, self.prefix, self.env, self.log_dir = module, prefix, env, log_dir
-        self.processes: dict[str, subprocess.Popen] = {}
+def replica_names(stage: str, replicas: int) -> list[str]:
+    """`policy_gate`, `policy_gate#2`, ...: one process each, competing on the stage's queue."""
+    return [stage if r == 1 else f"{stage}#{r}" for r in range(1, replicas + 1)]
 
-    def start(self) -> None:
-        for stage in STAGES:
-            name = f"{self.prefix}{stage}"
-            output = (self.log_dir / f"{name}.log").open("ab")
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", self.module, "--stage", str(stage)],
-                env=self.env,
-                cwd=ROOT,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
 
-    def alive(self) -> bool:
-        return all(p.poll() is None for p in self.processes.values())
+def stage_of(process_name: str) -> str:
+    return process_name.split("#", 1)[0]
 
-    def stop(self, timeout_s: float = 30) -> dict[str, int | None]:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        codes: dict[str, int | None] = {}
-        for name, process in self.processes.items():
-            try:
-                codes[name] = process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                codes[name] = process.wait()
-        return codes
+
+def processes(
+    env: dict[str, str], log_dir: Path, argv_of: dict[str, list[str]], replicas: int = 1
+) -> WorkerProcesses:
+    """The stage processes of one system (`argv_of`: stage -> command), `replicas` of each, started and
+    stopped (SIGTERM, drain, kill after 30 s) the way apptctl runs the workers."""
+    commands = {name: argv for stage, argv in argv_of.items() for name in replica_names(stage, replicas)}
+    return WorkerProcesses(env, log_dir, commands=commands)
+
+
+def ours_commands() -> dict[str, list[str]]:
+    return {name: [sys.executable, "-m", f"workers.{name}"] for name in WORKER_NAMES}
+
+
+def stage_commands(module: str, prefix: str) -> dict[str, list[str]]:
+    return {f"{prefix}{s}": [sys.executable, "-m", module, "--stage", str(s)] for s in STAGES}
 
 
 # --- one phase ----------------------------------------------------------------------------------------
@@ -472,6 +464,9 @@ def print_system(result: SystemResult) -> None:
             problems.append(f"{r.phase.label}: other processes used {r.others_percent:.0f}% of the machine")
     if result.dead_letters:
         problems.append(f"{result.dead_letters} dead letters")
+    for name, rss in result.peak_rss_mb.items():
+        if rss is not None and rss >= RSS_LIMIT_MB:
+            problems.append(f"{name} peaked at {rss:.0f} MB (target < {RSS_LIMIT_MB} MB)")
     print("  problems: " + ("; ".join(problems) if problems else "none"))
 
 
@@ -551,7 +546,26 @@ async def wait_quiet(limit_s: float, busy_below: float = 20.0) -> None:
         await asyncio.sleep(1.0)
 
 
-async def main_async(quick: bool, only: list[str], profile: str | None, quiet_s: float = 0) -> int:
+async def apply_settings(amqp: str, topology, db: asyncpg.Connection, now: datetime) -> None:
+    """The tenants' settings, sent as office messages through the real policy_gate; waits for them.
+    Sent before the schedule is written (see seed.plan_schedule); a second call changes nothing."""
+    broker = Broker(amqp, topology, name="bench-office")
+    await broker.connect()
+    settings = seed.settings_messages(now)
+    try:
+        await asyncio.gather(*(broker.publish_message(m) for m in settings))
+    finally:
+        await broker.close()
+    deadline = time.monotonic() + 30
+    while await db.fetchval("SELECT count(*) FROM policy.settings_layers") < len(settings):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the settings did not reach policy_gate in time")
+        await asyncio.sleep(0.2)
+
+
+async def main_async(
+    quick: bool, only: list[str], profile: str | None, quiet_s: float = 0, replicas: int = 1
+) -> int:
     await wait_quiet(quiet_s)
     plan = QUICK if quick else FULL
     spy_out = None
@@ -569,8 +583,9 @@ async def main_async(quick: bool, only: list[str], profile: str | None, quiet_s:
     await seed.reset_database(db_url)
     now = datetime.now(UTC)
     counts = {key: _phase_counts(plan, key) for key in ("ours", "bare", "runtime")}
-    targets = await seed.seed_schedule(db_url, sum(counts["ours"].values()), now)
-    log(f"reset and seeded: {len(targets)} request targets in {len(seed.TENANTS)} tenants")
+    schedule = seed.plan_schedule(sum(counts["ours"].values()), now)
+    targets = schedule.targets
+    log(f"reset; schedule planned: {len(targets)} request targets in {len(seed.TENANTS)} tenants")
 
     messages: dict[str, dict[str, list]] = {}
     offset = 0
@@ -611,28 +626,21 @@ async def main_async(quick: bool, only: list[str], profile: str | None, quiet_s:
 
     try:
         if "ours" in only:
-            workers = WorkerProcesses({**base_env, "APPT_NAMESPACE": OURS_NAMESPACE}, work_dir / "logs")
+            workers = processes(
+                {**base_env, "APPT_NAMESPACE": OURS_NAMESPACE}, work_dir / "logs", ours_commands(), replicas
+            )
+            ours_topology = topology_module.build(OURS_NAMESPACE)
 
             def start_ours() -> dict[str, int]:
                 workers.start()
-                return {name: workers.processes[name].pid for name in WORKER_NAMES}
+                return {name: p.pid for name, p in workers.processes.items()}
 
             async def setup_ours() -> None:
-                topology = topology_module.build(OURS_NAMESPACE)
-                await workers.wait_consuming(amqp, topology, timeout_s=60)
-                broker = Broker(amqp, topology, name="bench-office")
-                await broker.connect()
-                settings = seed.settings_messages(now)
-                try:
-                    await asyncio.gather(*(broker.publish_message(m) for m in settings))
-                finally:
-                    await broker.close()
-                deadline = time.monotonic() + 30
-                while await db.fetchval("SELECT count(*) FROM policy.settings_layers") < len(settings):
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("the settings did not reach policy_gate in time")
-                    await asyncio.sleep(0.2)
-                log(f"ours: workers consuming, {len(settings)} settings layers applied by policy_gate")
+                queues = [ours_topology.queue_of(name).name for name in WORKER_NAMES]
+                await wait_consumers(amqp, queues, lambda: all(workers.alive().values()), each=replicas)
+                await apply_settings(amqp, ours_topology, db, now)
+                await seed.write_schedule(db_url, schedule)
+                log(f"ours: consuming ({replicas} per stage), settings applied, schedule seeded")
 
             spy_out = work_dir / f"pyspy-{profile}.txt" if profile else None
             results["ours"] = await run_system(
@@ -646,14 +654,17 @@ async def main_async(quick: bool, only: list[str], profile: str | None, quiet_s:
             if key not in only:
                 continue
             env = {**base_env, "APPT_NAMESPACE": RUNTIME_NAMESPACE}
-            stages = StageProcesses(module, prefix, env, work_dir)
+            # The baseline stays one process per stage: replicas are ours to prove.
+            n = replicas if key == "runtime" else 1
+            stages = processes(env, work_dir, stage_commands(module, prefix), n)
 
-            def start_stages(stages: StageProcesses = stages) -> dict[str, int]:
+            def start_stages(stages: WorkerProcesses = stages) -> dict[str, int]:
                 stages.start()
                 return {name: p.pid for name, p in stages.processes.items()}
 
-            async def wait_stages(stages: StageProcesses = stages, queue_of=queue_of, key=key) -> None:
-                await wait_consumers(amqp, [queue_of(s) for s in STAGES], stages.alive)
+            async def wait_stages(stages: WorkerProcesses = stages, queue_of=queue_of, key=key, n=n) -> None:
+                queues = [queue_of(s) for s in STAGES]
+                await wait_consumers(amqp, queues, lambda: all(stages.alive().values()), each=n)
                 log(f"{key}: stage processes consuming")
 
             spy_out = work_dir / f"pyspy-{profile}.txt" if profile else None

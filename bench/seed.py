@@ -126,9 +126,26 @@ def settings_messages(now: datetime) -> list[PortalSettingsUpdatedV2]:
     ]
 
 
+@dataclass
+class Schedule:
+    """Rows for scheduling.* and portal.*, and the request targets among them (shuffled)."""
+
+    tables: dict[str, tuple[str, list[str], list[tuple]]]  # name -> (schema, columns, records)
+    targets: list[Target]
+
+
 async def seed_schedule(database_url: str, targets_needed: int, now: datetime) -> list[Target]:
-    """Insert enough jobs for `targets_needed` requests plus ~30% appointments nobody touches; return
-    the request targets in a shuffled order."""
+    """`plan_schedule` + `write_schedule`."""
+    schedule = plan_schedule(targets_needed, now)
+    await write_schedule(database_url, schedule)
+    return schedule.targets
+
+
+def plan_schedule(targets_needed: int, now: datetime) -> Schedule:
+    """Enough jobs for `targets_needed` requests plus ~30% appointments nobody touches; the request
+    targets in a shuffled order. Nothing is written yet: the settings go through policy_gate first, while
+    the schedule is empty, so the gate has no offers to recompute for thousands of seeded appointments
+    (it refreshes an appointment's offers when the appointment changes, as in production)."""
     jobs, appointments, portal_appointments, portal_jobs = [], [], [], []
     projects, contacts = [], []
     candidates: list[Target] = []
@@ -171,57 +188,104 @@ async def seed_schedule(database_url: str, targets_needed: int, now: datetime) -
     # Several construction jobs of a tenant share a project: one row (and one pair of contacts) each.
     projects = list({(p[0], p[1]): p for p in projects}.values())
     contacts = list({(c[0], c[1], c[2]): c for c in contacts}.values())
-    connection = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        async with connection.transaction():
-            await connection.copy_records_to_table(
-                "jobs",
-                schema_name="scheduling",
-                records=jobs,
-                columns=["tenant_id", "job_id", "customer_id", "status", "version"],
-            )
-            await connection.copy_records_to_table(
-                "projects",
-                schema_name="scheduling",
-                records=projects,
-                columns=["tenant_id", "project_id", "portal_locked", "starts_at", "ends_at"],
-            )
-            await connection.copy_records_to_table(
-                "project_contacts",
-                schema_name="scheduling",
-                records=contacts,
-                columns=["tenant_id", "project_id", "contact_id", "role"],
-            )
-            await connection.copy_records_to_table(
-                "appointments",
-                schema_name="scheduling",
-                records=appointments,
-                columns=[
+    random.Random(7).shuffle(candidates)
+    return Schedule(
+        {
+            "scheduling.jobs": (
+                "scheduling", ["tenant_id", "job_id", "customer_id", "status", "version"], jobs
+            ),
+            "scheduling.projects": (
+                "scheduling",
+                ["tenant_id", "project_id", "portal_locked", "starts_at", "ends_at"],
+                projects,
+            ),
+            "scheduling.project_contacts": (
+                "scheduling",
+                ["tenant_id", "project_id", "contact_id", "role"],
+                contacts,
+            ),
+            "scheduling.appointments": (
+                "scheduling",
+                [
                     "tenant_id", "appointment_id", "job_id", "customer_id", "business_unit", "job_type",
                     "project_id", "window_start", "window_end", "status", "confirmation", "version",
                     "customer_reschedules",
                 ],
-            )  # fmt: skip
-            await connection.copy_records_to_table(
-                "appointments",
-                schema_name="portal",
-                records=portal_appointments,
-                columns=[
+                appointments,
+            ),
+            "portal.appointments": (
+                "portal",
+                [
                     "tenant_id", "appointment_id", "job_id", "customer_id", "project_id", "business_unit",
                     "job_type", "window_start", "window_end", "status", "confirmation", "version",
                 ],
-            )  # fmt: skip
-            await connection.copy_records_to_table(
-                "jobs",
-                schema_name="portal",
-                records=portal_jobs,
-                columns=["tenant_id", "job_id", "customer_id", "status", "active_appointments", "version"],
-            )
+                portal_appointments,
+            ),
+            "portal.jobs": (
+                "portal",
+                ["tenant_id", "job_id", "customer_id", "status", "active_appointments", "version"],
+                portal_jobs,
+            ),
+        },
+        candidates[:targets_needed],
+    )  # fmt: skip
+
+
+async def write_schedule(database_url: str, schedule: Schedule) -> None:
+    """COPY every table in one transaction, then ANALYZE."""
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        async with connection.transaction():
+            for name, (schema, columns, records) in schedule.tables.items():
+                await connection.copy_records_to_table(
+                    name.split(".", 1)[1], schema_name=schema, records=records, columns=columns
+                )
         await connection.execute("ANALYZE")
     finally:
         await connection.close()
-    random.Random(7).shuffle(candidates)
-    return candidates[:targets_needed]
+
+
+# --scale: one residential job with one appointment per row, generated by the server (INSERT ... SELECT
+# generate_series: one statement per table, no rows through Python), 3-21 days ahead, a third unconfirmed.
+# Zero-padded ids arrive in index order, so the primary keys grow at their right edge (no page splits).
+_SCALE_JOBS = """
+INSERT INTO scheduling.jobs (tenant_id, job_id, customer_id, status, version)
+SELECT ($2::text[])[1 + i % 8], 'job-s' || lpad(i::text, 8, '0'), 'cust-' || (i / 8) % 3000, 'scheduled', 0
+FROM generate_series(0, $1 - 1) AS i
+"""
+_SCALE_APPOINTMENTS = """
+INSERT INTO scheduling.appointments
+    (tenant_id, appointment_id, job_id, customer_id, business_unit, job_type, project_id,
+     window_start, window_end, status, confirmation, version, customer_reschedules)
+SELECT ($2::text[])[1 + i % 8], 'apt-s' || lpad(i::text, 8, '0'), 'job-s' || lpad(i::text, 8, '0'),
+       'cust-' || (i / 8) % 3000, 'residential',
+       'drain-cleaning', NULL, w.start, w.start + interval '2 hours', 'scheduled',
+       CASE WHEN i % 3 = 0 THEN 'unconfirmed' ELSE 'confirmed' END, 1, 0
+FROM generate_series(0, $1 - 1) AS i,
+     LATERAL (SELECT date_trunc('day', $3::timestamptz)
+                     + make_interval(days => 3 + i % 18, hours => 7 + (i % 5) * 2) AS start) AS w
+"""
+
+
+async def seed_scale(database_url: str, appointments: int, now: datetime) -> None:
+    """`appointments` jobs and appointments (`apt-s<i>`), server-side; see `scale_target`."""
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        async with connection.transaction():
+            # Skip the per-row foreign-key checks (every job is written just before its appointment):
+            # the bench database's own superuser session, the same data, a fraction of the time.
+            await connection.execute("SET LOCAL session_replication_role = replica")
+            await connection.execute(_SCALE_JOBS, appointments, list(TENANTS))
+            await connection.execute(_SCALE_APPOINTMENTS, appointments, list(TENANTS), now)
+        await connection.execute("ANALYZE scheduling.jobs")
+        await connection.execute("ANALYZE scheduling.appointments")
+    finally:
+        await connection.close()
+
+
+def scale_target(i: int) -> Target:
+    """The i-th appointment `seed_scale` wrote, asked for by its customer; 1 in 7 cancels."""
+    return Target(TENANTS[i % len(TENANTS)], f"apt-s{i:08d}", f"cust-{(i // 8) % 3000}", cancel=i % 7 == 3)
 
 
 def modify_request(tag: str, i: int, target: Target, now: datetime) -> ModifyRequested:

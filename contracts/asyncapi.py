@@ -37,6 +37,13 @@ PUBLISHERS: dict[str, str] = {
     "appointment.canceled": "modify_handler",
     "appointment.updated": "modify_handler",
     "job.status_changed": "modify_handler",
+    "appointment.offer_changed": "policy_gate",
+    "office.capacity.updated": "office",
+    "capacity.window_changed": "modify_handler",
+    "portal.view_changed": "portal_sync",
+    "office.project.recorded": "office",
+    "project.updated": "modify_handler",
+    "modify.outcome": "portal_sync",
 }
 
 ACTORS: dict[str, str] = {
@@ -60,6 +67,10 @@ DEAD_LETTER_TEXT: dict[str, str] = {
     DeadLetterReason.DELIVERY_LIMIT_EXCEEDED: (
         f"Reserved. A message redelivered more than {DELIVERY_LIMIT} times is dead-lettered by the "
         "broker itself, which sets RabbitMQ's `x-death` / `x-first-death-reason` headers instead."
+    ),
+    DeadLetterReason.RETRIES_EXHAUSTED: (
+        "The database or broker stayed unavailable through every delayed retry; `x-attempt` says how many "
+        "attempts failed and `x-last-error` the last error. Replay it once the outage is over."
     ),
 }
 
@@ -89,6 +100,13 @@ DEAD_LETTER_HEADERS: dict[str, dict] = {
     "x-original-queue": {"type": "string", "description": "The work queue it was consumed from."},
     "x-dead-lettered-by": {"type": "string", "description": "The worker that dead-lettered it."},
     "x-dead-lettered-at": {"type": "string", "format": "date-time", "description": "When (UTC, ISO 8601)."},
+    "x-attempt": {
+        "type": "integer",
+        "minimum": 1,
+        "description": "Deliveries that failed transiently (database or broker away), on a message that was "
+        "retried through the worker's delay queues; with `retries_exhausted`, how many it took.",
+    },
+    "x-last-error": {"type": "string", "description": "The last transient error of a retried message."},
 }
 
 DESCRIPTION = """\
@@ -123,7 +141,7 @@ redelivered more than {limit} times is dead-lettered by the broker with RabbitMQ
 
 
 def _snake(name: str) -> str:
-    return name.replace(".", "_").replace("-", "_")
+    return name.replace(".", "_").replace("-", "_").replace("{", "").replace("}", "")
 
 
 def channel_id(exchange_role: str, routing_key: str) -> str:

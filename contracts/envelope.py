@@ -38,6 +38,11 @@ class Envelope(Strict):
     occurred_at: Timestamp = Field(description="When the fact happened (timezone-aware).")
     producer: Slug = Field(description="Who produced the message, e.g. 'portal-web' or 'modify_handler'.")
 
+    def route(self) -> str:
+        """The routing key this message is published with: the class's, unless a message routes by its
+        content (the live feed routes by tenant, customer and job)."""
+        return self.routing_key
+
     @classmethod
     def follow(
         cls, cause: "Envelope", *, producer: str, occurred_at, correlation_id: str | None = None, **fields

@@ -7,7 +7,7 @@ from pydantic import Field
 
 from contracts.common import AppointmentSnapshot, ArrivalWindow, JobStatus, ModifyAction
 from contracts.envelope import Envelope, Strict
-from contracts.types import EntityId, LongText, ShortText, Slug, Version
+from contracts.types import EntityId, LongText, ShortText, Slug, Timestamp, Version
 
 
 class Initiator(StrEnum):
@@ -137,3 +137,110 @@ class JobStatusChanged(Envelope):
     type: Literal["job.status_changed"] = "job.status_changed"
     schema_version: Literal[1] = 1
     payload: JobStatusChangedPayload
+
+
+class OfferedAction(Strict):
+    offered: bool = Field(description="The portal may show this action.")
+    needs_approval: bool = Field(
+        default=False, description="Offered, but the request will wait for the office's approval."
+    )
+    reason_code: Slug | None = Field(
+        default=None, description="Why not, when not offered: a code from contracts.reasons.RejectionCode."
+    )
+    reason: LongText | None = Field(default=None, description="Why not, as a sentence the customer can read.")
+
+
+class OfferSegment(Strict):
+    valid_from: Timestamp | None = Field(
+        default=None, description="Holds from this instant; null: from when it was computed."
+    )
+    valid_until: Timestamp | None = Field(
+        default=None, description="Holds until this instant; null: for ever."
+    )
+    reschedule: OfferedAction
+    cancel: OfferedAction
+
+
+class PickRules(Strict):
+    """Which arrival windows a customer may pick for a reschedule, besides free places in the
+    appointment's business unit (and zone): from now + lead time to now + horizon, within the project."""
+
+    business_unit: Slug
+    zone: Slug | None = None
+    min_lead_hours: int = Field(ge=0)
+    max_horizon_days: int = Field(ge=1)
+    not_before: Timestamp | None = Field(default=None, description="The project's start, if dated.")
+    not_after: Timestamp | None = Field(default=None, description="The project's end, if dated.")
+
+
+class AppointmentOfferChangedPayload(Strict):
+    appointment_id: EntityId
+    job_id: EntityId
+    customer_id: EntityId
+    offer_version: Version = Field(description="Increases with every new offer; older ones are ignored.")
+    appointment_version: Version = Field(description="The appointment version the offer was computed on.")
+    segments: list[OfferSegment] = Field(
+        min_length=1,
+        max_length=16,
+        description="Contiguous and ordered: what the portal may offer at each moment from now on.",
+    )
+    pick: PickRules | None = Field(
+        default=None, description="What a new window must satisfy (the portal lists the free ones)."
+    )
+
+
+class AppointmentOfferChanged(Envelope):
+    exchange_role: ClassVar[str] = "events"
+    routing_key: ClassVar[str] = "appointment.offer_changed"
+    summary: ClassVar[str] = (
+        "What the portal may offer for an appointment (reschedule, cancel, or why not) changed, "
+        "as a timeline, so notice windows close without another event."
+    )
+
+    type: Literal["appointment.offer_changed"] = "appointment.offer_changed"
+    schema_version: Literal[1] = 1
+    payload: AppointmentOfferChangedPayload
+
+
+class CapacityWindowChangedPayload(Strict):
+    business_unit: Slug
+    zone: Slug | None = None
+    window: ArrivalWindow
+    places: int = Field(ge=0, description="The places the office set for the window.")
+    booked: int = Field(
+        ge=0, description="Places held by appointments (the office may book beyond `places`)."
+    )
+    free: int = Field(ge=0, description="Places a customer may still take: max(places - booked, 0).")
+    version: Version = Field(
+        description="Increases with every change of this window; older ones are ignored."
+    )
+
+
+class CapacityWindowChanged(Envelope):
+    exchange_role: ClassVar[str] = "events"
+    routing_key: ClassVar[str] = "capacity.window_changed"
+    summary: ClassVar[str] = "An arrival window's places or bookings changed (a place taken, freed, or set)."
+
+    type: Literal["capacity.window_changed"] = "capacity.window_changed"
+    schema_version: Literal[1] = 1
+    payload: CapacityWindowChangedPayload
+
+
+class ProjectUpdatedPayload(Strict):
+    project_id: EntityId
+    portal_locked: bool
+    starts_at: Timestamp | None = None
+    ends_at: Timestamp | None = None
+    contacts: int = Field(ge=0, description="How many named contacts may act on its appointments.")
+
+
+class ProjectUpdated(Envelope):
+    exchange_role: ClassVar[str] = "events"
+    routing_key: ClassVar[str] = "project.updated"
+    summary: ClassVar[str] = (
+        "A project's lock, dates or contacts changed (what its appointments offer may too)."
+    )
+
+    type: Literal["project.updated"] = "project.updated"
+    schema_version: Literal[1] = 1
+    payload: ProjectUpdatedPayload

@@ -5,7 +5,7 @@ the less specific layer. Precedence, most specific first: project > job type > b
 """
 
 from enum import StrEnum
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -54,7 +54,11 @@ class RescheduleSettings(Strict):
     min_notice_hours: int | None = Field(default=None, ge=0, le=MAX_NOTICE_HOURS)
     min_lead_hours: int | None = Field(default=None, ge=0, le=MAX_NOTICE_HOURS)
     max_horizon_days: int | None = Field(default=None, ge=1, le=MAX_HORIZON_DAYS)
-    max_customer_reschedules: int | None = Field(default=None, ge=0, le=100)
+    max_customer_reschedules: Annotated[int, Field(ge=0, le=100)] | Literal["unlimited"] | None = Field(
+        default=None,
+        description='How many times a customer may reschedule one appointment; "unlimited" lifts a limit '
+        "that a less specific layer set.",
+    )
 
     @model_validator(mode="after")
     def _lead_within_horizon(self) -> "RescheduleSettings":
@@ -69,11 +73,17 @@ class CancelSettings(Strict):
     unconfirmed: Permission | None = None
     min_notice_hours: int | None = Field(default=None, ge=0, le=MAX_NOTICE_HOURS)
     reason_required: bool | None = None
-    allowed_reasons: list[ShortText] | None = Field(default=None, min_length=1, max_length=50)
+    allowed_reasons: (
+        Annotated[list[ShortText], Field(min_length=1, max_length=50)] | Literal["any"] | None
+    ) = Field(
+        default=None,
+        description='The cancel reasons a customer may give; "any" lifts a list that a less specific '
+        "layer set.",
+    )
 
     @model_validator(mode="after")
     def _reasons_unique(self) -> "CancelSettings":
-        if self.allowed_reasons is not None:
+        if isinstance(self.allowed_reasons, list):
             folded = [r.casefold() for r in self.allowed_reasons]
             if len(set(folded)) != len(folded):
                 raise ValueError("allowed_reasons must not repeat a reason")

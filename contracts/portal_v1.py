@@ -1,12 +1,13 @@
-"""Messages portals publish (schema version 1): the customer's modify request."""
+"""Messages between portals and us (schema version 1): the customer's modify request, and the reply to it
+when the request named a queue."""
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
-from contracts.common import ArrivalWindow
+from contracts.common import ArrivalWindow, ModifyAction
 from contracts.envelope import Envelope, Strict
-from contracts.types import EntityId, ShortText, Version
+from contracts.types import EntityId, LongText, ShortText, Slug, Version
 
 
 class Reschedule(Strict):
@@ -22,6 +23,10 @@ class Cancel(Strict):
 ModifyChange = Annotated[Reschedule | Cancel, Field(discriminator="action")]
 
 
+# An AMQP queue name the portal owns (no spaces; at most 200 characters).
+ReplyQueue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")]
+
+
 class ModifyRequestedPayload(Strict):
     appointment_id: EntityId
     requester_id: EntityId = Field(
@@ -30,6 +35,11 @@ class ModifyRequestedPayload(Strict):
     change: ModifyChange
     expected_version: Version | None = Field(
         default=None, description="The appointment version the customer saw, if the portal knows it."
+    )
+    reply_to: ReplyQueue | None = Field(
+        default=None,
+        description="A queue of the portal's: the final outcome is also sent there (`modify.outcome`, "
+        "through the default exchange) once it is known.",
     )
 
 
@@ -41,3 +51,29 @@ class ModifyRequested(Envelope):
     type: Literal["modify.requested"] = "modify.requested"
     schema_version: Literal[1] = 1
     payload: ModifyRequestedPayload
+
+
+class ModifyOutcomePayload(Strict):
+    request_id: EntityId
+    appointment_id: EntityId
+    action: ModifyAction
+    status: Literal["rejected", "completed", "failed"]
+    reason_code: Slug | None = Field(default=None, description="For rejected and failed: why.")
+    reason: LongText | None = Field(default=None, description="For rejected and failed: a customer sentence.")
+    reply_to: ReplyQueue = Field(description="The queue this reply was sent to (the request's `reply_to`).")
+
+
+class ModifyOutcome(Envelope):
+    exchange_role: ClassVar[str] = "reply"
+    routing_key: ClassVar[str] = "{reply_to}"
+    summary: ClassVar[str] = (
+        "The final outcome of a request that named a reply_to queue, sent to that queue once (the same "
+        "outcome as the read store row and the outcome event)."
+    )
+
+    type: Literal["modify.outcome"] = "modify.outcome"
+    schema_version: Literal[1] = 1
+    payload: ModifyOutcomePayload
+
+    def route(self) -> str:
+        return self.payload.reply_to

@@ -26,6 +26,7 @@ class RejectionCode(StrEnum):
     CANCEL_REASON_REQUIRED = "cancel_reason_required"
     CANCEL_REASON_NOT_ALLOWED = "cancel_reason_not_allowed"
     OFFICE_DECLINED = "office_declined"
+    APPOINTMENT_VERSION_STALE = "appointment_version_stale"
 
 
 class PendingCode(StrEnum):
@@ -39,6 +40,7 @@ class FailureCode(StrEnum):
 
     APPOINTMENT_CHANGED = "appointment_changed"
     NEW_WINDOW_IN_PAST = "new_window_in_past"
+    TIME_NO_LONGER_AVAILABLE = "time_no_longer_available"
 
 
 class DeadLetterReason(StrEnum):
@@ -54,6 +56,7 @@ class DeadLetterReason(StrEnum):
     UNEXPECTED_MESSAGE_TYPE = "unexpected_message_type"
     HANDLER_ERROR = "handler_error"
     DELIVERY_LIMIT_EXCEEDED = "delivery_limit_exceeded"
+    RETRIES_EXHAUSTED = "retries_exhausted"  # still failing transiently after every delayed retry
 
 
 CUSTOMER_TEXT: dict[str, str] = {
@@ -78,19 +81,26 @@ CUSTOMER_TEXT: dict[str, str] = {
         "project manager."
     ),
     RejectionCode.NOTICE_WINDOW_PASSED: (
-        "Online changes must be made at least {hours} hours before the appointment. Please call the office."
+        "Online changes must be made at least {hours} before the appointment. Please call the office."
     ),
-    RejectionCode.NEW_WINDOW_TOO_SOON: "Please pick a time at least {hours} hours from now.",
-    RejectionCode.NEW_WINDOW_TOO_FAR: "Please pick a time within the next {days} days.",
+    RejectionCode.NEW_WINDOW_TOO_SOON: "Please pick a time at least {hours} from now.",
+    RejectionCode.NEW_WINDOW_TOO_FAR: "Please pick a time within the next {days}.",
     RejectionCode.OUTSIDE_PROJECT_DATES: "Please pick a time within your project's schedule.",
     RejectionCode.RESCHEDULE_LIMIT_REACHED: (
-        "This appointment has already been rescheduled online {limit} times. Please call the office to "
+        "This appointment has already been rescheduled online {limit}. Please call the office to "
         "change it again."
     ),
     RejectionCode.CANCEL_REASON_REQUIRED: "Please tell us why you are canceling.",
     RejectionCode.CANCEL_REASON_NOT_ALLOWED: "Please choose one of these reasons: {reasons}.",
     RejectionCode.OFFICE_DECLINED: (
         "The office couldn't approve this change: {office_reason} Please call the office."
+    ),
+    RejectionCode.APPOINTMENT_VERSION_STALE: (
+        "Your appointment was updated since you opened it, so nothing was changed. Please review it and "
+        "try again."
+    ),
+    FailureCode.TIME_NO_LONGER_AVAILABLE: (
+        "That time is no longer available, so nothing was changed. Please pick another time."
     ),
     PendingCode.AWAITING_OFFICE_APPROVAL: (
         "Your request was sent to the office for approval. We'll let you know as soon as they decide."
@@ -114,22 +124,41 @@ STATUS_PHRASE = {
 
 # Neutral words for a blank the caller could not fill (documentation, examples); the gate always fills them.
 _NEUTRAL_FACTS = {
-    "hours": "the required number of",
-    "days": "bookable",
-    "limit": "the allowed number of",
+    "hours": "the required number of hours",
+    "days": "bookable days",
+    "limit": "the allowed number of times",
     "reasons": "the reasons the office lists",
     "office_reason": "no reason was given.",
 }
 
 
+# Counted blanks and the unit they count: a number becomes "1 hour", "24 hours", "once", "3 times".
+_UNITS = {"hours": ("hour", "hours"), "days": ("day", "days"), "limit": ("time", "times")}
+
+
+def quantity(count: int, singular: str, plural: str) -> str:
+    if singular == "time" and count in (1, 2):
+        return ("once", "twice")[count - 1]
+    return f"{count} {singular if count == 1 else plural}"
+
+
+def _spell(name: str, value: object) -> object:
+    if name in _UNITS and isinstance(value, int) and not isinstance(value, bool):
+        return quantity(value, *_UNITS[name])
+    return value
+
+
 def customer_text(code: str, *, action: str | None = None, status: str | None = None, **facts: object) -> str:
-    """The customer-facing sentence for an outcome code, with its blanks filled."""
+    """The customer-facing sentence for an outcome code, with its blanks filled; counts are spelled with
+    their unit in the right number ("1 hour", "48 hours", "once")."""
     template = CUSTOMER_TEXT[code]
+    if code == RejectionCode.NOTICE_WINDOW_PASSED and facts.get("hours") == 0:
+        template = "Online changes can only be made before the appointment starts. Please call the office."
     return template.format_map(
         {
             **_NEUTRAL_FACTS,
             "action_past": _ACTION_PAST.get(action or "", "changed"),
             "status": STATUS_PHRASE.get(status or "", "closed"),
-            **facts,
+            **{name: _spell(name, value) for name, value in facts.items()},
         }
     )

@@ -3,15 +3,25 @@
 from contracts.envelope import Envelope
 from contracts.events_v1 import (
     AppointmentCanceled,
+    AppointmentOfferChanged,
     AppointmentRescheduled,
     AppointmentUpdated,
+    CapacityWindowChanged,
     JobStatusChanged,
     ModifyAwaitingApproval,
     ModifyFailed,
     ModifyRejected,
+    ProjectUpdated,
 )
+from contracts.feed_v1 import PortalViewChanged
 from contracts.internal_v1 import ModifyApproved
-from contracts.office_v1 import AppointmentRecorded, ApprovalDecided, PortalSettingsUpdated
+from contracts.office_v1 import (
+    AppointmentRecorded,
+    ApprovalDecided,
+    CapacityUpdated,
+    PortalSettingsUpdated,
+    ProjectRecorded,
+)
 from contracts.office_v2 import PortalSettingsUpdatedV2
 from contracts.portal_v1 import ModifyRequested
 
@@ -29,6 +39,12 @@ MESSAGE_CLASSES: tuple[type[Envelope], ...] = (
     AppointmentCanceled,
     AppointmentUpdated,
     JobStatusChanged,
+    AppointmentOfferChanged,
+    CapacityUpdated,
+    CapacityWindowChanged,
+    PortalViewChanged,
+    ProjectRecorded,
+    ProjectUpdated,
 )
 
 

@@ -19,7 +19,7 @@ def definitions(topology: Topology, vhost: str = "/") -> dict[str, Any]:
                 "durable": True,
                 "auto_delete": False,
                 "internal": False,
-                "arguments": {},
+                "arguments": {"alternate-exchange": spec.alternate} if spec.alternate else {},
             }
             for spec in topology.exchanges
         ],

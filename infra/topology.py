@@ -1,9 +1,11 @@
-"""The RabbitMQ topology, declared from one spec: exchanges, quorum queues, bindings, dead letters.
+"""The RabbitMQ topology, declared from one spec: exchanges, quorum queues, bindings, dead letters, and
+the delay queues transient failures are retried through.
 
 Queue arguments are part of the contract: RabbitMQ refuses to redeclare a queue with other arguments
 (PRECONDITION_FAILED), so changing one needs a migration (new queue name, move consumers, delete old).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aio_pika
@@ -16,6 +18,25 @@ WORKERS = ("policy_gate", "modify_handler", "portal_sync")
 # Exchange roles named by contracts (`Envelope.exchange_role`), plus where dead letters go.
 EXCHANGE_ROLES = ("requests", "office", "internal", "events")
 DEAD_LETTER_ROLE = "dead-letters"
+# Where a worker parks a message to retry it later: a direct exchange, one delay queue per tier.
+RETRY_ROLE = "retry"
+# Delay-queue tiers in seconds. Each tier is a queue whose name carries its delay, so other tiers are
+# new queues (the old ones can be deleted once empty), never a changed argument.
+DEFAULT_RETRY_DELAYS_S = (5.0, 30.0, 300.0)
+MAX_RETRY_TIERS = 10
+
+# The live feed: a topic exchange routed by tenant.customer.job that nobody has to listen to. Its
+# alternate exchange takes what no subscriber's binding matched into a small bounded queue, so the
+# outbox's mandatory publish is still routed and confirmed.
+FEED_ROLE = "feed"
+FEED_UNROUTED_ROLE = "feed.unrouted"
+FEED_UNROUTED_MAX = 1000
+# Replies to a portal's own queue (`reply_to`) go through the default exchange, which is never declared.
+REPLY_ROLE = "reply"
+
+# What a queue is for: consumed by its worker, holding dead letters, or holding retries until they're due;
+# a sink holds feed events nobody subscribed to (the oldest are dropped).
+WORK, DEAD_LETTER, DELAY, SINK = "work", "dead-letter", "delay", "sink"
 
 
 @dataclass(frozen=True)
@@ -23,6 +44,7 @@ class ExchangeSpec:
     role: str
     name: str
     type: ExchangeType
+    alternate: str | None = None  # the exchange that takes what no binding matched
 
 
 @dataclass(frozen=True)
@@ -38,6 +60,13 @@ class QueueSpec:
     bindings: tuple[Binding, ...] = ()
     worker: str | None = None
     dead_letter_queue: str | None = None
+    kind: str = WORK
+
+    @property
+    def delay_s(self) -> float | None:
+        """How long a message waits in a delay queue before it goes back to the work queue."""
+        ttl = self.arguments.get("x-message-ttl") if self.kind == DELAY else None
+        return None if ttl is None else ttl / 1000
 
 
 @dataclass(frozen=True)
@@ -47,6 +76,8 @@ class Topology:
     queues: tuple[QueueSpec, ...]
 
     def exchange(self, role: str) -> str:
+        if role == REPLY_ROLE:
+            return ""  # the default exchange: the routing key is the queue's name
         for spec in self.exchanges:
             if spec.role == role:
                 return spec.name
@@ -54,9 +85,13 @@ class Topology:
 
     def queue_of(self, worker: str) -> QueueSpec:
         for spec in self.queues:
-            if spec.worker == worker:
+            if spec.worker == worker and spec.kind == WORK:
                 return spec
         raise KeyError(f"no queue for worker {worker!r}")
+
+    def delay_queues_of(self, worker: str) -> tuple[QueueSpec, ...]:
+        """The worker's delay queues, shortest delay first (empty for a topology without retry tiers)."""
+        return tuple(spec for spec in self.queues if spec.worker == worker and spec.kind == DELAY)
 
     @property
     def dead_letter_exchange(self) -> str:
@@ -69,10 +104,17 @@ SUBSCRIPTIONS: dict[str, tuple[Binding, ...]] = {
         Binding("requests", "modify.requested"),
         Binding("office", "office.portal_settings.updated"),
         Binding("office", "office.approval.decided"),
+        # Facts an offer rests on (never `appointment.*`: that would bring back the gate's own offers).
+        Binding("events", "appointment.rescheduled"),
+        Binding("events", "appointment.canceled"),
+        Binding("events", "appointment.updated"),
+        Binding("events", "project.updated"),
     ),
     "modify_handler": (
         Binding("internal", "modify.approved"),
         Binding("office", "office.appointment.recorded"),
+        Binding("office", "office.capacity.updated"),
+        Binding("office", "office.project.recorded"),
     ),
     "portal_sync": (
         Binding("requests", "modify.requested"),
@@ -92,10 +134,60 @@ def _work_queue_arguments(dlx: str, dead_letter_queue: str) -> dict:
     }
 
 
-def build(namespace: str = DEFAULT_NAMESPACE) -> Topology:
+def parse_retry_delays(text: str | Sequence[float]) -> tuple[float, ...]:
+    """Delay tiers from `"5,30,300"` (seconds; millisecond precision, each distinct, at most a day)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        delays = tuple(float(item) for item in items if str(item).strip())
+    except ValueError:
+        raise ValueError(
+            f"retry delays must be seconds separated by commas, like 5,30,300; got {text!r}"
+        ) from None
+    if not 1 <= len(delays) <= MAX_RETRY_TIERS:
+        raise ValueError(f"give 1 to {MAX_RETRY_TIERS} retry delays, like 5,30,300; got {text!r}")
+    if any(not 0.001 <= delay <= 86_400 for delay in delays):
+        raise ValueError(f"each retry delay must be between 0.001 and 86400 seconds; got {text!r}")
+    if len({_ttl_ms(delay) for delay in delays}) != len(delays):
+        raise ValueError(f"retry delays must differ from each other; got {text!r}")
+    return delays
+
+
+def _ttl_ms(delay_s: float) -> int:
+    return round(delay_s * 1000)
+
+
+def delay_label(delay_s: float) -> str:
+    """A tier's name part: `5s`, `300s`, `250ms`."""
+    ms = _ttl_ms(delay_s)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def _delay_queue_arguments(work_queue: str, delay_s: float) -> dict:
+    # Expired messages go back to the work queue through the default exchange (which routes by queue
+    # name), so work queues need no extra binding. Quorum + at-least-once: a retry is never dropped on
+    # its way back, even while the work queue's leader moves.
+    return {
+        "x-queue-type": "quorum",
+        "x-message-ttl": _ttl_ms(delay_s),
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": work_queue,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def build(
+    namespace: str = DEFAULT_NAMESPACE, retry_delays_s: Sequence[float] = DEFAULT_RETRY_DELAYS_S
+) -> Topology:
+    delays = parse_retry_delays(retry_delays_s)
     exchanges = (
         *(ExchangeSpec(role, f"{namespace}.{role}", ExchangeType.TOPIC) for role in EXCHANGE_ROLES),
         ExchangeSpec(DEAD_LETTER_ROLE, f"{namespace}.{DEAD_LETTER_ROLE}", ExchangeType.DIRECT),
+        ExchangeSpec(RETRY_ROLE, f"{namespace}.{RETRY_ROLE}", ExchangeType.DIRECT),
+        ExchangeSpec(FEED_UNROUTED_ROLE, f"{namespace}.{FEED_UNROUTED_ROLE}", ExchangeType.FANOUT),
+        ExchangeSpec(
+            FEED_ROLE, f"{namespace}.{FEED_ROLE}", ExchangeType.TOPIC, f"{namespace}.{FEED_UNROUTED_ROLE}"
+        ),
     )
     dlx = f"{namespace}.{DEAD_LETTER_ROLE}"
     queues: list[QueueSpec] = []
@@ -104,8 +196,24 @@ def build(namespace: str = DEFAULT_NAMESPACE) -> Topology:
         dead = f"{name}.dead"
         queues.append(QueueSpec(name, _work_queue_arguments(dlx, dead), SUBSCRIPTIONS[worker], worker, dead))
         queues.append(
-            QueueSpec(dead, {"x-queue-type": "quorum"}, (Binding(DEAD_LETTER_ROLE, dead),), None, None)
+            QueueSpec(
+                dead, {"x-queue-type": "quorum"}, (Binding(DEAD_LETTER_ROLE, dead),), None, None, DEAD_LETTER
+            )
         )
+        for delay in delays:
+            tier = f"{name}.retry.{delay_label(delay)}"
+            arguments = _delay_queue_arguments(name, delay)
+            queues.append(QueueSpec(tier, arguments, (Binding(RETRY_ROLE, tier),), worker, None, DELAY))
+    queues.append(
+        QueueSpec(
+            f"{namespace}.{FEED_UNROUTED_ROLE}",
+            {"x-queue-type": "classic", "x-max-length": FEED_UNROUTED_MAX, "x-overflow": "drop-head"},
+            (Binding(FEED_UNROUTED_ROLE, ""),),
+            None,
+            None,
+            SINK,
+        )
+    )
     return Topology(namespace, exchanges, tuple(queues))
 
 
@@ -113,7 +221,10 @@ async def declare(channel: AbstractChannel, topology: Topology) -> None:
     """Declare everything; safe to run any number of times with the same spec."""
     declared: dict[str, aio_pika.abc.AbstractExchange] = {}
     for spec in topology.exchanges:
-        declared[spec.role] = await channel.declare_exchange(spec.name, spec.type, durable=True)
+        arguments = {"alternate-exchange": spec.alternate} if spec.alternate else None
+        declared[spec.role] = await channel.declare_exchange(
+            spec.name, spec.type, durable=True, arguments=arguments
+        )
     for spec in topology.queues:
         queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
         for binding in spec.bindings:
@@ -128,8 +239,12 @@ async def delete(channel: AbstractChannel, topology: Topology) -> None:
         await channel.exchange_delete(spec.name)
 
 
-async def apply(amqp_url: str, namespace: str = DEFAULT_NAMESPACE) -> Topology:
-    topology = build(namespace)
+async def apply(
+    amqp_url: str,
+    namespace: str = DEFAULT_NAMESPACE,
+    retry_delays_s: Sequence[float] = DEFAULT_RETRY_DELAYS_S,
+) -> Topology:
+    topology = build(namespace, retry_delays_s)
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import aio_pika
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 
 from infra import topology as topology_module
@@ -25,6 +27,12 @@ from workers.runtime.settings import Settings
 from workers.runtime.worker import Worker
 
 DEFAULTS = Settings()
+# Generation speed depends on how busy the machine is, which says nothing about the code under test.
+hypothesis_settings.register_profile("appt", suppress_health_check=[HealthCheck.too_slow], deadline=None)
+hypothesis_settings.load_profile("appt")
+# One short delay-queue tier: a test that hits a transient failure retries soon, and each test's
+# topology declares one delay queue per worker instead of the production tiers.
+TEST_RETRY_DELAYS_S = (0.5,)
 
 
 @dataclass(frozen=True)
@@ -80,13 +88,31 @@ async def database_url(service_urls: ServiceUrls) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def topology(service_urls: ServiceUrls) -> AsyncIterator[topology_module.Topology]:
+async def topology(service_urls: ServiceUrls, database_url: str) -> AsyncIterator[topology_module.Topology]:
     """A fresh namespace of exchanges and queues for one test, deleted afterwards."""
-    spec = await topology_module.apply(service_urls.amqp, f"t{uuid.uuid4().hex[:10]}")
+    spec = await topology_module.apply(service_urls.amqp, f"t{uuid.uuid4().hex[:10]}", TEST_RETRY_DELAYS_S)
     yield spec
     connection = await aio_pika.connect(service_urls.amqp)
     async with connection:
         await topology_module.delete(await connection.channel(), spec)
+    await _retire_unpublished_events(database_url)
+
+
+async def _retire_unpublished_events(database_url: str) -> None:
+    """Events a test left unpublished (workers killed or stopped mid-flush) belong to its namespace, which
+    is gone now. The session shares one database and relays pick rows by producer, so without this the
+    next test's relay would publish them into its own namespace."""
+    import asyncpg
+
+    from workers.runtime.outbox import asyncpg_dsn
+
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await connection.execute(
+            "UPDATE messaging.outbox SET published_at = now() WHERE published_at IS NULL"
+        )
+    finally:
+        await connection.close()
 
 
 @pytest.fixture
@@ -99,6 +125,7 @@ def settings(service_urls: ServiceUrls, database_url: str, topology) -> Settings
         APPT_DRAIN_TIMEOUT_S=10,
         APPT_DB_POOL_SIZE=5,
         APPT_TRANSIENT_RETRY_DELAY_S=0.05,
+        APPT_RETRY_DELAYS_S=",".join(f"{d:g}" for d in TEST_RETRY_DELAYS_S),
     )
 
 

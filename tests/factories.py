@@ -21,10 +21,14 @@ from contracts.envelope import Envelope
 from contracts.events_v1 import (
     AppointmentCanceled,
     AppointmentCanceledPayload,
+    AppointmentOfferChanged,
+    AppointmentOfferChangedPayload,
     AppointmentRescheduled,
     AppointmentRescheduledPayload,
     AppointmentUpdated,
     AppointmentUpdatedPayload,
+    CapacityWindowChanged,
+    CapacityWindowChangedPayload,
     Initiator,
     JobStatusChanged,
     JobStatusChangedPayload,
@@ -34,7 +38,12 @@ from contracts.events_v1 import (
     ModifyFailedPayload,
     ModifyRejected,
     ModifyRejectedPayload,
+    OfferedAction,
+    OfferSegment,
+    ProjectUpdated,
+    ProjectUpdatedPayload,
 )
+from contracts.feed_v1 import PortalViewChanged, PortalViewChangedPayload, ViewKind
 from contracts.internal_v1 import ModifyApproved, ModifyApprovedPayload
 from contracts.office_v1 import (
     ActionRules,
@@ -42,13 +51,25 @@ from contracts.office_v1 import (
     AppointmentRecordedPayload,
     ApprovalDecided,
     ApprovalDecidedPayload,
+    CapacityUpdated,
+    CapacityUpdatedPayload,
     ConfirmationRule,
     Permission,
     PortalSettingsPayload,
     PortalSettingsUpdated,
+    ProjectRecorded,
+    ProjectRecordedPayload,
 )
 from contracts.office_v2 import PortalSettingsUpdatedV2, PortalSettingsV2Payload, SettingsLayer, SettingsScope
-from contracts.portal_v1 import Cancel, ModifyChange, ModifyRequested, ModifyRequestedPayload, Reschedule
+from contracts.portal_v1 import (
+    Cancel,
+    ModifyChange,
+    ModifyOutcome,
+    ModifyOutcomePayload,
+    ModifyRequested,
+    ModifyRequestedPayload,
+    Reschedule,
+)
 from contracts.reasons import FailureCode, PendingCode, RejectionCode, customer_text
 
 TENANT = "acme"
@@ -122,6 +143,7 @@ def modify_requested(
     request_id: str = REQUEST_ID,
     producer: str = "portal-web",
     occurred_at: datetime | None = None,
+    reply_to: str | None = None,
 ) -> ModifyRequested:
     """A customer's request (correlation_id = the portal's request id); a reschedule by default."""
     return ModifyRequested(
@@ -131,6 +153,7 @@ def modify_requested(
             requester_id=requester_id,
             change=change or reschedule(),
             expected_version=expected_version,
+            reply_to=reply_to,
         ),
     )
 
@@ -163,6 +186,35 @@ def appointment_recorded(
             window=window or arrival_window(),
             status=status,
             confirmation=confirmation,
+        ),
+    )
+
+
+def capacity_updated(
+    *,
+    tenant: str = TENANT,
+    business_unit: str = BUSINESS_UNIT,
+    zone: str | None = None,
+    timezone: str = "UTC",
+    windows: list[dict] | None = None,
+    capacity_version: int = 1,
+    change_id: str = "capacity-1",
+) -> CapacityUpdated:
+    """Places of arrival windows in local time; by default one 2-hour window with one place, a week
+    ahead at 09:00 (the default `arrival_window()`)."""
+    default = arrival_window()
+    windows = windows or [
+        {"date": default.start.date(), "start": default.start.time(), "end": default.end.time(), "places": 1}
+    ]
+    return CapacityUpdated(
+        **_envelope(tenant, change_id, "office", None, None),
+        payload=CapacityUpdatedPayload(
+            business_unit=business_unit,
+            zone=zone,
+            timezone=timezone,
+            windows=windows,
+            capacity_version=capacity_version,
+            changed_by="dispatcher-1",
         ),
     )
 
@@ -418,6 +470,122 @@ def job_status_changed(
     )
 
 
+def appointment_offer_changed(
+    cause: Envelope | None = None,
+    *,
+    offer_version: int = 1,
+    appointment_version: int = 1,
+    segments: list[OfferSegment] | None = None,
+) -> AppointmentOfferChanged:
+    """A new offer timeline: by default both actions offered until a day before, then neither."""
+    cause = cause or appointment_updated()
+    closes = now() + timedelta(days=2)
+    notice = customer_text(RejectionCode.NOTICE_WINDOW_PASSED, hours=24)
+    segments = segments or [
+        OfferSegment(
+            valid_until=closes,
+            reschedule=OfferedAction(offered=True),
+            cancel=OfferedAction(offered=True),
+        ),
+        OfferSegment(
+            valid_from=closes,
+            reschedule=OfferedAction(offered=False, reason_code="notice_window_passed", reason=notice),
+            cancel=OfferedAction(offered=False, reason_code="notice_window_passed", reason=notice),
+        ),
+    ]
+    return AppointmentOfferChanged.follow(
+        cause,
+        producer="policy_gate",
+        occurred_at=now(),
+        payload=AppointmentOfferChangedPayload(
+            appointment_id=APPOINTMENT_ID,
+            job_id=JOB_ID,
+            customer_id=CUSTOMER_ID,
+            offer_version=offer_version,
+            appointment_version=appointment_version,
+            segments=segments,
+        ),
+    )
+
+
+def capacity_window_changed(cause: Envelope | None = None, *, free: int = 1, version: int = 1):
+    cause = cause or capacity_updated()
+    return CapacityWindowChanged.follow(
+        cause,
+        producer="modify_handler",
+        occurred_at=now(),
+        payload=CapacityWindowChangedPayload(
+            business_unit=BUSINESS_UNIT,
+            window=arrival_window(),
+            places=1,
+            booked=1 - free,
+            free=free,
+            version=version,
+        ),
+    )
+
+
+def portal_view_changed(cause: Envelope | None = None, **fields) -> PortalViewChanged:
+    """A live-feed event: by default, the default appointment's view changed."""
+    cause = cause or appointment_updated()
+    payload = dict(
+        view=ViewKind.APPOINTMENT, customer_id=CUSTOMER_ID, job_id=JOB_ID, appointment_id=APPOINTMENT_ID
+    )
+    return PortalViewChanged.follow(
+        cause,
+        producer="portal_sync",
+        occurred_at=now(),
+        payload=PortalViewChangedPayload(**{**payload, **fields}),
+    )
+
+
+def project_recorded(
+    project: Project | None = None, *, tenant: str = TENANT, change_id: str = "project-1"
+) -> ProjectRecorded:
+    """The office's full state of a project (by default one lead, unlocked, undated)."""
+    project = project or Project(
+        project_id="prj-1", contacts=[ProjectContact(contact_id="lead-1", role=ContactRole.PROJECT_LEAD)]
+    )
+    return ProjectRecorded(
+        **_envelope(tenant, change_id, "office", None, None), payload=ProjectRecordedPayload(project=project)
+    )
+
+
+def project_updated(cause: ProjectRecorded | None = None) -> ProjectUpdated:
+    cause = cause or project_recorded()
+    project = cause.payload.project
+    return ProjectUpdated.follow(
+        cause,
+        producer="modify_handler",
+        occurred_at=now(),
+        payload=ProjectUpdatedPayload(
+            project_id=project.project_id,
+            portal_locked=project.portal_locked,
+            starts_at=project.starts_at,
+            ends_at=project.ends_at,
+            contacts=len(project.contacts),
+        ),
+    )
+
+
+def modify_outcome(
+    cause: ModifyRequested | None = None, *, reply_to: str = "portal-replies"
+) -> ModifyOutcome:
+    cause = cause or modify_requested()
+    return ModifyOutcome.follow(
+        cause,
+        producer="portal_sync",
+        occurred_at=now(),
+        payload=ModifyOutcomePayload(
+            request_id=cause.correlation_id,
+            appointment_id=cause.payload.appointment_id,
+            action=cause.payload.change.action,
+            status="completed",
+            reply_to=reply_to,
+        ),
+    )
+
+
 def one_of_each() -> list[Envelope]:
     """One valid message of every registered type, in registry order."""
     from contracts.registry import MESSAGE_CLASSES
@@ -436,6 +604,13 @@ def one_of_each() -> list[Envelope]:
         appointment_canceled(),
         appointment_updated(),
         job_status_changed(),
+        appointment_offer_changed(),
+        capacity_updated(),
+        capacity_window_changed(),
+        portal_view_changed(),
+        project_recorded(),
+        project_updated(),
+        modify_outcome(),
     ]
     by_class = {type(message): message for message in built}
     return [by_class[cls] for cls in MESSAGE_CLASSES]

@@ -15,7 +15,7 @@ def worker_spec(name: str) -> WorkerSpec:
     if name == "portal_sync":
         from workers.portal_sync.handlers import HANDLERS
 
-        return WorkerSpec("portal_sync", HANDLERS, emits_events=False)
+        return WorkerSpec("portal_sync", HANDLERS, emits_events=True)  # the live feed
     raise KeyError(f"unknown worker {name!r}; choose one of policy_gate, modify_handler, portal_sync")
 
 

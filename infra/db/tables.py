@@ -91,12 +91,38 @@ appointments = Table(
     Column("version", BigInteger, nullable=False, server_default=text("1")),
     _now(),
     Column("customer_reschedules", Integer, nullable=False, server_default=text("0")),
+    Column("zone", ID, nullable=False, server_default=text("''")),
+    Column("holds_place", Boolean, nullable=False, server_default=text("false")),
     PrimaryKeyConstraint("tenant_id", "appointment_id"),
     ForeignKeyConstraint(["tenant_id", "job_id"], ["scheduling.jobs.tenant_id", "scheduling.jobs.job_id"]),
     CheckConstraint("window_end > window_start", name="appointment_window_ordered"),
     CheckConstraint(f"status IN {APPOINTMENT_STATUSES}", name="appointment_status_known"),
     CheckConstraint("confirmation IN ('confirmed','unconfirmed')", name="appointment_confirmation_known"),
     Index("appointments_by_job", "tenant_id", "job_id"),
+    schema="scheduling",
+)
+
+# An arrival window of a business unit (zone '' = the whole unit) with its places. `capacity` is what it
+# holds now: `places`, or more when the office booked beyond them (see migration 0004).
+capacity_windows = Table(
+    "capacity_windows",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("business_unit", ID, nullable=False),
+    Column("zone", ID, nullable=False, server_default=text("''")),
+    Column("starts_at", DateTime(timezone=True), nullable=False),
+    Column("ends_at", DateTime(timezone=True), nullable=False),
+    Column("places", Integer, nullable=False),
+    Column("capacity", Integer, nullable=False),
+    Column("booked", Integer, nullable=False, server_default=text("0")),
+    Column("version", BigInteger, nullable=False, server_default=text("1")),
+    Column("capacity_version", BigInteger, nullable=False, server_default=text("0")),
+    _now(),
+    PrimaryKeyConstraint("tenant_id", "business_unit", "zone", "starts_at"),
+    CheckConstraint("ends_at > starts_at", name="capacity_window_ordered"),
+    CheckConstraint("places >= 0", name="capacity_places_not_negative"),
+    CheckConstraint("booked >= 0 AND booked <= capacity", name="capacity_never_overbooked"),
+    CheckConstraint("capacity >= places", name="capacity_covers_places"),
     schema="scheduling",
 )
 
@@ -160,6 +186,20 @@ decisions = Table(
     schema="policy",
 )
 
+offers = Table(
+    "offers",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("appointment_id", ID, nullable=False),
+    Column("offer_version", BigInteger, nullable=False, server_default=text("0")),
+    Column("appointment_version", BigInteger, nullable=False, server_default=text("0")),
+    Column("segments", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("computed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("pick", JSONB),
+    PrimaryKeyConstraint("tenant_id", "appointment_id"),
+    schema="policy",
+)
+
 # --- portal: the read store portals query ---------------------------------------------------------
 portal_appointments = Table(
     "appointments",
@@ -209,11 +249,77 @@ portal_requests = Table(
     Column("reason_text", String(1000)),
     Column("requested_at", DateTime(timezone=True)),
     _now(),
+    Column("reply_to", String(200)),
+    Column("replied_at", DateTime(timezone=True)),
     PrimaryKeyConstraint("tenant_id", "request_id"),
     CheckConstraint(
         "status IN ('pending','awaiting_approval','rejected','completed','failed')",
         name="request_status_known",
     ),
+    schema="portal",
+)
+
+# What the portal may offer per appointment, as the gate's timeline; the view `portal.offers_now`
+# (migration 0003) gives the segment that holds now.
+portal_appointment_offers = Table(
+    "appointment_offers",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("appointment_id", ID, nullable=False),
+    Column("job_id", ID, nullable=False),
+    Column("customer_id", ID, nullable=False),
+    Column("offer_version", BigInteger, nullable=False),
+    Column("appointment_version", BigInteger, nullable=False),
+    Column("segments", JSONB, nullable=False),
+    _now(),
+    Column("business_unit", ID),
+    Column("zone", ID, nullable=False, server_default=text("''")),
+    Column("min_lead_hours", Integer),
+    Column("max_horizon_days", Integer),
+    Column("not_before", DateTime(timezone=True)),
+    Column("not_after", DateTime(timezone=True)),
+    PrimaryKeyConstraint("tenant_id", "appointment_id"),
+    Index("portal_offers_by_customer", "tenant_id", "customer_id"),
+    schema="portal",
+)
+
+portal_available_windows = Table(
+    "available_windows",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("business_unit", ID, nullable=False),
+    Column("zone", ID, nullable=False, server_default=text("''")),
+    Column("starts_at", DateTime(timezone=True), nullable=False),
+    Column("ends_at", DateTime(timezone=True), nullable=False),
+    Column("free", Integer, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    _now(),
+    PrimaryKeyConstraint("tenant_id", "business_unit", "zone", "starts_at"),
+    schema="portal",
+)
+
+# Per appointment, in order: who asked for what, the decision and why, what changed (one row per event).
+portal_audit_trail = Table(
+    "audit_trail",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("message_id", UUID(as_uuid=True), nullable=False),
+    Column("appointment_id", ID, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("entry", String(32), nullable=False),
+    Column("actor", ID, nullable=False),
+    Column("request_id", ID),
+    Column("action", String(16)),
+    Column("reason_code", String(64)),
+    Column("reason_text", String(1000)),
+    Column("window_start", DateTime(timezone=True)),
+    Column("window_end", DateTime(timezone=True)),
+    Column("previous_window_start", DateTime(timezone=True)),
+    Column("status", String(16)),
+    Column("version", BigInteger),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("tenant_id", "message_id"),
+    Index("audit_trail_by_appointment", "tenant_id", "appointment_id", "occurred_at"),
     schema="portal",
 )
 

@@ -227,8 +227,17 @@ def test_receive_operations_follow_the_topology(cls: type[Envelope]) -> None:
 
 
 def test_every_message_has_a_consumer_of_ours() -> None:
+    """Except the live feed and replies, which are for others (a portal's own queue)."""
     for cls in MESSAGE_CLASSES:
-        assert operations_for(cls, "receive"), cls.__name__
+        if cls.exchange_role not in ("feed", "reply"):
+            assert operations_for(cls, "receive"), cls.__name__
+
+
+def test_the_live_feed_says_how_to_bind_to_it() -> None:
+    (feed,) = [
+        c for c in DOCUMENT["channels"].values() if c["address"] == "{tenant_id}.{customer_id}.{job_id}"
+    ]
+    assert feed["bindings"]["amqp"]["exchange"]["name"] == TOPOLOGY.exchange("feed")
 
 
 def test_every_worker_documents_its_dead_letters() -> None:

@@ -42,6 +42,7 @@ async def test_worker_processes_drain_and_exit_cleanly_on_sigterm(settings, topo
             "AMQP_URL": settings.amqp_url,
             "DATABASE_URL": settings.database_url,
             "APPT_NAMESPACE": topology.namespace,
+            "APPT_RETRY_DELAYS_S": settings.retry_delays,
         },
         tmp_path,
     )

@@ -121,7 +121,9 @@ async def test_resent_request_with_new_message_id_gets_the_first_answer(workers,
     inbox_seen = await wait_until(lambda: _inbox_has(engine, "policy_gate", resent.message_id), 10)
     assert inbox_seen
     assert (await appointment_view(engine, tenant, "apt-1")).version == 2
-    assert await _gate_events_for(engine, first.correlation_id) == ["modify.approved"]
+    # (the move also changed what the portal offers: that event is not an answer to the request)
+    answers = [t for t in await _gate_events_for(engine, first.correlation_id) if t.startswith("modify.")]
+    assert answers == ["modify.approved"]
 
 
 async def _gate_events_for(engine, correlation_id: str) -> list[str]:
@@ -162,7 +164,9 @@ async def test_late_older_event_never_moves_the_portal_backwards(workers, broker
         **_meta(tenant, producer="modify_handler"),
         payload=AppointmentUpdatedPayload(
             appointment=dict(
-                **stale_snapshot.model_dump(exclude={"project"}), project_id=None, version=current.version - 1
+                **stale_snapshot.model_dump(exclude={"project", "zone"}),
+                project_id=None,
+                version=current.version - 1,
             ),
             initiated_by=Initiator.OFFICE,
         ),

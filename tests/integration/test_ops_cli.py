@@ -56,6 +56,7 @@ async def apptctl(settings: Settings, *args: str, stdin: Any = None, timeout_s: 
         "AMQP_URL": settings.amqp_url,
         "DATABASE_URL": settings.database_url,
         "APPT_NAMESPACE": settings.namespace,
+        "APPT_RETRY_DELAYS_S": settings.retry_delays,
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,

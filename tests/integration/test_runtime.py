@@ -524,7 +524,8 @@ async def listening_relays(engine: AsyncEngine) -> int:
             await connection.execute(
                 text(
                     "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND query = 'LISTEN \"outbox\"'"
+                    # each relay listens on its producer's channel, "outbox.<producer>"
+                    "WHERE datname = current_database() AND query LIKE 'LISTEN \"outbox.%'"
                 )
             )
         ).scalar_one()

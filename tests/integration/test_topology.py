@@ -5,11 +5,11 @@ import aiormq
 import pytest
 
 from infra import topology as topology_module
-from tests.conftest import unique_tenant
+from tests.conftest import TEST_RETRY_DELAYS_S, unique_tenant
 
 
 async def test_applying_twice_is_harmless(service_urls, topology):
-    again = await topology_module.apply(service_urls.amqp, topology.namespace)
+    again = await topology_module.apply(service_urls.amqp, topology.namespace, TEST_RETRY_DELAYS_S)
     assert again == topology
 
 
@@ -40,7 +40,10 @@ async def test_redeclaring_a_queue_with_other_arguments_is_refused(service_urls,
         ("office", "office.portal_settings.updated", {"policy_gate"}),
         ("office", "office.appointment.recorded", {"modify_handler"}),
         ("internal", "modify.approved", {"modify_handler"}),
-        ("events", "appointment.rescheduled", {"portal_sync"}),
+        ("events", "appointment.rescheduled", {"policy_gate", "portal_sync"}),
+        ("events", "appointment.updated", {"policy_gate", "portal_sync"}),
+        # The gate's own offers must not come back to it.
+        ("events", "appointment.offer_changed", {"portal_sync"}),
         ("events", "job.status_changed", {"portal_sync"}),
     ],
 )

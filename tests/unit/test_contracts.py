@@ -32,7 +32,7 @@ from contracts.reasons import (
     customer_text,
 )
 from contracts.registry import KNOWN_TYPES, MESSAGE_CLASSES, MESSAGE_TYPES, message_class, type_name
-from infra.topology import EXCHANGE_ROLES
+from infra.topology import EXCHANGE_ROLES, FEED_ROLE, REPLY_ROLE
 from tests import factories as f
 
 SECRET = "Sup3rSecret-Token-7731"
@@ -160,7 +160,7 @@ def test_registry_lists_every_class_once_by_type_and_version() -> None:
     assert len(MESSAGE_TYPES) == len(MESSAGE_CLASSES)
     for cls in MESSAGE_CLASSES:
         assert message_class(type_name(cls), cls.model_fields["schema_version"].default) is cls
-        assert cls.exchange_role in EXCHANGE_ROLES
+        assert cls.exchange_role in (*EXCHANGE_ROLES, FEED_ROLE, REPLY_ROLE)
         assert cls.routing_key and cls.summary
     assert KNOWN_TYPES == {type_name(cls) for cls in MESSAGE_CLASSES}
     assert message_class("modify.requested", 2) is None
@@ -560,9 +560,14 @@ def test_reason_codes_are_stable() -> None:
         "cancel_reason_required",
         "cancel_reason_not_allowed",
         "office_declined",
+        "appointment_version_stale",
     ]
     assert [str(c) for c in PendingCode] == ["awaiting_office_approval"]
-    assert [str(c) for c in FailureCode] == ["appointment_changed", "new_window_in_past"]
+    assert [str(c) for c in FailureCode] == [
+        "appointment_changed",
+        "new_window_in_past",
+        "time_no_longer_available",
+    ]
     assert {str(c) for c in DeadLetterReason} >= {
         "message_too_large",
         "wrong_content_type",
@@ -626,3 +631,23 @@ def test_every_customer_text_belongs_to_an_outcome_code() -> None:
 def test_unknown_code_has_no_text() -> None:
     with pytest.raises(KeyError):
         customer_text("no_such_code")
+
+
+@pytest.mark.parametrize(
+    ("code", "facts", "expected"),
+    [
+        (RejectionCode.NOTICE_WINDOW_PASSED, {"hours": 1}, "at least 1 hour before the appointment"),
+        (RejectionCode.NOTICE_WINDOW_PASSED, {"hours": 48}, "at least 48 hours before the appointment"),
+        (RejectionCode.NOTICE_WINDOW_PASSED, {"hours": 0}, "only be made before the appointment starts"),
+        (RejectionCode.NEW_WINDOW_TOO_SOON, {"hours": 1}, "at least 1 hour from now."),
+        (RejectionCode.NEW_WINDOW_TOO_FAR, {"days": 1}, "within the next 1 day."),
+        (RejectionCode.NEW_WINDOW_TOO_FAR, {"days": 30}, "within the next 30 days."),
+        (RejectionCode.RESCHEDULE_LIMIT_REACHED, {"limit": 1}, "rescheduled online once."),
+        (RejectionCode.RESCHEDULE_LIMIT_REACHED, {"limit": 2}, "rescheduled online twice."),
+        (RejectionCode.RESCHEDULE_LIMIT_REACHED, {"limit": 3}, "rescheduled online 3 times."),
+        (RejectionCode.NOTICE_WINDOW_PASSED, {}, "at least the required number of hours before"),
+        (RejectionCode.NEW_WINDOW_TOO_FAR, {}, "within the next bookable days."),
+    ],
+)
+def test_customer_text_spells_counts_with_their_unit(code: RejectionCode, facts: dict, expected: str) -> None:
+    assert expected in customer_text(code, **facts)

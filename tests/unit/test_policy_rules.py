@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from contracts.common import AppointmentStatus, ArrivalWindow, Confirmation
 from contracts.office_v2 import Permission, ScopeLevel, SettingsLayer
 from contracts.portal_v1 import Cancel, Reschedule
-from contracts.reasons import STATUS_PHRASE, PendingCode, RejectionCode
+from contracts.reasons import STATUS_PHRASE, PendingCode, RejectionCode, customer_text
 from workers.policy_gate.rules import (
     AppointmentFacts,
     Decision,
@@ -126,6 +126,7 @@ def run(
     appointment: AppointmentFacts | None = DEFAULT_FACTS,
     config: EffectiveSettings = OPEN,
     now: datetime = NOW,
+    expected_version: int | None = None,
 ) -> Decision:
     return decide(
         requester_id=requester_id,
@@ -133,6 +134,7 @@ def run(
         facts=appointment,
         settings=config,
         now=now,
+        expected_version=expected_version,
     )
 
 
@@ -701,7 +703,7 @@ def test_notice_window(action: str, hours: int, before_limit: timedelta, refused
         assert_rejected(
             decision, RejectionCode.NOTICE_WINDOW_PASSED, "notice_window", setting=path, level="business"
         )
-        assert f"at least {hours} hours" in decision.reason_text
+        assert customer_text(RejectionCode.NOTICE_WINDOW_PASSED, hours=hours) == decision.reason_text
     else:
         assert_approved(decision)
 
@@ -1098,7 +1100,7 @@ def test_reschedule_limit(limit: int | None, done: int, refused: bool) -> None:
             setting="reschedule.max_customer_reschedules",
             level="business",
         )
-        assert f" {limit} " in decision.reason_text
+        assert customer_text(RejectionCode.RESCHEDULE_LIMIT_REACHED, limit=limit) == decision.reason_text
     else:
         assert_approved(decision)
 
@@ -1496,6 +1498,7 @@ def one_decision_per_code() -> list[Decision]:
             change=cancel("Other"),
             config=effective(business(cancel={"allowed_reasons": ["Moving", "Too expensive"]})),
         ),
+        run(expected_version=DEFAULT_FACTS.version - 1),
     ]
 
 
@@ -2307,3 +2310,29 @@ def test_no_reschedule_is_offered_when_the_project_ends_a_microsecond_from_now()
     assert all(d.outcome is Outcome.REJECTED for d in sweep(appointment, config))
     shown = offer(requester_id=CUSTOMER, facts=appointment, settings=config, now=NOW)
     assert shown.reschedule.outcome is Outcome.REJECTED
+
+
+# --- the version the customer saw ------------------------------------------------------------------
+
+
+@BOTH_CHANGES
+def test_a_request_made_on_a_version_that_is_gone_is_refused(change: Reschedule | Cancel) -> None:
+    for seen in (DEFAULT_FACTS.version - 1, DEFAULT_FACTS.version + 1):
+        decision = run(change=change, expected_version=seen)
+        assert_rejected(decision, RejectionCode.APPOINTMENT_VERSION_STALE, "expected_version")
+
+
+@BOTH_CHANGES
+def test_the_current_version_or_none_passes(change: Reschedule | Cancel) -> None:
+    assert_approved(run(change=change, expected_version=DEFAULT_FACTS.version))
+    assert_approved(run(change=change, expected_version=None))
+
+
+def test_a_stranger_quoting_a_version_still_learns_nothing() -> None:
+    decision = run(requester_id=STRANGER, expected_version=DEFAULT_FACTS.version - 1)
+    assert_rejected(decision, RejectionCode.APPOINTMENT_NOT_FOUND, "ownership")
+
+
+def test_a_stale_version_comes_before_the_other_rules() -> None:
+    decision = run(config=NO_LAYERS, expected_version=DEFAULT_FACTS.version + 3)
+    assert decision.reason_code == RejectionCode.APPOINTMENT_VERSION_STALE

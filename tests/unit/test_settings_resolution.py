@@ -576,3 +576,50 @@ def test_valid_bounds_are_accepted() -> None:
     RescheduleSettings(min_notice_hours=MAX_NOTICE_HOURS, max_customer_reschedules=0)
     RescheduleSettings(max_customer_reschedules=100, max_horizon_days=1)
     CancelSettings(min_notice_hours=0, allowed_reasons=[f"r{i}" for i in range(50)])
+
+
+@pytest.mark.parametrize(
+    ("path", "limited", "lifted"),
+    [
+        ("reschedule.max_customer_reschedules", 2, "unlimited"),
+        ("cancel.allowed_reasons", ["Moving"], "any"),
+    ],
+)
+@pytest.mark.parametrize("level", [BUSINESS_UNIT, JOB_TYPE, PROJECT])
+def test_a_more_specific_layer_can_lift_a_limit_the_business_set(
+    path: str, limited: object, lifted: str, level: ScopeLevel
+) -> None:
+    """Null inherits, so lifting a limit needs its own word; the lifted value is what the rules read as
+    'no limit' (None), and the decision can still name the level that lifted it."""
+    effective = resolve(
+        [scoped(BUSINESS, layer_setting(path, limited)), scoped(level, layer_setting(path, lifted))]
+    )
+    assert effective.get(path) is None
+    assert effective.level_of(path) == level.value
+
+
+@pytest.mark.parametrize(
+    ("path", "lifted"),
+    [("reschedule.max_customer_reschedules", "unlimited"), ("cancel.allowed_reasons", "any")],
+)
+def test_a_lift_survives_the_wire_and_a_less_specific_limit_returns_when_it_is_removed(
+    path: str, lifted: str
+) -> None:
+    layer = SettingsLayer.model_validate_json(layer_setting(path, lifted).model_dump_json(), strict=True)
+    assert resolve([scoped(PROJECT, layer)]).get(path) is None
+    assert (
+        resolve([scoped(BUSINESS, layer_setting(path, VALUES[path][0][0]))]).get(path) == VALUES[path][0][1]
+    )
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(lambda: RescheduleSettings(max_customer_reschedules="none"), id="other-word-for-limit"),
+        pytest.param(lambda: CancelSettings(allowed_reasons="all"), id="other-word-for-reasons"),
+        pytest.param(lambda: CancelSettings(allowed_reasons=[]), id="empty-reason-list"),
+    ],
+)
+def test_only_the_documented_words_lift_a_limit(build) -> None:
+    with pytest.raises(ValidationError):
+        build()

@@ -25,6 +25,8 @@ class Appointment:
     status: AppointmentStatus
     confirmation: Confirmation
     version: int
+    zone: str = ""  # the zone or technician group whose capacity it uses; '' = the whole unit
+    holds_place: bool = False  # counted in its arrival window's bookings
 
     @property
     def is_active(self) -> bool:
@@ -69,6 +71,52 @@ def cancel(appointment: Appointment) -> Appointment | Failure:
     if appointment.status is not AppointmentStatus.SCHEDULED:
         return Failure(FailureCode.APPOINTMENT_CHANGED)
     return replace(appointment, status=AppointmentStatus.CANCELED, version=appointment.version + 1)
+
+
+# --- capacity: places in arrival windows ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Place:
+    """An arrival window's places as stored. `capacity` is what it holds now: `places`, or more when
+    the office booked beyond them; a customer only ever takes a place while `booked < places`."""
+
+    window: ArrivalWindow
+    places: int
+    capacity: int
+    booked: int
+
+    @property
+    def free(self) -> int:
+        return max(self.places - self.booked, 0)
+
+
+def take_for_customer(place: Place | None, wanted: ArrivalWindow) -> Place | Failure:
+    """A customer takes a free place in exactly the window they picked, or fails: never overbooked."""
+    if place is None or place.window != wanted or place.free == 0:
+        return Failure(FailureCode.TIME_NO_LONGER_AVAILABLE)
+    return replace(place, booked=place.booked + 1)
+
+
+def take_for_office(place: Place) -> Place:
+    """The office's booking always counts (it is the source of truth); beyond the places it raises
+    what the window holds, so free places never go negative and customers still see none."""
+    booked = place.booked + 1
+    return replace(place, booked=booked, capacity=max(place.capacity, booked))
+
+
+def release(place: Place) -> Place:
+    booked = max(place.booked - 1, 0)
+    return replace(place, booked=booked, capacity=max(place.places, booked))
+
+
+def set_places(place: Place, places: int) -> Place:
+    return replace(place, places=places, capacity=max(places, place.booked))
+
+
+def holds_a_place(status: AppointmentStatus) -> bool:
+    """Every appointment not canceled keeps its place (a done one keeps the record of its visit)."""
+    return status is not AppointmentStatus.CANCELED
 
 
 def job_status(current: JobStatus, statuses: list[AppointmentStatus]) -> JobStatus:

@@ -1,5 +1,7 @@
 """modify_handler handlers: apply approved requests and office updates, emitting result events."""
 
+from dataclasses import replace
+
 import structlog
 
 from contracts.common import JobStatus
@@ -11,17 +13,21 @@ from contracts.events_v1 import (
     AppointmentRescheduledPayload,
     AppointmentUpdated,
     AppointmentUpdatedPayload,
+    CapacityWindowChanged,
+    CapacityWindowChangedPayload,
     Initiator,
     JobStatusChanged,
     JobStatusChangedPayload,
     ModifyFailed,
     ModifyFailedPayload,
+    ProjectUpdated,
+    ProjectUpdatedPayload,
 )
 from contracts.internal_v1 import ModifyApproved
-from contracts.office_v1 import AppointmentRecorded
+from contracts.office_v1 import AppointmentRecorded, CapacityUpdated, ProjectRecorded
 from contracts.portal_v1 import Reschedule
 from contracts.reasons import FailureCode, customer_text
-from workers.modify_handler import domain, repository
+from workers.modify_handler import domain, places, repository
 from workers.modify_handler.domain import Appointment, Failure
 from workers.runtime.database import UnitOfWork
 
@@ -46,6 +52,15 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
     if isinstance(result, Failure):
         await _fail(message, uow, result.code, now)
         return
+    if isinstance(request.change, Reschedule):
+        moved = await places.move_for_customer(conn, current, result)
+        if isinstance(moved, Failure):
+            await _fail(message, uow, moved.code, now)
+            return
+        result, changed_places = moved
+    else:
+        changed_places = await places.free_place(conn, current)
+        result = replace(result, holds_place=False)
     await repository.save_appointment(
         conn, result, customer_reschedule=isinstance(request.change, Reschedule)
     )
@@ -75,6 +90,7 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
             ),
         )
     await uow.emit(event)
+    await _announce_places(message, uow, changed_places, now)
     await _follow_job_status(message, uow, result, now)
     log.info("schedule.applied", action=request.change.action, version=result.version)
 
@@ -84,7 +100,12 @@ async def record_office_appointment(message: AppointmentRecorded, uow: UnitOfWor
     conn = uow.connection
     now = await uow.now()
     new_job = await repository.ensure_job(conn, message.tenant_id, payload.job_id, payload.customer_id)
-    appointment = await repository.record_office_appointment(conn, message.tenant_id, payload)
+    previous = await repository.lock_appointment(conn, message.tenant_id, payload.appointment_id)
+    recorded = repository.office_state(message.tenant_id, payload, previous.version + 1 if previous else 1)
+    holds, changed_places = await places.follow_office_record(conn, previous, recorded)
+    appointment = await repository.record_office_appointment(
+        conn, message.tenant_id, payload, holds_place=holds
+    )
     await uow.emit(
         AppointmentUpdated.follow(
             message,
@@ -95,22 +116,80 @@ async def record_office_appointment(message: AppointmentRecorded, uow: UnitOfWor
             ),
         )
     )
+    await _announce_places(message, uow, changed_places, now)
     await _follow_job_status(message, uow, appointment, now, announce=new_job)
-    log.info("schedule.office_recorded", version=appointment.version)
+    log.info("schedule.office_recorded", version=appointment.version, holds_place=holds)
+
+
+async def record_office_project(message: ProjectRecorded, uow: UnitOfWork) -> None:
+    """The office changed a project on its own (not with one of its appointments)."""
+    project = message.payload.project
+    now = await uow.now()
+    await repository.record_project(uow.connection, message.tenant_id, project)
+    await repository.replace_project_contacts(uow.connection, message.tenant_id, project)
+    await uow.emit(
+        ProjectUpdated.follow(
+            message,
+            producer=PRODUCER,
+            occurred_at=now,
+            payload=ProjectUpdatedPayload(
+                project_id=project.project_id,
+                portal_locked=project.portal_locked,
+                starts_at=project.starts_at,
+                ends_at=project.ends_at,
+                contacts=len(project.contacts),
+            ),
+        )
+    )
+    log.info("schedule.project_recorded", project_id=project.project_id, locked=project.portal_locked)
+
+
+async def set_office_capacity(message: CapacityUpdated, uow: UnitOfWork) -> None:
+    payload = message.payload
+    now = await uow.now()
+    changed = await places.set_places(
+        uow.connection,
+        message.tenant_id,
+        payload.business_unit,
+        payload.zone or "",
+        payload.utc_windows(),
+        payload.capacity_version,
+    )
+    await _announce_places(message, uow, changed, now)
+    log.info("schedule.capacity_set", windows=len(payload.windows), changed=len(changed))
+
+
+async def _announce_places(cause: Envelope, uow: UnitOfWork, changed: list[places.ChangedPlace], now) -> None:
+    for item in changed:
+        await uow.emit(
+            CapacityWindowChanged.follow(
+                cause,
+                producer=PRODUCER,
+                occurred_at=now,
+                payload=CapacityWindowChangedPayload(
+                    business_unit=item.business_unit,
+                    zone=item.zone or None,
+                    window=item.place.window,
+                    places=item.place.places,
+                    booked=item.place.booked,
+                    free=item.place.free,
+                    version=item.version,
+                ),
+            )
+        )
 
 
 async def _follow_job_status(
     cause: Envelope, uow: UnitOfWork, appointment: Appointment, now, *, announce: bool = False
 ) -> None:
-    """Derive the job's status from its appointments; emit when it changed, or when the job is new
-    (`announce`) so the read store lists every job."""
+    """Derive the job's status from its appointments and announce it after every change of one of them:
+    besides the status, the read store shows how many appointments are active, which a second booking
+    or one canceled visit of two changes without changing the status."""
     conn = uow.connection
     job = await repository.lock_job(conn, appointment.tenant_id, appointment.job_id)
     statuses = await repository.job_appointment_statuses(conn, appointment.tenant_id, appointment.job_id)
     previous = JobStatus(job.status)
     new = domain.job_status(previous, statuses)
-    if new is previous and not announce:
-        return
     version = await repository.set_job_status(conn, appointment.tenant_id, appointment.job_id, new)
     await uow.emit(
         JobStatusChanged.follow(
@@ -150,4 +229,6 @@ async def _fail(message: ModifyApproved, uow: UnitOfWork, code: FailureCode, now
 HANDLERS = {
     ModifyApproved: apply_approved_change,
     AppointmentRecorded: record_office_appointment,
+    CapacityUpdated: set_office_capacity,
+    ProjectRecorded: record_office_project,
 }

@@ -23,6 +23,8 @@ def _to_domain(row) -> Appointment:
         status=AppointmentStatus(row.status),
         confirmation=Confirmation(row.confirmation),
         version=row.version,
+        zone=row.zone,
+        holds_place=row.holds_place,
     )
 
 
@@ -54,6 +56,7 @@ async def save_appointment(
             status=appointment.status.value,
             confirmation=appointment.confirmation.value,
             version=appointment.version,
+            holds_place=appointment.holds_place,
             updated_at=func.now(),
             **counted,
         )
@@ -102,8 +105,26 @@ async def ensure_job(conn: AsyncConnection, tenant_id: str, job_id: str, custome
     return result.first() is not None
 
 
+def office_state(tenant_id: str, payload: AppointmentRecordedPayload, version: int) -> Appointment:
+    """The appointment as the office recorded it (before its place is decided)."""
+    return Appointment(
+        tenant_id=tenant_id,
+        appointment_id=payload.appointment_id,
+        job_id=payload.job_id,
+        customer_id=payload.customer_id,
+        business_unit=payload.business_unit,
+        job_type=payload.job_type,
+        project_id=payload.project.project_id if payload.project else None,
+        window=payload.window,
+        status=payload.status,
+        confirmation=payload.confirmation,
+        version=version,
+        zone=payload.zone or "",
+    )
+
+
 async def record_office_appointment(
-    conn: AsyncConnection, tenant_id: str, payload: AppointmentRecordedPayload
+    conn: AsyncConnection, tenant_id: str, payload: AppointmentRecordedPayload, *, holds_place: bool
 ) -> Appointment:
     """Insert or overwrite the appointment with the office's state; bumps its version."""
     values = dict(
@@ -118,6 +139,8 @@ async def record_office_appointment(
         window_end=payload.window.end,
         status=payload.status.value,
         confirmation=payload.confirmation.value,
+        zone=payload.zone or "",
+        holds_place=holds_place,
     )
     statement = insert(appointments).values(**values, version=1)
     statement = statement.on_conflict_do_update(

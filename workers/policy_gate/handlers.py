@@ -5,10 +5,14 @@ from pydantic import TypeAdapter
 
 from contracts.envelope import Envelope
 from contracts.events_v1 import (
+    AppointmentCanceled,
+    AppointmentRescheduled,
+    AppointmentUpdated,
     ModifyAwaitingApproval,
     ModifyAwaitingApprovalPayload,
     ModifyRejected,
     ModifyRejectedPayload,
+    ProjectUpdated,
 )
 from contracts.internal_v1 import ModifyApproved, ModifyApprovedPayload
 from contracts.office_v1 import ApprovalDecided, PortalSettingsUpdated
@@ -22,7 +26,7 @@ from contracts.office_v2 import (
 )
 from contracts.portal_v1 import ModifyChange, ModifyRequested
 from contracts.reasons import RejectionCode, customer_text
-from workers.policy_gate import store
+from workers.policy_gate import offering, store
 from workers.policy_gate.rules import Decision, Outcome, decide
 from workers.policy_gate.settings import resolve
 from workers.runtime.database import UnitOfWork
@@ -82,6 +86,7 @@ async def decide_modify_request(message: ModifyRequested, uow: UnitOfWork) -> No
         facts=facts,
         settings=resolve(layers),
         now=now,
+        expected_version=request.expected_version,
     )
     first_time = await store.record_decision(
         conn,
@@ -196,6 +201,8 @@ async def update_settings_layer(message: PortalSettingsUpdatedV2, uow: UnitOfWor
         message_id=message.message_id,
     )
     log.info("gate.settings", applied=applied, level=p.scope.level.value, settings_version=p.settings_version)
+    if applied:
+        await offering.follow_scope(uow, message, p.scope.level, p.scope.key)
 
 
 def business_layer_from_v1(message: PortalSettingsUpdated) -> SettingsLayer:
@@ -225,6 +232,8 @@ async def update_portal_settings_v1(message: PortalSettingsUpdated, uow: UnitOfW
     log.info(
         "gate.settings", applied=applied, level="business", settings_version=message.payload.settings_version
     )
+    if applied:
+        await offering.follow_scope(uow, message, ScopeLevel.BUSINESS, None)
 
 
 HANDLERS = {
@@ -232,4 +241,8 @@ HANDLERS = {
     PortalSettingsUpdated: update_portal_settings_v1,
     PortalSettingsUpdatedV2: update_settings_layer,
     ApprovalDecided: settle_office_approval,
+    AppointmentRescheduled: offering.follow_appointment,
+    AppointmentCanceled: offering.follow_appointment,
+    AppointmentUpdated: offering.follow_appointment,
+    ProjectUpdated: offering.follow_project,
 }

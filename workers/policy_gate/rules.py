@@ -1,7 +1,8 @@
 """The gate's rules, pure: facts about the appointment + effective settings + now -> a decision.
 
 The order is part of the contract and documented in docs/policy.md:
- 1. ownership (a stranger learns nothing, not even whether self-service is on)
+ 1. ownership (a stranger learns nothing, not even whether self-service is on); then, when the request
+    says which appointment version the customer saw, that it is still the current one
  2. feature switch            3. project lock            4. blocking statuses
  5. the permission for this action and confirmation state (deny)
  6. the notice window before the current start
@@ -50,6 +51,8 @@ class AppointmentFacts:
     window: ArrivalWindow
     version: int
     customer_reschedules: int = 0
+    job_id: str | None = None
+    zone: str = ""
 
     @property
     def project_id(self) -> str | None:
@@ -250,7 +253,16 @@ def decide(
     facts: AppointmentFacts | None,
     settings: EffectiveSettings,
     now: datetime,
+    expected_version: int | None = None,
 ) -> Decision:
+    if (
+        expected_version is not None
+        and facts is not None
+        and may_act_for(requester_id, facts)
+        and expected_version != facts.version
+    ):
+        # The customer decided on a state that is gone (the office changed it since they looked).
+        return _reject(RejectionCode.APPOINTMENT_VERSION_STALE, "expected_version")
     base = check_action(
         requester_id=requester_id, action=change.action, facts=facts, settings=settings, now=now
     )

@@ -36,6 +36,8 @@ DEFAULTS: dict[str, object] = {
     "cancel.allowed_reasons": None,  # any reason
 }
 DEFAULT_LEVEL = "default"
+# The word a more specific layer uses to lift a limit a less specific one set (null would inherit it).
+LIFTED = {"reschedule.max_customer_reschedules": "unlimited", "cancel.allowed_reasons": "any"}
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,9 @@ def _normalise(path: str, value):
     if path == "blocking_statuses":
         return frozenset(AppointmentStatus(s) for s in value)
     if path == "cancel.allowed_reasons":
-        return tuple(value)
+        return None if value == LIFTED[path] else tuple(value)
+    if path == "reschedule.max_customer_reschedules" and value == LIFTED[path]:
+        return None
     return value
 
 

@@ -1,5 +1,5 @@
 """The gate's reads and writes: appointment facts (scheduling, read-only), settings layers with their
-history, and decisions by request id (policy)."""
+history, decisions by request id, and the offer timelines it last computed (policy)."""
 
 from datetime import datetime
 from uuid import UUID
@@ -13,6 +13,7 @@ from contracts.office_v2 import ScopeLevel, SettingsLayer, SettingsScope
 from infra.db.tables import (
     appointments,
     decisions,
+    offers,
     project_contacts,
     projects,
     settings_history,
@@ -73,6 +74,8 @@ async def load_facts(
         window=ArrivalWindow(start=row.window_start, end=row.window_end),
         version=row.version,
         customer_reschedules=row.customer_reschedules,
+        job_id=row.job_id,
+        zone=row.zone,
     )
 
 
@@ -255,5 +258,71 @@ async def settle_approval(
             reason_text=reason_text,
             office_decided_by=decided_by,
             office_decided_at=decided_at,
+        )
+    )
+
+
+# Which appointments a settings layer covers: every appointment of the business, or those of one unit,
+# job type or project.
+_SCOPE_COLUMN = {
+    ScopeLevel.BUSINESS_UNIT: appointments.c.business_unit,
+    ScopeLevel.JOB_TYPE: appointments.c.job_type,
+    ScopeLevel.PROJECT: appointments.c.project_id,
+}
+
+
+async def upcoming_appointments(
+    connection: AsyncConnection,
+    tenant_id: str,
+    after: datetime,
+    level: ScopeLevel = ScopeLevel.BUSINESS,
+    key: str | None = None,
+) -> list[str]:
+    """Ids of the appointments (of a business unit, job type or project) that start after a moment, in
+    id order (the lock order)."""
+    statement = select(appointments.c.appointment_id).where(
+        appointments.c.tenant_id == tenant_id, appointments.c.window_start > after
+    )
+    if level is not ScopeLevel.BUSINESS:
+        statement = statement.where(_SCOPE_COLUMN[level] == key)
+    return list((await connection.execute(statement.order_by(appointments.c.appointment_id))).scalars())
+
+
+async def lock_offer(connection: AsyncConnection, tenant_id: str, appointment_id: str):
+    """The stored offer of an appointment, locked (created empty the first time). Taken before the facts
+    are read, so two gates computing the same appointment's offer take turns and the later one reads
+    the later facts."""
+    await connection.execute(
+        insert(offers).values(tenant_id=tenant_id, appointment_id=appointment_id).on_conflict_do_nothing()
+    )
+    return (
+        await connection.execute(
+            select(offers.c.offer_version, offers.c.appointment_version, offers.c.segments, offers.c.pick)
+            .where(offers.c.tenant_id == tenant_id, offers.c.appointment_id == appointment_id)
+            .with_for_update()
+        )
+    ).one()
+
+
+async def save_offer(
+    connection: AsyncConnection,
+    tenant_id: str,
+    appointment_id: str,
+    *,
+    offer_version: int,
+    appointment_version: int,
+    segments: list[dict],
+    pick: dict,
+    computed_at: datetime,
+) -> None:
+    await connection.execute(
+        update(offers)
+        .where(offers.c.tenant_id == tenant_id, offers.c.appointment_id == appointment_id)
+        .values(
+            offer_version=offer_version,
+            appointment_version=appointment_version,
+            segments=segments,
+            pick=pick,
+            computed_at=computed_at,
         )
     )

@@ -5,36 +5,85 @@ import structlog
 from contracts.envelope import Envelope
 from contracts.events_v1 import (
     AppointmentCanceled,
+    AppointmentOfferChanged,
     AppointmentRescheduled,
     AppointmentUpdated,
+    CapacityWindowChanged,
     JobStatusChanged,
     ModifyAwaitingApproval,
     ModifyFailed,
     ModifyRejected,
+    ProjectUpdated,
 )
-from contracts.portal_v1 import ModifyRequested
-from workers.portal_sync import projection, store
+from contracts.feed_v1 import PortalViewChangedPayload
+from contracts.portal_v1 import ModifyOutcome, ModifyOutcomePayload, ModifyRequested
+from workers.portal_sync import feed, projection, store
 from workers.runtime.database import UnitOfWork
 
 log = structlog.get_logger(__name__)
 
 
 async def project_event(message: Envelope, uow: UnitOfWork) -> None:
+    """Write what the event says into the read store; after each row that changed, tell the live feed."""
     conn = uow.connection
+    changed: list[PortalViewChangedPayload] = []
     snapshot = projection.appointment_snapshot(message)
     if snapshot is not None:
         written = await store.upsert_appointment(
             conn, message.tenant_id, projection.appointment_row(snapshot)
         )
         log.info("portal.appointment", version=snapshot.version, written=written)
+        if written:
+            changed.append(feed.appointment_changed(snapshot))
+    offer = projection.offer_row(message)
+    if offer is not None:
+        written = await store.upsert_offer(conn, message.tenant_id, offer)
+        log.info("portal.offer", offer_version=offer["offer_version"], written=written)
+        if written:
+            changed.append(feed.offer_changed(offer))
+    window = projection.available_window_row(message)
+    if window is not None:
+        written = await store.upsert_available_window(conn, message.tenant_id, window)
+        log.info("portal.available_window", free=window["free"], version=window["version"], written=written)
+        if written:
+            changed.append(feed.availability_changed(window))
     job = projection.job_row(message)
-    if job is not None:
-        await store.upsert_job(conn, message.tenant_id, job)
+    if job is not None and await store.upsert_job(conn, message.tenant_id, job):
+        changed.append(feed.job_changed(job))
+    audit = projection.audit_entry(message)
+    if audit is not None:
+        await store.append_audit(conn, message.tenant_id, audit)
     outcome = projection.request_outcome(message)
     if outcome is not None:
         requested_at = message.occurred_at if isinstance(message, ModifyRequested) else None
-        await store.record_request(conn, message.tenant_id, outcome, requested_at)
-        log.info("portal.request", request_id=outcome.request_id, status=outcome.status)
+        written = await store.record_request(conn, message.tenant_id, outcome, requested_at)
+        log.info("portal.request", request_id=outcome.request_id, status=outcome.status, written=written)
+        if written:
+            customer, job_id = await store.owner_of(conn, message.tenant_id, outcome.appointment_id)
+            changed.append(feed.request_changed(outcome, customer or outcome.requester_id, job_id))
+        reply = await store.claim_reply(conn, message.tenant_id, outcome.request_id)
+        if reply is not None:
+            await uow.emit(
+                ModifyOutcome.follow(
+                    message,
+                    producer=feed.PRODUCER,
+                    occurred_at=await uow.now(),
+                    correlation_id=reply.request_id,
+                    payload=ModifyOutcomePayload(
+                        request_id=reply.request_id,
+                        appointment_id=reply.appointment_id,
+                        action=reply.action,
+                        status=reply.status,
+                        reason_code=reply.reason_code,
+                        reason=reply.reason_text,
+                        reply_to=reply.reply_to,
+                    ),
+                )
+            )
+    if changed:
+        now = await uow.now()
+        for payload in changed:
+            await uow.emit(feed.event(message, payload, now))
 
 
 HANDLERS = {
@@ -48,5 +97,8 @@ HANDLERS = {
         AppointmentCanceled,
         AppointmentUpdated,
         JobStatusChanged,
+        AppointmentOfferChanged,
+        CapacityWindowChanged,
+        ProjectUpdated,  # nothing of its own in the read store; the offers it changes arrive as events
     )
 }

@@ -9,14 +9,16 @@ from dataclasses import dataclass
 from contracts.common import AppointmentSnapshot
 from contracts.events_v1 import (
     AppointmentCanceled,
+    AppointmentOfferChanged,
     AppointmentRescheduled,
     AppointmentUpdated,
+    CapacityWindowChanged,
     JobStatusChanged,
     ModifyAwaitingApproval,
     ModifyFailed,
     ModifyRejected,
 )
-from contracts.portal_v1 import ModifyRequested
+from contracts.portal_v1 import ModifyRequested, Reschedule
 
 TERMINAL_REQUEST_STATUSES = frozenset({"rejected", "completed", "failed"})
 # How far along a request is; a status never moves to a lower rank, and the first terminal one is final.
@@ -32,6 +34,7 @@ class RequestOutcome:
     reason_code: str | None = None
     reason_text: str | None = None
     requester_id: str | None = None
+    reply_to: str | None = None
 
 
 def appointment_row(snapshot: AppointmentSnapshot) -> dict:
@@ -60,6 +63,7 @@ def request_outcome(event) -> RequestOutcome | None:
                 p.change.action,
                 "pending",
                 requester_id=p.requester_id,
+                reply_to=p.reply_to,
             )
         case ModifyAwaitingApproval(payload=p):
             return RequestOutcome(
@@ -96,6 +100,113 @@ def job_row(event) -> dict | None:
             active_appointments=p.active_appointments,
             version=p.version,
         )
+    return None
+
+
+def _pick_columns(pick) -> dict:
+    if pick is None:
+        return dict(
+            business_unit=None,
+            zone="",
+            min_lead_hours=None,
+            max_horizon_days=None,
+            not_before=None,
+            not_after=None,
+        )
+    return dict(
+        business_unit=pick.business_unit,
+        zone=pick.zone or "",
+        min_lead_hours=pick.min_lead_hours,
+        max_horizon_days=pick.max_horizon_days,
+        not_before=pick.not_before,
+        not_after=pick.not_after,
+    )
+
+
+def offer_row(event) -> dict | None:
+    """The offer timeline the portal reads (through the view `portal.offers_now`)."""
+    if isinstance(event, AppointmentOfferChanged):
+        p = event.payload
+        return dict(
+            appointment_id=p.appointment_id,
+            job_id=p.job_id,
+            customer_id=p.customer_id,
+            offer_version=p.offer_version,
+            appointment_version=p.appointment_version,
+            segments=[segment.model_dump(mode="json") for segment in p.segments],
+            **_pick_columns(p.pick),
+        )
+    return None
+
+
+def available_window_row(event) -> dict | None:
+    """Free places of an arrival window, for the times the portal lets a customer pick."""
+    if isinstance(event, CapacityWindowChanged):
+        p = event.payload
+        return dict(
+            business_unit=p.business_unit,
+            zone=p.zone or "",
+            starts_at=p.window.start,
+            ends_at=p.window.end,
+            free=p.free,
+            version=p.version,
+        )
+    return None
+
+
+def audit_entry(event) -> dict | None:
+    """One line of an appointment's audit trail, or None for events that are not about one change."""
+    common = dict(message_id=event.message_id, occurred_at=event.occurred_at)
+    match event:
+        case ModifyRequested(payload=p):
+            change = p.change
+            return dict(
+                **common,
+                appointment_id=p.appointment_id,
+                entry="requested",
+                actor=p.requester_id,
+                request_id=event.correlation_id,
+                action=change.action,
+                reason_text=getattr(change, "reason", None),
+                window_start=change.new_window.start if isinstance(change, Reschedule) else None,
+                window_end=change.new_window.end if isinstance(change, Reschedule) else None,
+            )
+        case ModifyRejected(payload=p) | ModifyAwaitingApproval(payload=p) | ModifyFailed(payload=p):
+            entry = {"modify.rejected": "rejected", "modify.awaiting_approval": "awaiting_approval"}.get(
+                event.type, "failed"
+            )
+            return dict(
+                **common,
+                appointment_id=p.appointment_id,
+                entry=entry,
+                actor=event.producer,
+                request_id=p.request_id,
+                action=p.action.value,
+                reason_code=p.reason_code,
+                reason_text=p.reason,
+            )
+        case (
+            AppointmentRescheduled(payload=p) | AppointmentCanceled(payload=p) | AppointmentUpdated(payload=p)
+        ):
+            snapshot = p.appointment
+            entry = {"appointment.rescheduled": "rescheduled", "appointment.canceled": "canceled"}.get(
+                event.type, "office_recorded"
+            )
+            return dict(
+                **common,
+                appointment_id=snapshot.appointment_id,
+                entry=entry,
+                actor=p.initiated_by.value,
+                request_id=getattr(p, "request_id", None),
+                reason_text=getattr(p, "reason", None),
+                window_start=snapshot.window.start,
+                window_end=snapshot.window.end,
+                previous_window_start=p.previous_window.start
+                if isinstance(event, AppointmentRescheduled)
+                else None,
+                status=snapshot.status.value,
+                version=snapshot.version,
+            )
     return None
 
 

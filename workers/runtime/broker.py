@@ -10,6 +10,7 @@ import aio_pika
 import aiormq.exceptions
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from pamqp import commands as amqp_spec
 
 from contracts.decoding import CONTENT_TYPE, encode
 from contracts.envelope import Envelope
@@ -50,6 +51,26 @@ def amqp_message(
         type=message_type,
         app_id=producer,
         timestamp=timestamp,
+        headers=headers,
+    )
+
+
+def amqp_properties(
+    *,
+    message_id: str,
+    correlation_id: str,
+    message_type: str,
+    producer: str,
+    headers: dict,
+) -> amqp_spec.Basic.Properties:
+    """The properties `amqp_message` gives a message (persistent, JSON), built directly."""
+    return amqp_spec.Basic.Properties(
+        content_type=CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
+        message_id=message_id,
+        correlation_id=correlation_id,
+        message_type=message_type,
+        app_id=producer,
         headers=headers,
     )
 
@@ -118,10 +139,24 @@ class Broker:
         exchange = await self._exchange(exchange_name)
         await exchange.publish(message, routing_key, mandatory=True, timeout=self._publish_timeout)
 
-    async def publish_message(self, message: Envelope) -> None:
-        await self.publish(
-            self.topology.exchange(message.exchange_role), message.routing_key, to_amqp(message)
+    async def publish_body(
+        self, exchange_name: str, routing_key: str, body: bytes, properties: amqp_spec.Basic.Properties
+    ) -> None:
+        """`publish` for a body and properties built by the caller (the outbox relay): the same frames,
+        persistent, mandatory and confirmed, without an aio_pika.Message in between."""
+        assert self._publish_channel is not None
+        channel = await self._publish_channel.get_underlay_channel()
+        await channel.basic_publish(
+            body,
+            exchange=exchange_name,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=True,
+            timeout=self._publish_timeout,
         )
+
+    async def publish_message(self, message: Envelope) -> None:
+        await self.publish(self.topology.exchange(message.exchange_role), message.route(), to_amqp(message))
 
     @property
     def is_connected(self) -> bool:

@@ -1,55 +1,225 @@
-"""Engine creation and the unit of work: one transaction per message, rolled back unless committed."""
+"""Engine creation and the unit of work: one transaction per message, rolled back unless committed.
 
+The unit of work drives the transaction itself on the connection's asyncpg driver (BEGIN / COMMIT /
+ROLLBACK), and SQLAlchemy runs on the same connection in autocommit mode, so that handlers' statements
+land in our transaction without SQLAlchemy adding its own round trips. That lets the runtime's own
+statements be as cheap as a hand-written relay's:
+
+- BEGIN and the inbox claim travel in one round trip (`claim=` below);
+- `now()` is asked only when a handler wants it, once per transaction;
+- the outbox rows a handler emits are written with the COMMIT, in the same round trip, which also
+  wakes this producer's relay (per-producer NOTIFY channel, delivered at commit);
+- no pre-ping: a connection found dead at BEGIN is invalidated and the BEGIN retried on another (as
+  many times as the pool has connections, since one outage kills them all; a dead one fails at once);
+  a connection that dies later fails the transaction, which the consumer retries as a transient error.
+"""
+
+import asyncio
+import re
+import weakref
 from datetime import datetime
 from types import TracebackType
+from typing import NoReturn
+from uuid import UUID
 
-from sqlalchemy import func, select
+import asyncpg
+import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from contracts.envelope import Envelope
-from workers.runtime import outbox
+from workers.runtime import inbox, outbox
+
+log = structlog.get_logger(__name__)
+
+# How often BEGIN is retried on another connection when the first one turns out to be dead, at least.
+BEGIN_ATTEMPTS = 3
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# One AUTOCOMMIT view per engine (it shares the engine's pool; building one per unit of work costs).
+_AUTOCOMMIT_VIEWS: "weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine]" = weakref.WeakKeyDictionary()
 
 
-def create_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
+def create_engine(database_url: str, pool_size: int = 10, max_overflow: int = 0) -> AsyncEngine:
+    """A fixed-size pool by default: overflow connections are closed when returned and opened again
+    moments later under load (a backend fork each time); a unit of work that finds the pool busy waits
+    for a connection instead. No pre-ping (see the module docstring)."""
     return create_async_engine(
-        database_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+        database_url, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800
     )
 
 
-class UnitOfWork:
-    """Holds one connection in one transaction. `emit` queues events in the outbox of that transaction."""
+def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+    view = _AUTOCOMMIT_VIEWS.get(engine)
+    if view is None:
+        view = _AUTOCOMMIT_VIEWS[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return view
 
-    def __init__(self, engine: AsyncEngine, producer: str) -> None:
+
+def _pool_size(engine: AsyncEngine) -> int:
+    size = getattr(engine.sync_engine.pool, "size", None)
+    return size() if callable(size) else 0
+
+
+def _is_disconnect(error: BaseException, driver: asyncpg.Connection | None) -> bool:
+    """The connection is unusable (closed, or its protocol stuck mid-operation, as when the server shut
+    down under it): retrying on another connection may succeed."""
+    if driver is not None and driver.is_closed():
+        return True
+    return isinstance(
+        error,
+        OSError
+        | asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.InterfaceError
+        | asyncpg.exceptions.InternalClientError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.CannotConnectNowError,
+    )
+
+
+def _reraise(error: Exception, lost: bool) -> NoReturn:
+    """Raise `error`; a client-side failure of a lost connection as the error the consumer retries
+    (SQLSTATE 08003), since asyncpg's InterfaceError / InternalClientError say nothing about that."""
+    if lost and isinstance(error, asyncpg.exceptions.InterfaceError | asyncpg.exceptions.InternalClientError):
+        raise asyncpg.exceptions.ConnectionDoesNotExistError(
+            f"connection unusable: {error!r}"[:300]
+        ) from error
+    raise error
+
+
+class UnitOfWork:
+    """Holds one connection in one transaction. `emit` queues events in the outbox of that transaction.
+
+    `claim=(consumer, message_id)` records the message in the inbox as the transaction's first
+    statement; `claimed` is then False for a duplicate (the caller skips it; nothing was written).
+    """
+
+    def __init__(self, engine: AsyncEngine, producer: str, *, claim: tuple[str, UUID] | None = None) -> None:
         self._engine = engine
         self.producer = producer
         self.connection: AsyncConnection
+        self.driver: asyncpg.Connection
         self.emitted: list[Envelope] = []
+        self.claimed = True
+        self._claim = claim
+        self._pending: list[tuple] = []
+        self._now: datetime | None = None
         self._committed = False
+        self._open = False
+        self._broken = False
 
     async def __aenter__(self) -> "UnitOfWork":
-        self.connection = await self._engine.connect()
-        await self.connection.begin()
         self.emitted = []
+        self._pending = []
+        self._now = None
         self._committed = False
-        return self
+        # Every pooled connection may have died in the same outage: try each (a dead one fails at once).
+        attempts = max(BEGIN_ATTEMPTS, _pool_size(self._engine) + 1)
+        for attempt in range(1, attempts + 1):
+            self.connection = await _autocommit(self._engine).connect()
+            try:
+                raw = await self.connection.get_raw_connection()
+                self.driver = raw.driver_connection
+                self.claimed = await self._begin()
+            except BaseException as exc:
+                dead = _is_disconnect(exc, getattr(self, "driver", None))
+                await self._discard(invalidate=True)
+                if not isinstance(exc, Exception):
+                    raise
+                if not dead or attempt == attempts:
+                    _reraise(exc, dead)
+                # A connection that died while idle in the pool (invalidated above): take another.
+                log.info("database.stale_connection", attempt=attempt, error=repr(exc)[:200])
+                continue
+            self._open = True
+            self._broken = False
+            return self
+        raise AssertionError("unreachable")
+
+    async def _begin(self) -> bool:
+        driver = self.driver
+        if driver.is_in_transaction():  # never expected; don't let a leftover transaction swallow ours
+            raise asyncpg.exceptions.InterfaceError("pooled connection was left inside a transaction")
+        if self._claim is None:
+            await driver.execute("BEGIN")
+            return True
+        consumer, message_id = self._claim
+        if _SAFE_NAME.match(consumer):
+            # Simple-query protocol: BEGIN and the insert in one round trip. Both values are inlined,
+            # which is safe only because of what they are: a UUID object and a checked name.
+            status = await driver.execute(f"BEGIN;{inbox.claim_sql(consumer, UUID(str(message_id)))}")
+            return status != "INSERT 0 0"
+        await driver.execute("BEGIN")
+        return await inbox.claim_on(driver, consumer, message_id)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        try:
-            if not self._committed:
-                await self.connection.rollback()
-        finally:
+        if not self._open:
+            return
+        self._open = False
+        if self._committed:
             await self.connection.close()
+            return
+        if self._broken or self.driver.is_closed():
+            await self._discard(invalidate=True)
+            return
+        try:
+            await self.driver.execute("ROLLBACK")
+        except asyncio.CancelledError:
+            await self._discard(invalidate=True)
+            raise
+        except Exception as error:
+            # Unknown state (connection lost, protocol busy): never hand it back to the pool. The
+            # exception that ended the transaction is the one the caller sees.
+            log.info("database.rollback_failed", error=repr(error)[:200])
+            await self._discard(invalidate=True)
+            return
+        await self._discard(invalidate=self.driver.is_closed())
+
+    async def _discard(self, *, invalidate: bool) -> None:
+        try:
+            if invalidate:
+                await asyncio.shield(self.connection.invalidate())
+            await asyncio.shield(self.connection.close())
+        except Exception as exc:
+            log.info("database.close_failed", error=repr(exc)[:200])
 
     async def now(self) -> datetime:
         """The transaction's clock (PostgreSQL `now()`), the same for every statement in it."""
-        return (await self.connection.execute(select(func.now()))).scalar_one()
+        if self._now is None:
+            try:
+                self._now = await self.driver.fetchval("SELECT now()")
+            except Exception as exc:
+                self._failed(exc)
+        return self._now
+
+    def _failed(self, error: Exception) -> NoReturn:
+        """A statement of ours failed: remember when the connection is unusable, so it is discarded
+        rather than rolled back and pooled, and say so as the transient error the consumer retries."""
+        lost = _is_disconnect(error, self.driver) and not isinstance(error, asyncpg.PostgresError)
+        self._broken = self._broken or lost
+        _reraise(error, lost)
 
     async def emit(self, message: Envelope) -> None:
-        await outbox.add(self.connection, message, producer=self.producer)
+        """Queue `message` for the outbox; the rows are written with the commit, in one statement."""
+        self._pending.append(outbox.row_for(message, self.producer))
         self.emitted.append(message)
 
     async def commit(self) -> None:
-        await self.connection.commit()
+        await self._commit("COMMIT")
+
+    async def commit_with(self, statement: str) -> None:
+        """Run a parameterless `statement` and COMMIT in one round trip (simple-query protocol); for
+        statements built only from values the caller made safe (integers from the database)."""
+        await self._commit(f"{statement};COMMIT")
+
+    async def _commit(self, script: str) -> None:
+        if self._pending:
+            # The outbox rows, the relay's wake-up and the COMMIT: one round trip.
+            script = f"{outbox.write_script(self.producer, self._pending)};{script}"
+            self._pending = []
+        try:
+            await self.driver.execute(script)
+        except Exception as exc:
+            # A lost COMMIT may or may not have committed: the retry's inbox claim tells.
+            self._failed(exc)
         self._committed = True

@@ -1,7 +1,6 @@
 """Process entry point shared by the workers: settings, logging, run until SIGTERM."""
 
-import asyncio
-
+from workers.runtime import loop
 from workers.runtime.logging import configure_logging
 from workers.runtime.settings import Settings
 from workers.runtime.worker import Worker
@@ -18,4 +17,4 @@ async def run_worker(name: str, settings: Settings | None = None) -> None:
 def main(name: str) -> None:
     settings = Settings()
     configure_logging(settings.log_level, worker=name)
-    asyncio.run(run_worker(name, settings))
+    loop.run(run_worker(name, settings))

@@ -1,7 +1,9 @@
 """Configuration from environment variables; every default points at the local services."""
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from infra.topology import DEFAULT_RETRY_DELAYS_S, parse_retry_delays
 
 
 class Settings(BaseSettings):
@@ -25,3 +27,29 @@ class Settings(BaseSettings):
     outbox_retention_s: float = Field(default=3600.0, ge=0, alias="APPT_OUTBOX_RETENTION_S")
     startup_retry_s: float = Field(default=60.0, ge=0, alias="APPT_STARTUP_RETRY_S")
     transient_retry_delay_s: float = Field(default=1.0, ge=0, alias="APPT_TRANSIENT_RETRY_DELAY_S")
+    # Transient failures (database or broker away): a few quick retries in place, then delay queues.
+    retry_in_place: int = Field(default=2, ge=0, le=10, alias="APPT_RETRY_IN_PLACE")
+    retry_delays: str = Field(
+        default=",".join(f"{d:g}" for d in DEFAULT_RETRY_DELAYS_S), alias="APPT_RETRY_DELAYS_S"
+    )
+    retry_limit: int = Field(default=8, ge=0, le=1000, alias="APPT_RETRY_LIMIT")
+    # The worker's HTTP endpoint (/metrics, /healthz, /readyz): unset = off, 0 = any free port.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, alias="APPT_METRICS_PORT")
+    metrics_host: str = Field(default="0.0.0.0", alias="APPT_METRICS_HOST")
+    health_interval_s: float = Field(default=5.0, gt=0, le=300, alias="APPT_HEALTH_INTERVAL_S")
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _blank_port_is_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _delays_parse(cls, value: str) -> str:
+        parse_retry_delays(value)
+        return value
+
+    @property
+    def retry_delays_s(self) -> tuple[float, ...]:
+        """The delay-queue tiers, in order (part of the topology: `apptctl topology apply` declares them)."""
+        return parse_retry_delays(self.retry_delays)

@@ -1,18 +1,25 @@
-"""A worker process: builds its engine, broker, consumer and outbox relay, runs until SIGTERM, drains."""
+"""A worker process: builds its engine, broker, consumer, outbox relay, health checks and metrics endpoint,
+runs until SIGTERM, drains."""
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import structlog
 
 from contracts.envelope import Envelope
+from infra.topology import RETRY_ROLE, Topology
 from infra.topology import build as build_topology
 from workers.runtime.broker import Broker
-from workers.runtime.consumer import Handler, QueueConsumer
+from workers.runtime.consumer import DelayedRetry, Handler, QueueConsumer
 from workers.runtime.database import create_engine
+from workers.runtime.health import HealthMonitor
+from workers.runtime.metrics import WorkerMetrics
+from workers.runtime.ops_server import OpsServer
 from workers.runtime.outbox import OutboxRelay
 from workers.runtime.settings import Settings
 
@@ -29,18 +36,23 @@ class WorkerSpec:
 
 
 class Worker:
-    def __init__(self, spec: WorkerSpec, settings: Settings) -> None:
+    def __init__(self, spec: WorkerSpec, settings: Settings, topology: Topology | None = None) -> None:
+        """`topology`: where the worker's queue (`queue_of(spec.name)`) and exchanges are; by default the
+        production topology of `settings.namespace` (the bench passes its own for its trivial stages)."""
         self.spec = spec
         self.settings = settings
-        self.topology = build_topology(settings.namespace)
+        self.topology = topology or build_topology(settings.namespace, settings.retry_delays_s)
         self.engine = create_engine(settings.database_url, settings.db_pool_size)
         self.broker = Broker(
             settings.amqp_url,
             self.topology,
-            name=f"{spec.name}",
+            # What the management UI lists: which deployment's which worker, in which process.
+            name=f"{settings.namespace}.{spec.name}@{socket.gethostname()}:{os.getpid()}",
             publish_timeout_s=settings.publish_timeout_s,
         )
+        self.metrics = WorkerMetrics(spec.name)
         queue = self.topology.queue_of(spec.name)
+        delay_queues = self.topology.delay_queues_of(spec.name)
         self.consumer = QueueConsumer(
             name=spec.name,
             queue_name=queue.name,
@@ -50,6 +62,16 @@ class Worker:
             broker=self.broker,
             prefetch=settings.prefetch,
             transient_retry_delay_s=settings.transient_retry_delay_s,
+            delayed_retry=DelayedRetry(
+                exchange=self.topology.exchange(RETRY_ROLE),
+                queues=tuple(q.name for q in delay_queues),
+                delays_s=tuple(q.delay_s or 0.0 for q in delay_queues),
+                limit=settings.retry_limit,
+            )
+            if delay_queues
+            else None,
+            retry_in_place=settings.retry_in_place,
+            metrics=self.metrics,
         )
         self.relay = (
             OutboxRelay(
@@ -64,15 +86,67 @@ class Worker:
             if spec.emits_events
             else None
         )
+        if self.relay is not None:
+            relay = self.relay
+            self.metrics.track_published(lambda: relay.published_total)
+        self.health = HealthMonitor(
+            spec.name,
+            broker=self.broker,
+            database_url=settings.database_url,
+            metrics=self.metrics,
+            producer=spec.name if spec.emits_events else None,
+            interval_s=settings.health_interval_s,
+        )
+        self.ops_server = (
+            OpsServer(
+                metrics=self.metrics,
+                health=self.health,
+                consuming=lambda: self.consumer.consuming,
+                host=settings.metrics_host,
+                port=settings.metrics_port,
+            )
+            if settings.metrics_port is not None
+            else None
+        )
         self._relay_task: asyncio.Task | None = None
         self._stop = asyncio.Event()
 
+    @property
+    def ops_port(self) -> int | None:
+        """The port /metrics, /healthz and /readyz are served on (None when turned off)."""
+        return None if self.ops_server is None else self.ops_server.port
+
     async def start(self) -> None:
-        await self.broker.connect(retry_for_s=self.settings.startup_retry_s)
-        if self.relay is not None:
-            self._relay_task = asyncio.create_task(self.relay.run(), name=f"{self.spec.name}-relay")
-        await self.consumer.start()
-        log.info("worker.started", namespace=self.settings.namespace)
+        # Everything started here (the connection's reader, each delivery, the relay, the health checks)
+        # runs in tasks that copy this context: their log lines all say which worker wrote them.
+        with structlog.contextvars.bound_contextvars(worker=self.spec.name):
+            # Health first: while the broker is still awaited, /healthz already says so.
+            await self.health.start()
+            try:
+                if self.ops_server is not None:
+                    await self.ops_server.start()
+                await self.broker.connect(retry_for_s=self.settings.startup_retry_s)
+                if self.relay is not None:
+                    self._relay_task = asyncio.create_task(self.relay.run(), name=f"{self.spec.name}-relay")
+                await self.consumer.start()
+            except BaseException:
+                await self._abandon_start()
+                raise
+            log.info("worker.started", namespace=self.settings.namespace)
+
+    async def _abandon_start(self) -> None:
+        """A start that failed half-way leaves nothing running behind it."""
+        if self.relay is not None and self._relay_task is not None:
+            self.relay.stop()
+            self._relay_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._relay_task
+        with contextlib.suppress(Exception):
+            await self.broker.close()
+        if self.ops_server is not None:
+            await self.ops_server.stop()
+        await self.health.stop()
+        await self.engine.dispose()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -87,6 +161,9 @@ class Worker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._relay_task, timeout=5)
         await self.broker.close()
+        if self.ops_server is not None:
+            await self.ops_server.stop()
+        await self.health.stop()
         await self.engine.dispose()
         log.info("worker.stopped", counts=self.consumer.counts)
 

@@ -1,0 +1,9 @@
+"""Least privilege: one RabbitMQ user and one PostgreSQL role per worker, allowed only what it uses.
+
+`apply(...)` creates or updates them (idempotent) and writes one env file per worker with its own
+AMQP_URL and DATABASE_URL; `drop(...)` removes them. `apptctl security apply|drop` runs these.
+"""
+
+from infra.security.plan import Credentials, apply, drop, load_credentials
+
+__all__ = ["Credentials", "apply", "drop", "load_credentials"]

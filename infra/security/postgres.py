@@ -1,0 +1,122 @@
+"""Per-worker PostgreSQL roles: LOGIN roles with grants on exactly the tables each worker reads and writes.
+
+Read from the code (the handlers, stores and the shared runtime):
+  policy_gate     owns policy.* (settings layers and history, decisions, offers); reads the schedule's
+                  appointments, projects and project contacts, nothing else of it
+  modify_handler  owns scheduling.* (appointments, jobs, projects, contacts, capacity windows)
+  portal_sync     owns portal.* (the read store)
+  auditor         SELECT on all four schemas (`apptctl reconcile`, `apptctl status`), nothing else
+  all three       messaging.inbox (claim: INSERT, and SELECT for ON CONFLICT / RETURNING); those that
+                  publish events (contracts/asyncapi.py PUBLISHERS) also messaging.outbox (written with the
+                  change; the relay selects with FOR UPDATE, marks, purges) and its id sequence
+"Owns" is every table of the schema with SELECT, INSERT, UPDATE, DELETE (no TRUNCATE, no DDL): a table a
+later migration adds to a worker's own schema is covered by re-running `apptctl security apply`.
+Passwords are sent as SCRAM-SHA-256 verifiers, so the plain password is never in a statement (and so never
+in PostgreSQL's statement log).
+"""
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+import asyncpg
+
+OWN = ("SELECT", "INSERT", "UPDATE", "DELETE")
+AUDITOR = "auditor"  # reads everything (reconcile, status), writes nothing
+OWNS: dict[str, str] = {"policy_gate": "policy", "modify_handler": "scheduling", "portal_sync": "portal"}
+# Tables outside its own schema a worker uses, and how.
+READS: dict[str, dict[str, tuple[str, ...]]] = {
+    "policy_gate": {
+        "scheduling.appointments": ("SELECT",),
+        "scheduling.projects": ("SELECT",),
+        "scheduling.project_contacts": ("SELECT",),
+    },
+    "modify_handler": {},
+    "portal_sync": {},
+}
+INBOX = {"messaging.inbox": ("SELECT", "INSERT")}
+OUTBOX = {"messaging.outbox": OWN}
+OUTBOX_SEQUENCE = "messaging.outbox_id_seq"
+
+
+def uses(worker: str, emits: bool) -> dict[str, tuple[str, ...]]:
+    """Tables outside its own schema a worker uses, and how; `emits`: it publishes events (an outbox)."""
+    return {**READS[worker], **INBOX, **(OUTBOX if emits else {})}
+
+
+SCHEMAS = ("scheduling", "policy", "portal", "messaging")
+
+
+def scram_verifier(password: str, *, iterations: int = 4096, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802 / 7677)."""
+    salt = salt or secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+        f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
+    )
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _table(qualified: str) -> str:
+    schema, table = qualified.split(".")
+    return f"{_ident(schema)}.{_ident(table)}"
+
+
+async def apply_role(
+    connection: asyncpg.Connection, worker: str, role: str, password: str, *, emits: bool = True
+) -> None:
+    """Create or update `role` for `worker` in the connected database: LOGIN, the password, and exactly
+    the grants above (anything else it was granted on our schemas is revoked first)."""
+    exists = await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+    verifier = scram_verifier(password).replace("'", "''")
+    verb = "ALTER" if exists else "CREATE"
+    await connection.execute(
+        f"{verb} ROLE {_ident(role)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{verifier}'"
+    )
+    database = await connection.fetchval("SELECT current_database()")
+    async with connection.transaction():
+        await connection.execute(f"GRANT CONNECT ON DATABASE {_ident(database)} TO {_ident(role)}")
+        for schema in SCHEMAS:
+            await connection.execute(
+                f"REVOKE ALL ON ALL TABLES IN SCHEMA {_ident(schema)} FROM {_ident(role)}"
+            )
+            await connection.execute(
+                f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {_ident(schema)} FROM {_ident(role)}"
+            )
+            await connection.execute(f"REVOKE ALL ON SCHEMA {_ident(schema)} FROM {_ident(role)}")
+        if worker == AUDITOR:
+            for schema in SCHEMAS:
+                await connection.execute(f"GRANT USAGE ON SCHEMA {_ident(schema)} TO {_ident(role)}")
+                await connection.execute(
+                    f"GRANT SELECT ON ALL TABLES IN SCHEMA {_ident(schema)} TO {_ident(role)}"
+                )
+            return
+        own = _ident(OWNS[worker])
+        tables = uses(worker, emits)
+        for schema in sorted({OWNS[worker], *(t.split(".")[0] for t in tables)}):
+            await connection.execute(f"GRANT USAGE ON SCHEMA {_ident(schema)} TO {_ident(role)}")
+        await connection.execute(f"GRANT {', '.join(OWN)} ON ALL TABLES IN SCHEMA {own} TO {_ident(role)}")
+        await connection.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {own} TO {_ident(role)}")
+        for table, privileges in tables.items():
+            await connection.execute(f"GRANT {', '.join(privileges)} ON {_table(table)} TO {_ident(role)}")
+        if emits:
+            await connection.execute(f"GRANT USAGE ON SEQUENCE {_table(OUTBOX_SEQUENCE)} TO {_ident(role)}")
+
+
+async def drop_role(connection: asyncpg.Connection, role: str) -> bool:
+    """Revoke what `role` holds in the connected database and drop it; False when it did not exist.
+    (A role with grants in other databases must be cleaned there first: DROP OWNED BY in each.)"""
+    if not await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+        return False
+    await connection.execute(f"DROP OWNED BY {_ident(role)}")
+    await connection.execute(f"DROP ROLE {_ident(role)}")
+    return True

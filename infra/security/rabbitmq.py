@@ -1,0 +1,197 @@
+"""Per-worker RabbitMQ users: what each may configure, write and read, set through the management API.
+
+Permissions are regular expressions over exchange and queue names (configure / write / read); topic
+permissions narrow the routing keys a user may publish on a topic exchange, so policy_gate cannot
+publish `appointment.rescheduled` and modify_handler cannot publish `modify.approved`.
+"""
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote, unquote, urlsplit
+from urllib.request import Request, urlopen
+
+from infra.topology import DEAD_LETTER_ROLE, Topology
+
+NOTHING = "^$"
+
+
+class ManagementError(Exception):
+    """The management API refused or could not be reached; the message says which call and why."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ManagementClient:
+    """A small client of the RabbitMQ management HTTP API (stdlib only); credentials come from the URL
+    and never appear in error messages."""
+
+    def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("RABBITMQ_MANAGEMENT_URL must be an http(s) URL")
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        self.base = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+        credentials = f"{unquote(parts.username or 'guest')}:{unquote(parts.password or 'guest')}"
+        self._auth = "Basic " + base64.b64encode(credentials.encode()).decode()
+        self._timeout = timeout_s
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        missing_ok: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """One API call; None for a 404 when `missing_ok`. Raises ManagementError otherwise."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Authorization": self._auth, "content-type": "application/json", **(headers or {})}
+        request = Request(self.base + path, data=data, method=method, headers=headers)
+        try:
+            with urlopen(request, timeout=self._timeout) as response:
+                raw = response.read()
+        except HTTPError as exc:
+            if exc.code == 404 and missing_ok:
+                return None
+            detail = exc.read()[:200].decode("utf-8", "replace")
+            raise ManagementError(f"{method} {path}: HTTP {exc.code} {detail}", exc.code) from None
+        except (URLError, OSError) as exc:
+            raise ManagementError(f"{method} {self.base}{path}: {getattr(exc, 'reason', exc)}") from None
+        return json.loads(raw) if raw else None
+
+    def get(self, path: str) -> Any:
+        return self.call("GET", path)
+
+    def put_user(self, name: str, password: str) -> None:
+        self.call("PUT", f"/api/users/{quote(name, safe='')}", {"password": password, "tags": ""})
+
+    def delete_user(self, name: str) -> None:
+        self.call("DELETE", f"/api/users/{quote(name, safe='')}", missing_ok=True)
+
+    def put_permissions(self, vhost: str, user: str, permissions: "Permissions") -> None:
+        path = f"/api/permissions/{quote(vhost, safe='')}/{quote(user, safe='')}"
+        self.call(
+            "PUT",
+            path,
+            {"configure": permissions.configure, "write": permissions.write, "read": permissions.read},
+        )
+        topic_path = f"/api/topic-permissions/{quote(vhost, safe='')}/{quote(user, safe='')}"
+        self.call("DELETE", topic_path, missing_ok=True)
+        for exchange, write in permissions.topics.items():
+            self.call("PUT", topic_path, {"exchange": exchange, "write": write, "read": ".*"})
+
+    def connections(self) -> list[dict]:
+        return self.get("/api/connections?columns=name,peer_host,peer_port,user,client_properties") or []
+
+    def close_connection(self, name: str, reason: str = "closed by an operator") -> bool:
+        """True when the connection existed and was closed."""
+        path = f"/api/connections/{quote(name, safe='')}"
+        try:
+            self.call("DELETE", path, headers={"X-Reason": reason})
+        except ManagementError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+
+@dataclass(frozen=True)
+class Permissions:
+    configure: str
+    write: str
+    read: str
+    topics: dict[str, str]  # topic exchange -> routing keys this user may publish with
+
+
+WORKERS = ("policy_gate", "modify_handler", "portal_sync")
+PUBLISHERS = ("portal", "office")
+AUDITOR = "auditor"  # `apptctl reconcile` / `status`: reads the database and (without taking) dead letters
+IDENTITIES = (*WORKERS, *PUBLISHERS, AUDITOR)
+
+
+class UnknownPublisher(ValueError):
+    pass
+
+
+def _names(*names: str) -> str:
+    return "^(" + "|".join(re.escape(n) for n in sorted(set(names))) + ")$" if names else NOTHING
+
+
+def _keys(patterns: set[str]) -> str:
+    return "^(" + "|".join(sorted(patterns)) + ")$"
+
+
+def key_pattern(routing_key: str) -> str:
+    """A routing key as a regular expression; `{tenant_id}`-style placeholders match one word."""
+    parts = re.split(r"(\{[^}]*\})", routing_key)
+    return "".join("[^.]+" if part.startswith("{") else re.escape(part) for part in parts)
+
+
+def publisher_of() -> dict[str, str]:
+    """Who publishes each message type: the contracts' own declaration (contracts/asyncapi.py, tested
+    there against the generated document), so permissions and contract cannot disagree."""
+    from contracts.asyncapi import PUBLISHERS as declared
+
+    return dict(declared)
+
+
+def publishes(topology: Topology) -> dict[str, dict[str, set[str]]]:
+    """identity -> exchange -> routing-key patterns it publishes, from the registered message classes."""
+    from contracts.registry import MESSAGE_CLASSES, type_name
+
+    declared = publisher_of()
+    routes: dict[str, dict[str, set[str]]] = {name: {} for name in IDENTITIES}
+    for cls in MESSAGE_CLASSES:
+        publisher = declared.get(type_name(cls))
+        if publisher not in routes:
+            raise UnknownPublisher(
+                f"message type {type_name(cls)!r}: publisher {publisher!r} unknown; declare it in "
+                "contracts/asyncapi.py PUBLISHERS and give it an identity in infra/security/rabbitmq.py"
+            )
+        routes[publisher].setdefault(topology.exchange(cls.exchange_role), set()).add(
+            key_pattern(cls.routing_key)
+        )
+    return routes
+
+
+def emitters() -> set[str]:
+    """The workers that publish events (so write an outbox)."""
+    return {p for p in publisher_of().values() if p in WORKERS}
+
+
+def permissions(topology: Topology) -> dict[str, Permissions]:
+    """What each user needs, no more. Workers declare nothing (the topology is applied by an operator;
+    their passive declares need no permission), publish only their own message types (topic permissions
+    pin the routing keys), dead letters and delayed retries, and read only their own queue. Portal and
+    office publishers only write their inputs."""
+    routes = publishes(topology)
+    internal = [topology.exchange(DEAD_LETTER_ROLE)]
+    try:
+        internal.append(topology.exchange("retry"))  # delay-queue retries, where the topology has them
+    except KeyError:
+        pass
+    alternates = {
+        spec.name: spec.alternate for spec in topology.exchanges if getattr(spec, "alternate", None)
+    }
+    result = {}
+    for name in (*WORKERS, *PUBLISHERS):
+        worker = name in WORKERS
+        # publishing to an exchange whose unrouted messages go to an alternate exchange writes that too
+        targets = [*routes[name], *(alternates[e] for e in routes[name] if e in alternates)]
+        result[name] = Permissions(
+            configure=NOTHING,
+            write=_names(*targets, *(internal if worker else ())),
+            read=_names(topology.queue_of(name).name) if worker else NOTHING,
+            topics={exchange: _keys(keys) for exchange, keys in routes[name].items()},
+        )
+    # basic.get without ack and a requeue: it reads dead letters, removes nothing, publishes nothing
+    dead = [spec.dead_letter_queue for spec in topology.queues if spec.dead_letter_queue]
+    result[AUDITOR] = Permissions(configure=NOTHING, write=NOTHING, read=_names(*dead), topics={})
+    return result

@@ -1,0 +1,233 @@
+"""Poison messages of every kind, aimed at every queue: each must end in its worker's dead-letter queue
+with the reason a person can act on, and none may change anything."""
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from uuid import uuid4
+
+import aio_pika
+
+from contracts.decoding import CONTENT_TYPE, MAX_MESSAGE_BYTES
+from contracts.envelope import Envelope
+from infra.topology import SUBSCRIPTIONS, Topology
+from tests import factories
+from workers.runtime.broker import Broker
+
+
+@dataclass(frozen=True)
+class Poison:
+    kind: str
+    reason: str  # the x-dead-letter-reason it must get
+    exchange_role: str
+    routing_key: str
+    body: bytes
+    content_type: str | None
+    amqp_type: str | None
+    message_id: str
+
+    def queues(self, topology: Topology) -> list[str]:
+        """The work queues it reaches (so the dead-letter queues it must end in)."""
+        return [
+            topology.queue_of(worker).dead_letter_queue or ""
+            for worker, bindings in SUBSCRIPTIONS.items()
+            if any(
+                b.exchange_role == self.exchange_role and _matches(b.routing_key, self.routing_key)
+                for b in bindings
+            )
+        ]
+
+
+def _matches(pattern: str, key: str) -> bool:
+    return pattern == "#" or pattern == key
+
+
+Mutation = Callable[[dict], object]  # returns the new document (dict) or raw bytes
+
+
+def _drop(*path: str) -> Mutation:
+    def apply(doc: dict) -> dict:
+        target = doc
+        for step in path[:-1]:
+            target = target[step]
+        target.pop(path[-1], None)
+        return doc
+
+    return apply
+
+
+def _set(value: object, *path: str) -> Mutation:
+    def apply(doc: dict) -> dict:
+        target = doc
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = value
+        return doc
+
+    return apply
+
+
+# kind -> (reason, mutation of the valid document, content type, AMQP type override)
+BODY_MUTATIONS: dict[str, tuple[str, Mutation]] = {
+    "truncated_json": ("malformed_json", lambda d: json.dumps(d).encode()[: len(json.dumps(d)) // 2]),
+    "not_json": ("malformed_json", lambda d: b"this is not json"),
+    "empty_body": ("malformed_json", lambda d: b""),
+    "not_utf8": ("malformed_json", lambda d: b"\xff\xfe{\x00\x00bad"),
+    "top_level_array": ("malformed_json", lambda d: b"[1, 2, 3]"),
+    "json_null": ("malformed_json", lambda d: b"null"),
+    "unknown_type": ("unknown_message_type", _set("modify.exploded", "type")),
+    "type_missing": ("unknown_message_type", _drop("type")),
+    "type_is_a_number": ("unknown_message_type", _set(42, "type")),
+    "schema_version_2": ("unsupported_schema_version", _set(2, "schema_version")),
+    "schema_version_string": ("unsupported_schema_version", _set("1", "schema_version")),
+    "schema_version_bool": ("unsupported_schema_version", _set(True, "schema_version")),
+    "schema_version_float": ("unsupported_schema_version", _set(1.0, "schema_version")),
+    "schema_version_missing": ("unsupported_schema_version", _drop("schema_version")),
+    "message_id_missing": ("schema_violation", _drop("message_id")),
+    "message_id_not_uuid": ("schema_violation", _set("not-a-uuid", "message_id")),
+    "tenant_missing": ("schema_violation", _drop("tenant_id")),
+    "tenant_uppercase": ("schema_violation", _set("ACME-CORP", "tenant_id")),
+    "payload_missing": ("schema_violation", _drop("payload")),
+    "payload_a_string": ("schema_violation", _set("reschedule please", "payload")),
+    "occurred_at_a_number": ("schema_violation", _set(1_700_000_000, "occurred_at")),
+    "occurred_at_naive": ("schema_violation", _set("2026-11-24T10:00:00", "occurred_at")),
+    "extra_top_level_field": ("schema_violation", _set(True, "is_admin")),
+    "extra_payload_field": ("schema_violation", _set("high", "payload", "priority")),
+    "correlation_id_too_long": ("schema_violation", _set("r" * 300, "correlation_id")),
+    "correlation_id_injection": ("schema_violation", _set("req'; DROP TABLE x;--", "correlation_id")),
+}
+
+# Mutations that only make sense for one family (path into its payload).
+FAMILY_MUTATIONS: dict[str, dict[str, tuple[str, Mutation]]] = {
+    "request": {
+        "appointment_id_a_number": ("schema_violation", _set(123, "payload", "appointment_id")),
+        "requester_null": ("schema_violation", _set(None, "payload", "requester_id")),
+        "unknown_action": ("schema_violation", _set("teleport", "payload", "change", "action")),
+        "naive_new_window": (
+            "schema_violation",
+            _set(
+                {"start": "2026-12-01T09:00:00", "end": "2026-12-01T11:00:00"},
+                "payload",
+                "change",
+                "new_window",
+            ),
+        ),
+        "window_backwards": (
+            "schema_violation",
+            _set(
+                {"start": "2026-12-01T11:00:00Z", "end": "2026-12-01T09:00:00Z"},
+                "payload",
+                "change",
+                "new_window",
+            ),
+        ),
+        "extra_change_field": ("schema_violation", _set(1, "payload", "change", "priority")),
+    },
+    "booking": {
+        "status_unknown": ("schema_violation", _set("teleported", "payload", "status")),
+        "window_two_days": (
+            "schema_violation",
+            _set({"start": "2026-12-01T09:00:00Z", "end": "2026-12-03T09:00:00Z"}, "payload", "window"),
+        ),
+        "naive_window": (
+            "schema_violation",
+            _set({"start": "2026-12-01T09:00:00", "end": "2026-12-01T11:00:00"}, "payload", "window"),
+        ),
+    },
+    "approval": {
+        "version_negative": ("schema_violation", _set(-1, "payload", "decided_on_version")),
+        "version_a_string": ("schema_violation", _set("1", "payload", "decided_on_version")),
+    },
+    "event": {
+        "snapshot_missing": ("schema_violation", _drop("payload", "appointment")),
+        "version_a_float": ("schema_violation", _set(2.5, "payload", "appointment", "version")),
+    },
+}
+
+
+def _families(tenant: str, appointment_id: str) -> dict[str, tuple[Envelope, str, str]]:
+    """A valid message of each family aimed at a real appointment: (message, exchange role, routing key)."""
+    request = factories.modify_requested(
+        tenant=tenant,
+        appointment_id=appointment_id,
+        change=factories.cancel("poison"),
+        request_id="poison-req",
+    )
+    booking = factories.appointment_recorded(tenant=tenant, appointment_id=appointment_id)
+    approval = factories.modify_approved(request)
+    event = factories.appointment_updated(booking, version=1_000)
+    return {
+        "request": (request, "requests", "modify.requested"),
+        "booking": (booking, "office", "office.appointment.recorded"),
+        "approval": (approval, "internal", "modify.approved"),
+        "event": (event, "events", "appointment.updated"),
+    }
+
+
+def catalog(tenants: list[str], appointment_ids: list[str], total: int, seed: int = 7) -> list[Poison]:
+    """At least `total` poison messages: every kind against every family, then more of the same mix."""
+    rng = random.Random(seed)
+    poison: list[Poison] = []
+    while len(poison) < total:
+        families = _families(rng.choice(tenants), rng.choice(appointment_ids))
+        for family, (message, role, key) in families.items():
+            valid = json.loads(message.model_dump_json())
+            body_kinds = {**BODY_MUTATIONS, **FAMILY_MUTATIONS[family]}
+            for kind, (reason, mutate) in body_kinds.items():
+                result = mutate(json.loads(json.dumps(valid)))
+                body = result if isinstance(result, bytes) else json.dumps(result).encode()
+                poison.append(
+                    Poison(f"{family}:{kind}", reason, role, key, body, CONTENT_TYPE, None, str(uuid4()))
+                )
+            raw = json.dumps(valid).encode()
+            padded = json.dumps({**valid, "padding": "x" * (MAX_MESSAGE_BYTES + 1024)}).encode()
+            for kind, reason, body, content_type, amqp_type in (
+                ("oversize", "message_too_large", padded, CONTENT_TYPE, None),
+                ("text_plain", "wrong_content_type", raw, "text/plain", None),
+                ("xml", "wrong_content_type", raw, "application/xml", None),
+                ("no_content_type", "wrong_content_type", raw, None, None),
+                ("amqp_type_mismatch", "properties_mismatch", raw, CONTENT_TYPE, "office.approval.decided"),
+            ):
+                poison.append(
+                    Poison(f"{family}:{kind}", reason, role, key, body, content_type, amqp_type, str(uuid4()))
+                )
+        # valid messages on a queue whose worker has no handler for them
+        request, _, _ = families["request"]
+        approval, _, _ = families["approval"]
+        booking, _, _ = families["booking"]
+        for kind, message, role, key in (
+            ("approval_on_requests", approval, "requests", "modify.requested"),
+            ("booking_on_requests", booking, "requests", "modify.requested"),
+            ("request_on_office", request, "office", "office.appointment.recorded"),
+            ("request_on_internal", request, "internal", "modify.approved"),
+        ):
+            poison.append(
+                Poison(
+                    f"unexpected:{kind}",
+                    "unexpected_message_type",
+                    role,
+                    key,
+                    message.model_dump_json().encode(),
+                    CONTENT_TYPE,
+                    message.type,
+                    str(uuid4()),
+                )
+            )
+    rng.shuffle(poison)
+    return poison
+
+
+async def publish(broker: Broker, item: Poison) -> None:
+    await broker.publish(
+        broker.topology.exchange(item.exchange_role),
+        item.routing_key,
+        aio_pika.Message(
+            item.body,
+            content_type=item.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=item.message_id,
+            correlation_id=f"poison-{item.message_id[:8]}",
+            type=item.amqp_type,
+        ),
+    )

@@ -1,0 +1,437 @@
+"""Capacity on real PostgreSQL: places taken and freed with the change, never overbooked under races.
+
+The handlers run as the worker runs them (one unit of work each, conflicts retried), many at once on
+their own connections; only the broker is left out, since what is under test is the transaction.
+"""
+
+import asyncio
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from contracts.common import AppointmentStatus, ArrivalWindow, Confirmation
+from contracts.portal_v1 import Cancel, Reschedule
+from infra.db.tables import appointments, capacity_windows, outbox
+from tests import factories as f
+from tests.conftest import unique_tenant
+from workers.modify_handler import handlers
+from workers.runtime.database import UnitOfWork
+from workers.runtime.errors import is_conflict
+
+UNIT = f.BUSINESS_UNIT
+RACE_ROUNDS = int(os.environ.get("APPT_RACE_ROUNDS", "100"))
+RACERS = 50
+BASE = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=3)
+
+
+def slot(n: int) -> ArrivalWindow:
+    """The n-th 2-hour window from BASE on: four a day, 08:00 to 16:00 UTC (the windows are given in
+    UTC local time here, and a window stays within its day)."""
+    day, index = divmod(n, 4)
+    return f.arrival_window(start=BASE + timedelta(days=day, hours=8 + 2 * index))
+
+
+@pytest.fixture
+async def wide_engine(database_url, engine):
+    """An engine with a connection per racer, on the migrated test database."""
+    wide = create_async_engine(database_url, pool_size=RACERS + 5, max_overflow=0)
+    yield wide
+    await wide.dispose()
+
+
+async def forget_events(engine, tenant: str) -> None:
+    """Remove the events these tests wrote: no relay runs here, and rows left unpublished in the shared
+    test database would look like a stuck outbox to later tests (and be published into their namespace)."""
+    async with engine.begin() as conn:
+        await conn.execute(outbox.delete().where(outbox.c.tenant_id == tenant))
+
+
+@pytest.fixture
+async def tenant(engine):
+    name = unique_tenant()
+    yield name
+    await forget_events(engine, name)
+
+
+async def handle(engine, message) -> None:
+    """One message through its handler in its own transaction, conflicts retried as the consumer does."""
+    handler = handlers.HANDLERS[type(message)]
+    for attempt in range(10):
+        try:
+            async with UnitOfWork(engine, producer="modify_handler") as uow:
+                await handler(message, uow)
+                await uow.commit()
+            return
+        except Exception as exc:
+            if not is_conflict(exc) or attempt == 9:
+                raise
+            await asyncio.sleep(0.01 * attempt)
+
+
+async def set_capacity(engine, tenant: str, windows: list[tuple[ArrivalWindow, int]], version: int) -> None:
+    await handle(
+        engine,
+        f.capacity_updated(
+            tenant=tenant,
+            windows=[
+                {"date": w.start.date(), "start": w.start.time(), "end": w.end.time(), "places": places}
+                for w, places in windows
+            ],
+            capacity_version=version,
+            change_id=f"cap-{version}",
+        ),
+    )
+
+
+async def book(engine, tenant: str, appointment_id: str, window: ArrivalWindow, **fields) -> None:
+    await handle(
+        engine,
+        f.appointment_recorded(
+            tenant=tenant,
+            appointment_id=appointment_id,
+            job_id=f"job-{appointment_id}",
+            window=window,
+            change_id=f"rec-{uuid.uuid4().hex[:8]}",
+            **fields,
+        ),
+    )
+
+
+async def versions(engine, tenant: str) -> dict[str, int]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(appointments.c.appointment_id, appointments.c.version).where(
+                appointments.c.tenant_id == tenant
+            )
+        )
+        return dict(rows.all())
+
+
+def approved(tenant: str, appointment_id: str, change, version: int):
+    request = f.modify_requested(
+        tenant=tenant, appointment_id=appointment_id, change=change, request_id=f"req-{uuid.uuid4().hex[:10]}"
+    )
+    return f.modify_approved(request, decided_on_version=version)
+
+
+async def outcomes(engine, tenant: str, request_ids: list[str]) -> dict[str, str]:
+    """request id -> the result event type (and failure code) modify_handler wrote for it."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(outbox.c.correlation_id, outbox.c.message_type, outbox.c.body).where(
+                outbox.c.tenant_id == tenant,
+                outbox.c.producer == "modify_handler",
+                outbox.c.correlation_id.in_(request_ids),
+                outbox.c.message_type.in_(
+                    ["appointment.rescheduled", "appointment.canceled", "modify.failed"]
+                ),
+            )
+        )
+        found: dict[str, str] = {}
+        for request_id, kind, body in rows:
+            if kind == "modify.failed":
+                kind += ":" + __import__("json").loads(body)["payload"]["reason_code"]
+            assert request_id not in found, f"two outcomes for {request_id}"
+            found[request_id] = kind
+        return found
+
+
+async def accounting(engine, tenant: str) -> list[tuple]:
+    """Every window's booked count next to the appointments that hold a place in it."""
+    async with engine.connect() as conn:
+        held = (
+            select(
+                appointments.c.business_unit,
+                appointments.c.zone,
+                appointments.c.window_start,
+                func.count().label("held"),
+            )
+            .where(appointments.c.tenant_id == tenant, appointments.c.holds_place)
+            .group_by(appointments.c.business_unit, appointments.c.zone, appointments.c.window_start)
+            .subquery()
+        )
+        rows = await conn.execute(
+            select(
+                capacity_windows.c.starts_at,
+                capacity_windows.c.places,
+                capacity_windows.c.capacity,
+                capacity_windows.c.booked,
+                func.coalesce(held.c.held, 0),
+            )
+            .select_from(
+                capacity_windows.outerjoin(
+                    held,
+                    (held.c.business_unit == capacity_windows.c.business_unit)
+                    & (held.c.zone == capacity_windows.c.zone)
+                    & (held.c.window_start == capacity_windows.c.starts_at),
+                )
+            )
+            .where(capacity_windows.c.tenant_id == tenant)
+        )
+        return [tuple(r) for r in rows]
+
+
+async def assert_accounting_holds(engine, tenant: str) -> None:
+    for starts_at, places, capacity, booked, held in await accounting(engine, tenant):
+        assert booked == held, f"window {starts_at}: booked {booked} but {held} appointments hold it"
+        assert capacity == max(places, booked), (starts_at, places, capacity, booked)
+    async with engine.connect() as conn:
+        # no appointment holds a place in a window that is not there
+        orphans = await conn.execute(
+            select(func.count())
+            .select_from(appointments)
+            .where(
+                appointments.c.tenant_id == tenant,
+                appointments.c.holds_place,
+                ~select(capacity_windows.c.starts_at)
+                .where(
+                    capacity_windows.c.tenant_id == tenant,
+                    capacity_windows.c.business_unit == appointments.c.business_unit,
+                    capacity_windows.c.zone == appointments.c.zone,
+                    capacity_windows.c.starts_at == appointments.c.window_start,
+                )
+                .exists(),
+            )
+        )
+        assert orphans.scalar_one() == 0
+
+
+async def test_fifty_customers_race_for_one_place_and_exactly_one_wins_every_round(wide_engine, tenant):
+    engine = wide_engine
+    # Each racer starts in a window of its own, outside capacity; round r opens window r with one place.
+    await set_capacity(engine, tenant, [(slot(1000), 1)], version=1)
+    for n in range(RACERS):
+        await book(engine, tenant, f"apt-{n}", slot(2000 + n))
+    winners: list[str] = []
+    for round_no in range(RACE_ROUNDS):
+        target = slot(round_no)
+        await set_capacity(engine, tenant, [(target, 1)], version=round_no + 2)
+        current = await versions(engine, tenant)
+        race = [approved(tenant, a, Reschedule(new_window=target), v) for a, v in sorted(current.items())]
+        await asyncio.gather(*(handle(engine, message) for message in race))
+        results = await outcomes(engine, tenant, [m.correlation_id for m in race])
+        applied = [
+            m.payload.appointment_id for m in race if results[m.correlation_id] == "appointment.rescheduled"
+        ]
+        assert len(applied) == 1, f"round {round_no}: {len(applied)} winners"
+        losers = {results[m.correlation_id] for m in race if m.payload.appointment_id not in applied}
+        assert losers == {"modify.failed:time_no_longer_available"}, f"round {round_no}: {losers}"
+        winners += applied
+    await assert_accounting_holds(engine, tenant)
+    async with engine.connect() as conn:
+        booked = dict(
+            (
+                await conn.execute(
+                    select(capacity_windows.c.starts_at, capacity_windows.c.booked).where(
+                        capacity_windows.c.tenant_id == tenant
+                    )
+                )
+            ).all()
+        )
+    # Each winner holds the window of the last round it won; a win elsewhere freed its older place.
+    assert sum(booked.values()) == len(set(winners))
+    last_win = {appointment_id: round_no for round_no, appointment_id in enumerate(winners)}
+    assert {slot(r).start for r in last_win.values()} == {start for start, n in booked.items() if n}
+
+
+async def test_two_moves_of_one_appointment_at_once_apply_one(wide_engine, tenant):
+    engine = wide_engine
+    await set_capacity(engine, tenant, [(slot(0), 1), (slot(1), 1), (slot(2), 1)], version=1)
+    await book(engine, tenant, "apt-1", slot(0))
+    for _ in range(20):
+        version = (await versions(engine, tenant))["apt-1"]
+        async with engine.connect() as conn:
+            at = (
+                await conn.execute(
+                    select(appointments.c.window_start).where(
+                        appointments.c.tenant_id == tenant, appointments.c.appointment_id == "apt-1"
+                    )
+                )
+            ).scalar_one()
+        targets = [slot(n) for n in range(3) if slot(n).start != at]
+        moves = [approved(tenant, "apt-1", Reschedule(new_window=w), version) for w in targets]
+        await asyncio.gather(*(handle(engine, m) for m in moves))
+        results = await outcomes(engine, tenant, [m.correlation_id for m in moves])
+        assert sorted(results.values()) == ["appointment.rescheduled", "modify.failed:appointment_changed"]
+        await assert_accounting_holds(engine, tenant)
+
+
+async def test_a_move_racing_an_office_confirmation_keeps_the_books_straight(wide_engine, tenant):
+    engine = wide_engine
+    await set_capacity(engine, tenant, [(slot(0), 2), (slot(1), 2)], version=1)
+    for round_no in range(20):
+        appointment_id = f"apt-{round_no}"
+        await book(engine, tenant, appointment_id, slot(0))
+        move = approved(tenant, appointment_id, Reschedule(new_window=slot(1)), 1)
+        await asyncio.gather(
+            handle(engine, move),
+            book(engine, tenant, appointment_id, slot(0), confirmation=Confirmation.CONFIRMED),
+        )
+        result = (await outcomes(engine, tenant, [move.correlation_id]))[move.correlation_id]
+        assert result in ("appointment.rescheduled", "modify.failed:appointment_changed")
+        # Whichever came second, the office's record is the last word on where the appointment is.
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(appointments).where(
+                        appointments.c.tenant_id == tenant, appointments.c.appointment_id == appointment_id
+                    )
+                )
+            ).one()
+        assert row.confirmation == "confirmed"
+        await assert_accounting_holds(engine, tenant)
+        # Free the places for the next round.
+        await handle(engine, approved(tenant, appointment_id, Cancel(reason="done"), row.version))
+    await assert_accounting_holds(engine, tenant)
+
+
+async def test_a_cancel_frees_its_place_and_a_customer_can_take_it(engine, tenant):
+    await set_capacity(engine, tenant, [(slot(0), 1), (slot(1), 1)], version=1)
+    await book(engine, tenant, "apt-1", slot(0))
+    await book(engine, tenant, "apt-2", slot(1))
+    blocked = approved(tenant, "apt-2", Reschedule(new_window=slot(0)), 1)
+    await handle(engine, blocked)
+    assert (await outcomes(engine, tenant, [blocked.correlation_id]))[blocked.correlation_id] == (
+        "modify.failed:time_no_longer_available"
+    )
+    await handle(engine, approved(tenant, "apt-1", Cancel(reason="moving"), 1))
+    retry = approved(tenant, "apt-2", Reschedule(new_window=slot(0)), 1)
+    await handle(engine, retry)
+    assert (await outcomes(engine, tenant, [retry.correlation_id]))[
+        retry.correlation_id
+    ] == "appointment.rescheduled"
+    await assert_accounting_holds(engine, tenant)
+
+
+async def test_a_window_the_unit_does_not_offer_is_not_available(engine, tenant):
+    await set_capacity(engine, tenant, [(slot(0), 3)], version=1)
+    await book(engine, tenant, "apt-1", slot(0))
+    nowhere = approved(tenant, "apt-1", Reschedule(new_window=slot(7)), 1)
+    await handle(engine, nowhere)
+    assert (await outcomes(engine, tenant, [nowhere.correlation_id]))[nowhere.correlation_id] == (
+        "modify.failed:time_no_longer_available"
+    )
+
+
+async def test_a_unit_without_capacity_windows_takes_any_window(engine, tenant):
+    await book(engine, tenant, "apt-1", slot(0))
+    move = approved(tenant, "apt-1", Reschedule(new_window=slot(5)), 1)
+    await handle(engine, move)
+    assert (await outcomes(engine, tenant, [move.correlation_id]))[
+        move.correlation_id
+    ] == "appointment.rescheduled"
+
+
+async def test_fewer_places_than_bookings_keeps_every_booking_and_offers_none(engine, tenant):
+    await set_capacity(engine, tenant, [(slot(0), 2), (slot(1), 1)], version=1)
+    await book(engine, tenant, "apt-1", slot(0))
+    await book(engine, tenant, "apt-2", slot(0))
+    await book(engine, tenant, "apt-3", slot(1))
+    await set_capacity(engine, tenant, [(slot(0), 1)], version=2)
+    await assert_accounting_holds(engine, tenant)
+    late = approved(tenant, "apt-3", Reschedule(new_window=slot(0)), 1)
+    await handle(engine, late)
+    assert (await outcomes(engine, tenant, [late.correlation_id]))[late.correlation_id] == (
+        "modify.failed:time_no_longer_available"
+    )
+    # An older capacity message arriving late changes nothing.
+    await set_capacity(engine, tenant, [(slot(0), 9)], version=1)
+    rows = {r[0]: r for r in await accounting(engine, tenant)}
+    assert rows[slot(0).start][1:4] == (1, 2, 2)
+
+
+async def test_the_database_refuses_an_overbooking_write(engine, tenant):
+    """The CHECK backs the code: a write that bypasses the rules cannot overbook."""
+    from sqlalchemy import update
+    from sqlalchemy.exc import IntegrityError
+
+    await set_capacity(engine, tenant, [(slot(0), 1)], version=1)
+    with pytest.raises(IntegrityError, match="capacity_never_overbooked"):
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(capacity_windows)
+                .where(capacity_windows.c.tenant_id == tenant)
+                .values(booked=capacity_windows.c.booked + 2)
+            )
+
+
+# --- property: capacity accounting always equals the appointments that hold places -------------------
+
+APPOINTMENT_IDS = [f"apt-{n}" for n in range(4)]
+SLOTS = [slot(n) for n in range(3)]
+operations = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("office"),
+            st.sampled_from(APPOINTMENT_IDS),
+            st.integers(0, 3),
+            st.sampled_from(
+                [AppointmentStatus.SCHEDULED] * 3 + [AppointmentStatus.CANCELED, AppointmentStatus.DISPATCHED]
+            ),
+        ),
+        st.tuples(st.just("move"), st.sampled_from(APPOINTMENT_IDS), st.integers(0, 3), st.none()),
+        st.tuples(st.just("cancel"), st.sampled_from(APPOINTMENT_IDS), st.none(), st.none()),
+        st.tuples(st.just("places"), st.none(), st.integers(0, 2), st.integers(0, 3)),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=operations)
+async def test_capacity_accounting_always_equals_the_places_held(engine, steps):
+    tenant = unique_tenant()
+    try:
+        await run_steps(engine, tenant, steps)
+    finally:
+        await forget_events(engine, tenant)
+
+
+async def run_steps(engine, tenant: str, steps) -> None:
+    await set_capacity(engine, tenant, [(w, 1) for w in SLOTS], version=1)
+    capacity_version = 1
+    for kind, appointment_id, where, extra in steps:
+        # index 3 is a window outside capacity
+        window = SLOTS[where] if where is not None and where < 3 else slot(50)
+        current = await versions(engine, tenant)
+        if kind == "office":
+            await book(engine, tenant, appointment_id, window, status=extra)
+        elif kind == "places":
+            capacity_version += 1
+            await set_capacity(engine, tenant, [(SLOTS[where], extra)], version=capacity_version)
+        elif appointment_id in current:
+            change = Reschedule(new_window=window) if kind == "move" else Cancel(reason="x")
+            await handle(engine, approved(tenant, appointment_id, change, current[appointment_id]))
+        await assert_accounting_holds(engine, tenant)
+
+
+async def test_the_reconciler_checks_capacity_accounting(engine, tenant):
+    """`apptctl reconcile` reads the windows: clean books pass, a counter off by one is reported."""
+    from sqlalchemy import update
+
+    from apptctl import reconcile
+
+    await set_capacity(engine, tenant, [(slot(0), 2)], version=1)
+    await book(engine, tenant, "apt-1", slot(0))
+
+    def capacity_violations(report):
+        return [v for v in report.violations if v.kind is reconcile.Kind.CAPACITY_MISMATCH]
+
+    clean = await reconcile.check(engine, tenants=[tenant], dead_letters=[], dead_letters_required=False)
+    assert not capacity_violations(clean)
+    assert not any("capacity not checked" in note for note in clean.notes)
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(capacity_windows).where(capacity_windows.c.tenant_id == tenant).values(booked=0)
+        )
+    (found,) = capacity_violations(
+        await reconcile.check(engine, tenants=[tenant], dead_letters=[], dead_letters_required=False)
+    )
+    assert "booked 0, held by 1 appointment(s)" in found.detail

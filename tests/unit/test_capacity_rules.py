@@ -1,0 +1,207 @@
+"""Capacity rules and tenant-local time, pure: places never overbooked, windows correct across DST."""
+
+import json
+from datetime import UTC, date, datetime, time, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from contracts.common import ArrivalWindow
+from contracts.decoding import DecodeFailure, decode, encode
+from contracts.local_time import to_utc, zone
+from contracts.office_v1 import CapacityUpdatedPayload
+from contracts.reasons import DeadLetterReason, FailureCode
+from tests import factories as f
+from workers.modify_handler.domain import (
+    Failure,
+    Place,
+    release,
+    set_places,
+    take_for_customer,
+    take_for_office,
+)
+
+NEW_YORK = zone("America/New_York")
+LOS_ANGELES = zone("America/Los_Angeles")
+W = ArrivalWindow(start=datetime(2026, 6, 1, 14, tzinfo=UTC), end=datetime(2026, 6, 1, 16, tzinfo=UTC))
+
+
+# --- tenant-local time ------------------------------------------------------------------------------
+
+
+def test_a_tenant_west_of_utc_books_an_evening_window_that_is_tomorrow_in_utc() -> None:
+    start = to_utc(date(2026, 6, 1), time(18), LOS_ANGELES)
+    assert start == datetime(2026, 6, 2, 1, tzinfo=UTC)
+
+
+def test_the_day_clocks_go_forward_keeps_wall_clock_windows_and_shortens_the_night() -> None:
+    # 2026-03-08: New York goes from 02:00 EST to 03:00 EDT.
+    assert to_utc(date(2026, 3, 8), time(1), NEW_YORK) == datetime(2026, 3, 8, 6, tzinfo=UTC)
+    assert to_utc(date(2026, 3, 8), time(3), NEW_YORK) == datetime(2026, 3, 8, 7, tzinfo=UTC)
+    assert to_utc(date(2026, 3, 8), time(8), NEW_YORK) == datetime(2026, 3, 8, 12, tzinfo=UTC)
+    assert to_utc(date(2026, 3, 7), time(8), NEW_YORK) == datetime(2026, 3, 7, 13, tzinfo=UTC)
+
+
+def test_a_time_the_clocks_skip_is_refused_with_a_sentence() -> None:
+    with pytest.raises(ValueError, match="does not exist in America/New_York"):
+        to_utc(date(2026, 3, 8), time(2, 30), NEW_YORK)
+
+
+def test_a_time_that_happens_twice_means_its_first_occurrence() -> None:
+    # 2026-11-01: New York goes from 02:00 EDT back to 01:00 EST; 01:30 happens twice.
+    assert to_utc(date(2026, 11, 1), time(1, 30), NEW_YORK) == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)
+
+
+def test_a_window_across_the_fall_back_lasts_an_hour_longer_than_its_wall_clock() -> None:
+    payload = CapacityUpdatedPayload(
+        business_unit="hvac",
+        timezone="America/New_York",
+        windows=[{"date": "2026-11-01", "start": "00:00", "end": "04:00", "places": 1}],
+        capacity_version=1,
+        changed_by="d-1",
+    )
+    ((window, places),) = payload.utc_windows()
+    assert window.end - window.start == timedelta(hours=5) and places == 1
+
+
+@pytest.mark.parametrize("name", ["Mars/Olympus", "EST5EDT-ish", "local", "+02:00", ""])
+def test_an_unknown_time_zone_is_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        CapacityUpdatedPayload(
+            business_unit="hvac",
+            timezone=name,
+            windows=[{"date": "2026-06-01", "start": "08:00", "end": "10:00", "places": 1}],
+            capacity_version=1,
+            changed_by="d-1",
+        )
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "utc_start", "utc_end"),
+    [
+        ("22:00", "00:00", "2026-06-01T22:00:00+00:00", "2026-06-02T00:00:00+00:00"),
+        ("23:00", "01:30", "2026-06-01T23:00:00+00:00", "2026-06-02T01:30:00+00:00"),
+    ],
+    ids=["ends-at-midnight", "ends-after-midnight"],
+)
+def test_an_end_before_the_start_is_on_the_next_day(start, end, utc_start, utc_end) -> None:
+    payload = CapacityUpdatedPayload(
+        business_unit="hvac",
+        timezone="UTC",
+        windows=[{"date": "2026-06-01", "start": start, "end": end, "places": 1}],
+        capacity_version=1,
+        changed_by="d-1",
+    )
+    [(window, places)] = payload.utc_windows()
+    assert (window.start.isoformat(), window.end.isoformat(), places) == (utc_start, utc_end, 1)
+
+
+def test_an_overnight_window_across_the_spring_forward_lasts_its_real_length() -> None:
+    payload = CapacityUpdatedPayload(
+        business_unit="hvac",
+        timezone="America/New_York",
+        windows=[{"date": "2026-03-07", "start": "23:00", "end": "04:00", "places": 1}],
+        capacity_version=1,
+        changed_by="d-1",
+    )
+    [(window, _)] = payload.utc_windows()
+    assert window.end - window.start == timedelta(hours=4)
+
+
+@pytest.mark.parametrize("hour", range(24))
+def test_the_default_test_window_is_a_valid_capacity_window_at_every_hour_of_the_day(hour: int) -> None:
+    start = datetime(2026, 12, 1, hour, tzinfo=UTC)
+    window = f.arrival_window(start=start)
+    message = f.capacity_updated(
+        windows=[
+            {"date": window.start.date(), "start": window.start.time(), "end": window.end.time(), "places": 1}
+        ]
+    )
+    assert message.payload.utc_windows()[0][0] == window
+
+
+def test_a_capacity_message_with_a_skipped_time_is_dead_lettered_with_the_reason() -> None:
+    message = f.capacity_updated(timezone="America/New_York")
+    body = json.loads(encode(message))
+    body["payload"]["windows"] = [{"date": "2026-03-08", "start": "02:15", "end": "04:00", "places": 1}]
+    failure = decode(json.dumps(body).encode(), content_type="application/json", property_type=message.type)
+    assert isinstance(failure, DecodeFailure)
+    assert failure.reason == DeadLetterReason.SCHEMA_VIOLATION
+    assert "does not exist" in failure.detail
+
+
+def test_a_capacity_message_survives_the_wire() -> None:
+    message = f.capacity_updated(timezone="America/Chicago")
+    decoded = decode(encode(message), content_type="application/json", property_type=message.type)
+    assert decoded == message
+    assert decoded.payload.utc_windows() == message.payload.utc_windows()
+
+
+@pytest.mark.parametrize(
+    "windows",
+    [
+        [{"date": "2026-06-01", "start": "10:00", "end": "10:00", "places": 1}],
+        [{"date": "2026-06-01", "start": "08:00", "end": "10:00", "places": 1}] * 2,
+        [{"date": "2026-06-01", "start": "08:00", "end": "10:00", "places": -1}],
+    ],
+    ids=["end-equals-start", "listed-twice", "negative-places"],
+)
+def test_bad_windows_are_refused(windows) -> None:
+    with pytest.raises(ValueError):
+        CapacityUpdatedPayload(
+            business_unit="hvac", timezone="UTC", windows=windows, capacity_version=1, changed_by="d-1"
+        )
+
+
+# --- places --------------------------------------------------------------------------------------
+
+
+def place(places: int, booked: int) -> Place:
+    return Place(W, places, max(places, booked), booked)
+
+
+def test_a_customer_takes_a_free_place_in_exactly_that_window() -> None:
+    assert take_for_customer(place(2, 1), W) == place(2, 2)
+    other = ArrivalWindow(start=W.start, end=W.end + timedelta(hours=1))
+    assert take_for_customer(place(2, 1), other) == Failure(FailureCode.TIME_NO_LONGER_AVAILABLE)
+
+
+@pytest.mark.parametrize(("places", "booked"), [(1, 1), (0, 0), (2, 3)])
+def test_no_free_place_means_time_no_longer_available(places: int, booked: int) -> None:
+    assert take_for_customer(place(places, booked), W) == Failure(FailureCode.TIME_NO_LONGER_AVAILABLE)
+    assert take_for_customer(None, W) == Failure(FailureCode.TIME_NO_LONGER_AVAILABLE)
+
+
+def test_the_office_books_beyond_places_and_customers_still_see_none() -> None:
+    full = take_for_office(place(1, 1))
+    assert (full.booked, full.capacity, full.free) == (2, 2, 0)
+    assert (release(full).capacity, release(release(full)).capacity) == (1, 1)
+
+
+def test_fewer_places_than_bookings_keep_the_bookings() -> None:
+    reduced = set_places(place(3, 2), 1)
+    assert (reduced.places, reduced.capacity, reduced.booked, reduced.free) == (1, 2, 2, 0)
+
+
+operations = st.lists(st.sampled_from(["customer", "office", "release", "places"]), max_size=40)
+
+
+@given(ops=operations, counts=st.lists(st.integers(0, 4), min_size=40, max_size=40))
+def test_any_sequence_keeps_booked_within_capacity_and_capacity_covering_places(ops, counts) -> None:
+    current, held = place(1, 0), 0
+    for op, count in zip(ops, counts, strict=False):
+        if op == "customer":
+            taken = take_for_customer(current, W)
+            if not isinstance(taken, Failure):
+                current, held = taken, held + 1
+        elif op == "office":
+            current, held = take_for_office(current), held + 1
+        elif op == "release" and held:
+            current, held = release(current), held - 1
+        elif op == "places":
+            current = set_places(current, count)
+        assert current.booked == held
+        assert 0 <= current.booked <= current.capacity
+        assert current.capacity == max(current.places, current.booked)
+        assert current.free == max(current.places - current.booked, 0)

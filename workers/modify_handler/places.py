@@ -1,0 +1,193 @@
+"""Places in arrival windows: taken, freed and set in the same transaction as the appointment change.
+
+Rows are locked in start order (`lock_places`), so two moves crossing the same windows in opposite
+directions wait for each other instead of deadlocking; the rules are the pure ones in `domain`, and
+the table's CHECK (booked <= capacity) refuses any write that would overbook behind their back.
+A business unit (zone) with no capacity windows at all does not manage capacity: any window goes.
+"""
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts.common import ArrivalWindow
+from infra.db.tables import capacity_windows as windows
+from workers.modify_handler import domain
+from workers.modify_handler.domain import Appointment, Failure, Place
+
+
+@dataclass(frozen=True)
+class ChangedPlace:
+    """A window whose places or bookings changed, as saved (for the `capacity.window_changed` event)."""
+
+    business_unit: str
+    zone: str
+    place: Place
+    version: int
+
+
+def _key(tenant_id: str, business_unit: str, zone: str):
+    return and_(
+        windows.c.tenant_id == tenant_id, windows.c.business_unit == business_unit, windows.c.zone == zone
+    )
+
+
+async def unit_uses_capacity(conn: AsyncConnection, tenant_id: str, business_unit: str, zone: str) -> bool:
+    return bool((await conn.execute(select(exists().where(_key(tenant_id, business_unit, zone))))).scalar())
+
+
+async def lock_places(
+    conn: AsyncConnection, tenant_id: str, business_unit: str, zone: str, starts: list[datetime]
+) -> dict[datetime, Place]:
+    rows = await conn.execute(
+        select(windows)
+        .where(_key(tenant_id, business_unit, zone), windows.c.starts_at.in_(sorted(set(starts))))
+        .order_by(windows.c.starts_at)
+        .with_for_update()
+    )
+    return {
+        r.starts_at: Place(ArrivalWindow(start=r.starts_at, end=r.ends_at), r.places, r.capacity, r.booked)
+        for r in rows
+    }
+
+
+async def save_place(
+    conn: AsyncConnection, tenant_id: str, business_unit: str, zone: str, place: Place
+) -> ChangedPlace:
+    version = (
+        await conn.execute(
+            update(windows)
+            .where(_key(tenant_id, business_unit, zone), windows.c.starts_at == place.window.start)
+            .values(
+                places=place.places,
+                capacity=place.capacity,
+                booked=place.booked,
+                version=windows.c.version + 1,
+                updated_at=func.now(),
+            )
+            .returning(windows.c.version)
+        )
+    ).scalar_one()
+    return ChangedPlace(business_unit, zone, place, version)
+
+
+async def move_for_customer(
+    conn: AsyncConnection, current: Appointment, moved: Appointment
+) -> tuple[Appointment, list[ChangedPlace]] | Failure:
+    """A customer's reschedule: take a free place in the new window (if the unit manages capacity) and
+    free the old one. Fails, changing nothing, when the new window has no free place."""
+    tenant, unit, zone = current.tenant_id, current.business_unit, current.zone
+    managed = await unit_uses_capacity(conn, tenant, unit, zone)
+    if not managed and not current.holds_place:
+        return moved, []
+    starts = [moved.window.start] + ([current.window.start] if current.holds_place else [])
+    places = await lock_places(conn, tenant, unit, zone, starts)
+    updates: list[Place] = []
+    holds = False
+    if managed:
+        taken = domain.take_for_customer(places.get(moved.window.start), moved.window)
+        if isinstance(taken, Failure):
+            return taken
+        updates.append(taken)
+        holds = True
+    if current.holds_place and current.window.start in places:
+        updates.append(domain.release(places[current.window.start]))
+    changed = [await save_place(conn, tenant, unit, zone, place) for place in updates]
+    return replace(moved, holds_place=holds), changed
+
+
+async def free_place(conn: AsyncConnection, appointment: Appointment) -> list[ChangedPlace]:
+    """Give back the place an appointment held (a cancel)."""
+    if not appointment.holds_place:
+        return []
+    tenant, unit, zone = appointment.tenant_id, appointment.business_unit, appointment.zone
+    places = await lock_places(conn, tenant, unit, zone, [appointment.window.start])
+    place = places.get(appointment.window.start)
+    return [] if place is None else [await save_place(conn, tenant, unit, zone, domain.release(place))]
+
+
+async def follow_office_record(
+    conn: AsyncConnection, previous: Appointment | None, recorded: Appointment
+) -> tuple[bool, list[ChangedPlace]]:
+    """The office's state of an appointment decides which place it holds: free the old one if it moved,
+    changed unit or zone, or was canceled; take the new window's place (always: the office decides).
+    Returns whether the appointment now holds a place, and the windows that changed."""
+    tenant = recorded.tenant_id
+    old = (
+        (previous.business_unit, previous.zone, previous.window.start)
+        if previous is not None and previous.holds_place
+        else None
+    )
+    wants = domain.holds_a_place(recorded.status)
+    new = (recorded.business_unit, recorded.zone, recorded.window.start) if wants else None
+    if old == new:
+        return old is not None, []
+    # Lock every window involved in one fixed order (unit, zone, start) before changing any.
+    locked: dict[tuple[str, str, datetime], Place] = {}
+    for unit, zone, start in sorted(k for k in (old, new) if k is not None):
+        for found_start, place in (await lock_places(conn, tenant, unit, zone, [start])).items():
+            locked[(unit, zone, found_start)] = place
+    changed: list[ChangedPlace] = []
+    if old is not None and old in locked:
+        changed.append(await save_place(conn, tenant, old[0], old[1], domain.release(locked[old])))
+    holds = False
+    if new is not None and new in locked and locked[new].window == recorded.window:
+        changed.append(await save_place(conn, tenant, new[0], new[1], domain.take_for_office(locked[new])))
+        holds = True
+    return holds, changed
+
+
+async def set_places(
+    conn: AsyncConnection,
+    tenant_id: str,
+    business_unit: str,
+    zone: str,
+    settings: list[tuple[ArrivalWindow, int]],
+    capacity_version: int,
+) -> list[ChangedPlace]:
+    """The office set the places of some windows: create the new ones, update the others unless this
+    unit's capacity was already set by a newer message. Places below the bookings keep the bookings
+    (nobody loses an appointment); customers see no free place until enough are freed."""
+    if not settings:
+        return []
+    statement = insert(windows).values(
+        [
+            dict(
+                tenant_id=tenant_id,
+                business_unit=business_unit,
+                zone=zone,
+                starts_at=window.start,
+                ends_at=window.end,
+                places=places,
+                capacity=places,
+                capacity_version=capacity_version,
+            )
+            for window, places in sorted(settings, key=lambda item: item[0].start)
+        ]
+    )
+    ex = statement.excluded
+    statement = statement.on_conflict_do_update(
+        index_elements=[windows.c.tenant_id, windows.c.business_unit, windows.c.zone, windows.c.starts_at],
+        set_={
+            "places": ex.places,
+            "capacity": func.greatest(ex.places, windows.c.booked),
+            "ends_at": ex.ends_at,
+            "capacity_version": ex.capacity_version,
+            "version": windows.c.version + 1,
+            "updated_at": func.now(),
+        },
+        where=windows.c.capacity_version < ex.capacity_version,
+    ).returning(windows)
+    rows = await conn.execute(statement)
+    return [
+        ChangedPlace(
+            business_unit,
+            zone,
+            Place(ArrivalWindow(start=r.starts_at, end=r.ends_at), r.places, r.capacity, r.booked),
+            r.version,
+        )
+        for r in rows
+    ]

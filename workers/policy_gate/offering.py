@@ -1,0 +1,149 @@
+"""Keep the portal's offers current: recompute an appointment's offer timeline when a fact it rests on
+changes (the appointment itself, its project, a settings layer) and announce it when it differs."""
+
+from datetime import datetime
+
+import structlog
+
+from contracts.envelope import Envelope
+from contracts.events_v1 import (
+    AppointmentCanceled,
+    AppointmentOfferChanged,
+    AppointmentOfferChangedPayload,
+    AppointmentRescheduled,
+    AppointmentUpdated,
+    OfferedAction,
+    OfferSegment,
+    PickRules,
+    ProjectUpdated,
+)
+from contracts.office_v2 import ScopeLevel
+from workers.policy_gate import store
+from workers.policy_gate.offers import ActionOffer, offer_timeline
+from workers.policy_gate.offers import OfferSegment as TimelineSegment
+from workers.policy_gate.settings import resolve
+from workers.runtime.database import UnitOfWork
+
+log = structlog.get_logger(__name__)
+PRODUCER = "policy_gate"
+
+
+def _action(offer: ActionOffer) -> OfferedAction:
+    return OfferedAction(
+        offered=offer.offered,
+        needs_approval=offer.needs_approval,
+        reason_code=offer.reason_code,
+        reason=offer.reason,
+    )
+
+
+def segments_of(timeline: list[TimelineSegment]) -> list[OfferSegment]:
+    return [
+        OfferSegment(
+            valid_from=segment.valid_from,
+            valid_until=segment.valid_until,
+            reschedule=_action(segment.reschedule),
+            cancel=_action(segment.cancel),
+        )
+        for segment in timeline
+    ]
+
+
+def pick_rules(facts, settings) -> PickRules:
+    """What a new window must satisfy for this appointment, for the portal's list of free times."""
+    project = facts.project
+    return PickRules(
+        business_unit=facts.business_unit,
+        zone=facts.zone or None,
+        min_lead_hours=settings.get("reschedule.min_lead_hours"),
+        max_horizon_days=settings.get("reschedule.max_horizon_days"),
+        not_before=project.starts_at if project else None,
+        not_after=project.ends_at if project else None,
+    )
+
+
+async def refresh_offers(
+    uow: UnitOfWork, cause: Envelope, tenant_id: str, appointment_ids: list[str], now: datetime
+) -> int:
+    """Recompute the offers of some appointments (locked in id order); emit one event per changed offer.
+    Returns how many changed."""
+    conn = uow.connection
+    changed = 0
+    for appointment_id in sorted(set(appointment_ids)):
+        stored = await store.lock_offer(conn, tenant_id, appointment_id)
+        facts = await store.load_facts(conn, tenant_id, appointment_id)
+        if facts is None:
+            continue
+        layers = await store.load_layers(
+            conn, tenant_id, facts.business_unit, facts.job_type, facts.project_id
+        )
+        settings = resolve(layers)
+        segments = segments_of(offer_timeline(facts, settings, now))
+        pick = pick_rules(facts, settings)
+        document = [segment.model_dump(mode="json") for segment in segments]
+        pick_document = pick.model_dump(mode="json")
+        if (document, pick_document, facts.version) == (
+            stored.segments,
+            stored.pick,
+            stored.appointment_version,
+        ):
+            continue
+        version = stored.offer_version + 1
+        await store.save_offer(
+            conn,
+            tenant_id,
+            appointment_id,
+            offer_version=version,
+            appointment_version=facts.version,
+            segments=document,
+            pick=pick_document,
+            computed_at=now,
+        )
+        await uow.emit(
+            AppointmentOfferChanged.follow(
+                cause,
+                producer=PRODUCER,
+                occurred_at=now,
+                payload=AppointmentOfferChangedPayload(
+                    appointment_id=appointment_id,
+                    job_id=facts.job_id,
+                    customer_id=facts.customer_id,
+                    offer_version=version,
+                    appointment_version=facts.version,
+                    segments=segments,
+                    pick=pick,
+                ),
+            )
+        )
+        changed += 1
+    return changed
+
+
+async def follow_appointment(
+    message: AppointmentRescheduled | AppointmentCanceled | AppointmentUpdated, uow: UnitOfWork
+) -> None:
+    """An appointment changed (or was booked): its offer may have. The office's record also carries the
+    project (lock, dates), which every appointment of that project shares."""
+    snapshot = message.payload.appointment
+    now = await uow.now()
+    ids = [snapshot.appointment_id]
+    if snapshot.project_id is not None:
+        ids += await store.upcoming_appointments(
+            uow.connection, message.tenant_id, now, ScopeLevel.PROJECT, snapshot.project_id
+        )
+    changed = await refresh_offers(uow, message, message.tenant_id, ids, now)
+    log.info("gate.offers", appointments=len(set(ids)), changed=changed)
+
+
+async def follow_scope(uow: UnitOfWork, cause: Envelope, level: ScopeLevel, key: str | None) -> None:
+    """A settings layer or a project changed: every upcoming appointment it covers may offer something
+    else now."""
+    now = await uow.now()
+    ids = await store.upcoming_appointments(uow.connection, cause.tenant_id, now, level, key)
+    changed = await refresh_offers(uow, cause, cause.tenant_id, ids, now)
+    log.info("gate.offers", appointments=len(ids), changed=changed, level=level.value)
+
+
+async def follow_project(message: ProjectUpdated, uow: UnitOfWork) -> None:
+    """A project's lock or dates changed: every upcoming appointment of it may offer something else."""
+    await follow_scope(uow, message, ScopeLevel.PROJECT, message.payload.project_id)

@@ -1,0 +1,179 @@
+"""Is this worker able to work: its broker connection and its database, checked cheaply and often.
+
+The broker check reads the robust connection's state (no traffic). The database check runs one query on
+a connection of its own every `interval_s` (not from the handlers' pool: a busy pool is not an outage);
+for a worker that emits events the query is the outbox backlog, which also feeds the outbox gauges.
+"""
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+from sqlalchemy.engine import make_url
+
+from workers.runtime.broker import Broker
+from workers.runtime.metrics import WorkerMetrics
+
+log = structlog.get_logger(__name__)
+
+_OUTBOX_LAG = """
+SELECT count(*), COALESCE(extract(epoch FROM now() - min(created_at)), 0)::float8
+FROM messaging.outbox WHERE published_at IS NULL AND producer = $1
+"""
+
+
+@dataclass
+class Check:
+    ok: bool
+    error: str | None = None
+    since: datetime | None = None  # when it last changed between ok and failing
+    checked_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"ok": self.ok}
+        if self.error is not None:
+            body["error"] = self.error
+        if self.since is not None:
+            body["since"] = self.since.isoformat()
+        if self.checked_at is not None:
+            body["checked_at"] = self.checked_at.isoformat()
+        return body
+
+
+def _dsn(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:300] if text else type(error).__name__
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        worker: str,
+        *,
+        broker: Broker,
+        database_url: str,
+        metrics: WorkerMetrics,
+        producer: str | None = None,
+        interval_s: float = 5.0,
+    ) -> None:
+        self.worker = worker
+        self._broker = broker
+        self._dsn = _dsn(database_url)
+        self._metrics = metrics
+        self._producer = producer
+        self._interval = interval_s
+        # Long enough for a connect on a busy host, short enough that a hung database shows promptly.
+        self._timeout = min(max(interval_s, 2.0), 10.0)
+        self._connection: asyncpg.Connection | None = None
+        self._task: asyncio.Task | None = None
+        self.database = Check(ok=False, error="not checked yet")
+        self._broker_was_ok: bool | None = None
+        metrics.track_broker(self.broker_ok)
+
+    # --- broker ------------------------------------------------------------------------------------
+
+    def broker_ok(self) -> bool:
+        connection = self._broker.connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
+
+    def broker_check(self) -> Check:
+        ok = self.broker_ok()
+        return Check(ok, None if ok else "no open connection to RabbitMQ (reconnecting)")
+
+    # --- database ----------------------------------------------------------------------------------
+
+    async def check_database(self) -> Check:
+        """Run the check once now; updates `database` and the gauges."""
+        now = datetime.now(UTC)
+        try:
+            await asyncio.wait_for(self._query(), timeout=self._timeout)
+        except Exception as exc:
+            await self._drop_connection()
+            self._set_database(False, _describe(exc) or "timed out", now)
+        else:
+            self._set_database(True, None, now)
+        return self.database
+
+    async def _query(self) -> None:
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await asyncpg.connect(self._dsn, timeout=self._timeout)
+        if self._producer is None:
+            await self._connection.fetchval("SELECT 1")
+            return
+        backlog, oldest_age_s = await self._connection.fetchrow(_OUTBOX_LAG, self._producer)
+        self._metrics.outbox(int(backlog), float(oldest_age_s))
+
+    def _set_database(self, ok: bool, error: str | None, now: datetime) -> None:
+        previous = self.database
+        changed = previous.ok != ok or previous.checked_at is None
+        self.database = Check(ok, error, now if changed else previous.since, now)
+        self._metrics.database(ok)
+        if changed and not ok:
+            log.warning("health.database_unavailable", worker=self.worker, error=error)
+        elif changed and previous.checked_at is not None:
+            log.info("health.database_available", worker=self.worker)
+
+    async def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            connection.terminate()  # no goodbye round trip to a database that may not answer
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.check_database()
+        self._task = asyncio.create_task(self._run(), name=f"{self.worker}-health")
+
+    async def _run(self) -> None:
+        while True:
+            began = time.monotonic()
+            await self.check_database()
+            self._note_broker()
+            await asyncio.sleep(max(self._interval - (time.monotonic() - began), 0.05))
+
+    def _note_broker(self) -> None:
+        """Log when the broker connection is lost or back (not while the worker is still connecting)."""
+        ok = self.broker_ok()
+        if self._broker_was_ok is None and not ok:
+            return
+        if self._broker_was_ok is not None and ok != self._broker_was_ok:
+            if ok:
+                log.info("health.broker_available", worker=self.worker)
+            else:
+                log.warning("health.broker_unavailable", worker=self.worker)
+        self._broker_was_ok = ok
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        await self._drop_connection()
+
+    # --- what the endpoints say --------------------------------------------------------------------
+
+    def report(self, *, consuming: bool | None = None) -> tuple[bool, dict[str, Any]]:
+        """(healthy, body): body names each check and, when unhealthy, which ones failed."""
+        checks = {"broker": self.broker_check(), "database": self.database}
+        if consuming is not None:
+            checks["consuming"] = Check(
+                consuming, None if consuming else "not consuming (starting or draining)"
+            )
+        failed = [name for name, check in checks.items() if not check.ok]
+        body = {
+            "status": "ok" if not failed else "unavailable",
+            "worker": self.worker,
+            "failed": failed,
+            "checks": {name: check.to_json() for name, check in checks.items()},
+        }
+        return not failed, body

@@ -1,0 +1,134 @@
+"""A worker's Prometheus metrics, in a registry of its own (several workers in one process never clash).
+
+Every series carries a `worker` label, so dashboards can sum replicas of one worker. The consumer counts
+messages and retries, the health monitor sets the connection and outbox gauges, and the relay's confirmed
+publishes are read when scraped.
+"""
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Handling a message is one database transaction: milliseconds, unless something waits.
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# A message that could not be decoded has no trustworthy type; labels stay a bounded set.
+UNDECODED = "undecoded"
+
+
+class _Published(Collector):
+    """`appt_outbox_published_total`, read from the relay's own count when scraped."""
+
+    def __init__(self, worker: str, read: Callable[[], int]) -> None:
+        self._worker = worker
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "appt_outbox_published",
+            "Outbox rows published (broker-confirmed) and marked by this process's relay.",
+            labels=["worker"],
+        )
+        family.add_metric([self._worker], self._read())
+        yield family
+
+
+class WorkerMetrics:
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.messages = Counter(
+            "appt_messages",
+            "Deliveries by message type and outcome: handled, duplicate, dead_lettered, retried "
+            "(parked in a delay queue), requeued (handed back to the broker).",
+            ["worker", "type", "outcome"],
+            registry=registry,
+        )
+        self.handler_seconds = Histogram(
+            "appt_handler_duration_seconds",
+            "From decoded to acknowledged, for handled and duplicate messages (in-place retries included).",
+            ["worker", "type"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.retries = Counter(
+            "appt_retries",
+            "Retries by kind: conflict (serialization failure or deadlock, whole transaction again), "
+            "transient (in place, after a short wait), delayed (through a delay queue).",
+            ["worker", "kind"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "appt_dead_letters",
+            "Messages this worker dead-lettered, by reason (x-dead-letter-reason).",
+            ["worker", "reason"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "appt_messages_in_flight", "Deliveries being processed now.", ["worker"], registry=registry
+        )
+        self.broker_up = Gauge(
+            "appt_broker_connected", "1 while the broker connection is open.", ["worker"], registry=registry
+        )
+        self.database_up = Gauge(
+            "appt_database_up", "1 when the last database check succeeded.", ["worker"], registry=registry
+        )
+        self.outbox_backlog = Gauge(
+            "appt_outbox_backlog",
+            "Unpublished outbox rows of this worker (all replicas), as of the last health check.",
+            ["worker"],
+            registry=registry,
+        )
+        self.outbox_oldest_age = Gauge(
+            "appt_outbox_oldest_unpublished_age_seconds",
+            "Age of this worker's oldest unpublished outbox row (0 when none), as of the last health check.",
+            ["worker"],
+            registry=registry,
+        )
+        self._messages: dict[tuple[str, str], Counter] = {}
+        self._latency: dict[str, Histogram] = {}
+
+    def message(self, message_type: str, outcome: str, duration_s: float | None = None) -> None:
+        """Count one delivery's outcome (`dead_lettered:<reason>` also counts the dead letter)."""
+        kind, _, reason = outcome.partition(":")
+        key = (message_type, kind)
+        counter = self._messages.get(key)
+        if counter is None:
+            counter = self._messages[key] = self.messages.labels(self.worker, message_type, kind)
+        counter.inc()
+        if reason:
+            self.dead_letters.labels(self.worker, reason).inc()
+        if duration_s is not None:
+            histogram = self._latency.get(message_type)
+            if histogram is None:
+                histogram = self._latency[message_type] = self.handler_seconds.labels(
+                    self.worker, message_type
+                )
+            histogram.observe(duration_s)
+
+    def retry(self, kind: str) -> None:
+        self.retries.labels(self.worker, kind).inc()
+
+    def track_in_flight(self, count: Callable[[], int]) -> None:
+        self.in_flight.labels(self.worker).set_function(lambda: float(count()))
+
+    def track_broker(self, connected: Callable[[], bool]) -> None:
+        self.broker_up.labels(self.worker).set_function(lambda: 1.0 if connected() else 0.0)
+
+    def track_published(self, read: Callable[[], int]) -> None:
+        self.registry.register(_Published(self.worker, read))
+
+    def database(self, up: bool) -> None:
+        self.database_up.labels(self.worker).set(1 if up else 0)
+
+    def outbox(self, backlog: int, oldest_age_s: float) -> None:
+        self.outbox_backlog.labels(self.worker).set(backlog)
+        self.outbox_oldest_age.labels(self.worker).set(oldest_age_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
