@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Portal messages are signed (docs/security.md). Unless a keyring is configured, the demo, tests, bench and
+# `make run` use the development keyring: public secrets, never for production.
+ifeq ($(strip $(APPT_PORTAL_KEYS)),)
+export APPT_PORTAL_KEYS_FILE ?= $(CURDIR)/infra/dev/portal-keys.json
+endif
 
 .PHONY: venv services migrate topology demo run test lint format asyncapi clean bench bench-quick bench-scale \
 	soak test-restarts faults-report

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from apptctl import scenario_runner
+from apptctl.portal_keys import tool_keyring
 from apptctl.processes import WorkerProcesses
 from apptctl.scenarios import build_world
 from infra import topology as topology_module
@@ -55,8 +56,12 @@ async def run_demo(settings: Settings, log_dir: Path | None = None) -> bool:
     topology = await topology_module.apply(settings.amqp_url, settings.namespace, settings.retry_delays_s)
     typer.echo(f"schema migrated, topology declared; starting workers (logs in {log_dir})")
 
+    keyring, keys_env = tool_keyring(settings)
+    if keys_env:
+        typer.echo(f"portal messages signed with the development keyring {keys_env['APPT_PORTAL_KEYS_FILE']}")
     workers = WorkerProcesses(
         {
+            **keys_env,
             "APPT_NAMESPACE": settings.namespace,
             "APPT_RETRY_DELAYS_S": settings.retry_delays,
             "DATABASE_URL": settings.database_url,
@@ -65,7 +70,7 @@ async def run_demo(settings: Settings, log_dir: Path | None = None) -> bool:
         log_dir,
     )
     engine = create_engine(settings.database_url, pool_size=2)
-    broker = Broker(settings.amqp_url, topology, name="apptctl-demo")
+    broker = Broker(settings.amqp_url, topology, name="apptctl-demo", signer=keyring)
     ok = True
     try:
         workers.start()

@@ -488,6 +488,7 @@ def malformed(anchor: datetime = LIBRARY_ANCHOR) -> Files:
         message: Envelope = base_request,
         exchange: str = "requests",
         routing_key: str = "modify.requested",
+        signed: bool = True,
         **property_overrides: Any,
     ) -> None:
         message = message.model_copy(update={"message_id": uuid5(ID_NAMESPACE, f"malformed/{name}")})
@@ -502,6 +503,7 @@ def malformed(anchor: datetime = LIBRARY_ANCHOR) -> Files:
             "routing_key": routing_key,
             "properties": properties,
             **body,
+            **({} if signed else {"signed": False}),
             "expect": {"dead_letter": reason.value},
         }
         files[f"malformed/{name}.json"] = dump(fixture)
@@ -616,6 +618,13 @@ def malformed(anchor: datetime = LIBRARY_ANCHOR) -> Files:
         M.PROPERTIES_MISMATCH,
         envelope(),
         type="office.approval.decided",
+    )
+    add(
+        "unsigned",
+        "a valid request published without the portal's signature headers",
+        M.SIGNATURE_MISSING,
+        envelope(),
+        signed=False,
     )
     booked = booking(tenant, anchor)
     add(

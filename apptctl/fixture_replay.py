@@ -21,12 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from apptctl import dlq
 from apptctl.fixtures import Checked, Outgoing, Rewrite, consumers_of, prepare
+from apptctl.portal_keys import tool_keyring
 from contracts.portal_v1 import ModifyRequested
+from contracts.signing import SIGNATURE_HEADER, Keyring, KeyringError
 from infra.db.tables import inbox, portal_requests
 from infra.topology import build
-from workers.runtime.broker import Broker
+from workers.runtime.broker import Broker, sign
 from workers.runtime.database import create_engine
 from workers.runtime.settings import Settings
+from workers.runtime.signatures import PORTAL_ROLE
 
 TERMINAL = frozenset({"rejected", "completed", "failed"})
 SHOWN_PROBLEMS = 5  # unhandled messages / unmet expectations named one by one before "... and N more"
@@ -148,6 +151,11 @@ async def _publish_all(
     settings: Settings, outgoing: list[Outgoing], options: ReplayOptions, summary: Summary
 ) -> None:
     topology = build(settings.namespace)
+    try:
+        _sign_portal_messages(outgoing, tool_keyring(settings)[0])
+    except (KeyringError, OSError) as exc:
+        summary.error = f"cannot sign the portal messages: {exc} (APPT_PORTAL_KEYS / APPT_PORTAL_KEYS_FILE)"
+        return
     broker = Broker(
         settings.amqp_url, topology, name="apptctl-fixtures", publish_timeout_s=settings.publish_timeout_s
     )
@@ -190,6 +198,21 @@ async def _publish_all(
         await broker.close()
         if engine is not None:
             await engine.dispose()
+
+
+def _sign_portal_messages(outgoing: list[Outgoing], keyring: Keyring) -> None:
+    """Sign what goes to the portals' exchange, as the portal would (see `Fixture.signed`)."""
+    for item in outgoing:
+        fixture = item.checked.fixture
+        if item.exchange_role != PORTAL_ROLE or (fixture is not None and not fixture.signed):
+            continue
+        if SIGNATURE_HEADER in (item.amqp.headers or {}):
+            continue  # recorded with its signature: published as it was
+        # The message's own producer when it is a portal; else (a raw body, or another producer's
+        # message sent where portals publish) the app_id's or the keyring's first portal.
+        named = [item.message.producer if item.message is not None else None, item.amqp.app_id]
+        producer = next((p for p in named if p in keyring.current), next(iter(keyring.current)))
+        sign(item.amqp, keyring.current_for(producer))
 
 
 async def _missing_exchanges(broker: Broker, names: set[str]) -> set[str]:

@@ -26,6 +26,7 @@ from contracts.decoding import CONTENT_TYPE, DecodeFailure, decode, encode
 from contracts.envelope import Envelope
 from contracts.portal_v1 import ModifyRequested
 from contracts.reasons import DeadLetterReason
+from contracts.signing import PORTAL_ROLE
 from contracts.types import TenantId
 from infra.topology import EXCHANGE_ROLES, SUBSCRIPTIONS
 from workers.runtime.broker import to_amqp
@@ -46,6 +47,7 @@ FROM_A_MESSAGE = frozenset(
         DeadLetterReason.SCHEMA_VIOLATION,
         DeadLetterReason.PROPERTIES_MISMATCH,
         DeadLetterReason.UNEXPECTED_MESSAGE_TYPE,
+        DeadLetterReason.SIGNATURE_MISSING,  # a portal message with `signed: false`
     }
 )
 _TENANT_PATTERN = re.compile(TenantId.__metadata__[0].pattern)
@@ -112,6 +114,15 @@ class Fixture(_Model):
     body_base64: str | None = None
     body_gzip_base64: str | None = None
     expect: Expect | None = None
+    signed: bool = Field(
+        default=True,
+        description=(
+            "A message to the portals' exchange is signed at replay with its producer's current key (the "
+            "message's producer; for a raw body properties.app_id, else the keyring's first producer), "
+            "unless it already carries signature headers. false: published unsigned (refused as "
+            "signature_missing)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_body(self) -> "Fixture":
@@ -304,6 +315,12 @@ def _check_decoded(checked: Checked, message: Envelope, expected: DeadLetterReas
             problem = (
                 f"marked expect.dead_letter=unexpected_message_type, but a {message.type} on "
                 f"{given[0]}/{given[1]} is where it belongs: publish it somewhere its consumers don't handle"
+            )
+    elif expected == DeadLetterReason.SIGNATURE_MISSING:
+        if fixture.signed or cls.exchange_role != PORTAL_ROLE:
+            problem = (
+                "marked expect.dead_letter=signature_missing: give `signed: false` and a message portals "
+                "publish (it is signed at replay otherwise)"
             )
     elif expected is not None:
         problem = f"marked expect.dead_letter={expected.value}, but it is a valid {message.type}"

@@ -3,9 +3,12 @@
 
 import argparse
 import asyncio
+import os
 import sys
 
+from apptctl.portal_keys import tool_keyring
 from bench.run import PROFILE_TARGETS, main_async
+from workers.runtime.settings import Settings
 
 
 def main() -> int:
@@ -49,6 +52,9 @@ def main() -> int:
         "decision time with 1k and 1M appointments (seeded with INSERT ... SELECT)",
     )
     args = parser.parse_args()
+    # Our pipeline takes only signed portal messages: the load generator signs them and the workers it
+    # starts verify them, with the configured keyring or else the development one.
+    os.environ.update(tool_keyring(Settings())[1])
     if args.scale:
         from bench.scale import main_async as scale_main
 

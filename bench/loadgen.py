@@ -22,8 +22,11 @@ from pathlib import Path
 
 import aio_pika
 
+from apptctl.portal_keys import tool_keyring
 from bench.common import amqp_url
 from contracts.decoding import CONTENT_TYPE
+from contracts.signing import signature_headers
+from workers.runtime.settings import Settings
 
 
 async def run(args: argparse.Namespace, plan: list[dict]) -> dict:
@@ -36,14 +39,20 @@ async def run(args: argparse.Namespace, plan: list[dict]) -> dict:
     failed = 0
     tasks: set[asyncio.Task] = set()
 
+    key = tool_keyring(Settings())[0].current_for(args.sign_as) if args.sign_as else None
+
     async def publish(item: dict) -> None:
         nonlocal failed
         async with limit:
             started = time.time()
+            body = item["body"].encode()
+            # A portal signs each message as it sends it; the HMAC is the load generator's cost.
+            headers = signature_headers(body, key, signed_at=int(started)) if key is not None else None
             try:
                 await exchange.publish(
                     aio_pika.Message(
-                        item["body"].encode(),
+                        body,
+                        headers=headers,
                         content_type=CONTENT_TYPE,
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         message_id=item["mid"],
@@ -98,6 +107,7 @@ def main() -> None:
     parser.add_argument("--plan", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--exchange", required=True)
+    parser.add_argument("--sign-as", default=None, help="sign each message with this producer's portal key")
     parser.add_argument("--routing-key", required=True)
     parser.add_argument("--rate", type=float, default=0.0)
     parser.add_argument("--duration", type=float, required=True)

@@ -152,6 +152,7 @@ class System:
     dead_queues: list[str]
     count_sql: str
     done_sql: str
+    sign_as: str | None = None  # the portal producer whose key signs the load (our pipeline checks it)
 
 
 OURS_DONE_WHERE = "FROM portal.requests WHERE request_id LIKE $1 AND status = ANY($2::text[])"
@@ -172,6 +173,7 @@ def systems() -> dict[str, System]:
             [q.name for q in ours_topology.queues if q.worker is None],
             f"SELECT count(*) {OURS_DONE_WHERE}",
             f"SELECT request_id, status, extract(epoch FROM updated_at)::float8 {OURS_DONE_WHERE}",
+            sign_as="portal-web",
         ),
         "bare": System(
             "bare",
@@ -320,6 +322,8 @@ async def run_phase(
     ]  # fmt: skip
     if phase.rate is not None:
         command += ["--rate", str(phase.rate)]
+    if system.sign_as is not None:
+        command += ["--sign-as", system.sign_as]
     xacts_before, sessions_before = await db.fetchrow(XACTS_SQL)
     before = monitor.snapshot(await postgres_pids(db))
     started = time.monotonic()

@@ -181,6 +181,7 @@ def _gate_system() -> System:
         f"SELECT count(*) {where}",
         # decided_at is the decision transaction's start (now()); the gate's own time is in its log.
         f"SELECT request_id, 'completed', extract(epoch FROM decided_at)::float8 {where}",
+        sign_as="portal-web",
     )
 
 

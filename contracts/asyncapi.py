@@ -13,6 +13,7 @@ from contracts.decoding import CONTENT_TYPE, MAX_MESSAGE_BYTES
 from contracts.envelope import Envelope
 from contracts.reasons import CUSTOMER_TEXT, DeadLetterReason, FailureCode, RejectionCode, customer_text
 from contracts.registry import MESSAGE_CLASSES, type_name
+from contracts.signing import KEY_ID_HEADER, PORTAL_ROLE, SIGNATURE_HEADER, SIGNED_AT_HEADER
 from infra.topology import DEAD_LETTER_ROLE, DEFAULT_NAMESPACE, DELIVERY_LIMIT, QueueSpec, Topology, build
 
 # The version of the contract as a whole; bump it when a message, route or code changes.
@@ -72,6 +73,24 @@ DEAD_LETTER_TEXT: dict[str, str] = {
         "The database or broker stayed unavailable through every delayed retry; `x-attempt` says how many "
         "attempts failed and `x-last-error` the last error. Replay it once the outage is over."
     ),
+    DeadLetterReason.SIGNATURE_MISSING: (
+        "A portal message without the x-appt-key-id / x-appt-signed-at / x-appt-signature headers (or a "
+        "portal message type that did not come through the portals' exchange). Sign it and send it again."
+    ),
+    DeadLetterReason.SIGNATURE_INVALID: (
+        "The signature does not match the exact body bytes, key id and signing time (altered after "
+        "signing, signed with another secret, or a malformed header). Never replay it."
+    ),
+    DeadLetterReason.SIGNATURE_UNKNOWN_KEY: (
+        "Signed with a key id the workers do not know: not configured yet, or retired after a rotation."
+    ),
+    DeadLetterReason.SIGNATURE_EXPIRED: (
+        "Signed longer ago than APPT_SIGNATURE_MAX_AGE_S (default a day), or further in the future than "
+        "APPT_SIGNATURE_FUTURE_SKEW_S: a replayed old message or a wrong clock. Send a freshly signed one."
+    ),
+    DeadLetterReason.SIGNATURE_PRODUCER_MISMATCH: (
+        "A valid signature, but with another producer's key than the message's `producer` names."
+    ),
 }
 
 # AMQP headers our publishers set on every message (workers/runtime/broker.py `headers_for`),
@@ -127,6 +146,14 @@ the `message_id` of the message that caused it.
 publisher confirms and `mandatory`. Set the AMQP `message_id`, `correlation_id` and `type` properties \
 to the envelope's values. Unknown fields are refused; ids and strings are bounded; times carry a \
 timezone. Exchange and queue names start with the deployment namespace (`{ns}` by default).
+
+**Signing.** Every message a portal publishes to `{ns}.requests` is signed with HMAC-SHA256 over its \
+exact body bytes with the portal's own key (headers `x-appt-key-id`, `x-appt-signed-at`, \
+`x-appt-signature`; see the message's headers). Each portal has a current key and, during a rotation, a \
+previous one; both are accepted. The signature is checked before the body is parsed: unsigned, altered, \
+unknown-key, expired (older than a day by default) and another producer's messages are dead-lettered \
+with a `signature_*` reason and have no effect. A copy of a message already handled (same message_id) is \
+dropped with no effect.
 
 **Dead letters.** A message a worker cannot process is republished, body unchanged, to the direct \
 exchange `{dlx}` with the routing key `<work queue>.dead` (a quorum queue of that name), then \
@@ -237,7 +264,28 @@ def _walk_discriminators(node: object, schemas: dict[str, dict]) -> None:
             _walk_discriminators(value, schemas)
 
 
-def _headers(envelope_schema: dict) -> dict:
+SIGNATURE_HEADER_SCHEMAS: dict[str, dict] = {
+    KEY_ID_HEADER: {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+        "description": "The id of the key that signed: the producer's current key, or its previous one "
+        "while a rotation is under way. Each key id belongs to exactly one producer.",
+    },
+    SIGNED_AT_HEADER: {
+        "type": "integer",
+        "description": "When it was signed, in whole seconds since the Unix epoch (an AMQP integer, not a "
+        "string). Older than the workers' maximum age, or too far in the future: refused as expired.",
+    },
+    SIGNATURE_HEADER: {
+        "type": "string",
+        "pattern": "^v1=[0-9a-f]{64}$",
+        "description": "`v1=` + lowercase hex HMAC-SHA256 with the key's secret over the bytes "
+        '`"v1\\n" + key id + "\\n" + signed-at (decimal) + "\\n" + body`, the body exactly as published.',
+    },
+}
+
+
+def _headers(envelope_schema: dict, *, signed: bool = False) -> dict:
     properties = {}
     for header, field in HEADER_FIELDS.items():
         source = envelope_schema["properties"][field]
@@ -249,14 +297,19 @@ def _headers(envelope_schema: dict) -> dict:
             note = ""
         schema["description"] = f"Mirrors the envelope's `{field}`. {note}".strip()
         properties[header] = schema
-    return {
-        "type": "object",
-        "description": (
-            "Set by our workers on every message they publish, so ops tools can filter without parsing "
-            "bodies. External publishers may omit them: consumers read the body, not these headers."
-        ),
-        "properties": properties,
-    }
+    description = (
+        "Set by our workers on every message they publish, so ops tools can filter without parsing "
+        "bodies. External publishers may omit them: consumers read the body, not these headers."
+    )
+    schema: dict = {"type": "object", "properties": properties}
+    if signed:
+        properties.update(SIGNATURE_HEADER_SCHEMAS)
+        schema["required"] = list(SIGNATURE_HEADER_SCHEMAS)
+        description += (
+            " The three x-appt-* signature headers are required: see Signing in the document's description."
+        )
+    schema["description"] = description
+    return {"type": schema.pop("type"), "description": schema.pop("description"), **schema}
 
 
 # --- document parts -------------------------------------------------------------------------------
@@ -288,7 +341,7 @@ def _message(cls: type[Envelope], schemas: dict[str, dict], topology: Topology) 
             ),
             "location": "$message.payload#/correlation_id",
         },
-        "headers": _headers(schemas[cls.__name__]),
+        "headers": _headers(schemas[cls.__name__], signed=cls.exchange_role == PORTAL_ROLE),
         "payload": {"$ref": SCHEMA_REF.format(model=cls.__name__)},
         "bindings": {"amqp": {"messageType": type_, "bindingVersion": AMQP_BINDING_VERSION}},
     }

@@ -57,6 +57,12 @@ class DeadLetterReason(StrEnum):
     HANDLER_ERROR = "handler_error"
     DELIVERY_LIMIT_EXCEEDED = "delivery_limit_exceeded"
     RETRIES_EXHAUSTED = "retries_exhausted"  # still failing transiently after every delayed retry
+    # Portal messages must be signed (contracts/signing.py); checked before the body is parsed.
+    SIGNATURE_MISSING = "signature_missing"
+    SIGNATURE_INVALID = "signature_invalid"  # altered after signing, or a malformed signature
+    SIGNATURE_UNKNOWN_KEY = "signature_unknown_key"
+    SIGNATURE_EXPIRED = "signature_expired"  # signed longer ago than the maximum age, or in the future
+    SIGNATURE_PRODUCER_MISMATCH = "signature_producer_mismatch"  # signed with another producer's key
 
 
 CUSTOMER_TEXT: dict[str, str] = {

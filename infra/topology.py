@@ -83,6 +83,10 @@ class Topology:
                 return spec.name
         raise KeyError(f"no exchange with role {role!r}")
 
+    def exchanges_with_role(self, role: str) -> frozenset[str]:
+        """The names of the exchanges with `role` (empty for a topology without it)."""
+        return frozenset(spec.name for spec in self.exchanges if spec.role == role)
+
     def queue_of(self, worker: str) -> QueueSpec:
         for spec in self.queues:
             if spec.worker == worker and spec.kind == WORK:

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 
+from apptctl.portal_keys import DEV_PORTAL_KEYS_FILE
 from infra import topology as topology_module
 from infra.db.admin import drop_database, ensure_database
 from infra.db.migrate import upgrade_async
@@ -26,6 +27,10 @@ from workers.runtime.database import create_engine
 from workers.runtime.settings import Settings
 from workers.runtime.worker import Worker
 
+# Portal messages are signed: unless a keyring is configured, tests (and the workers they start, which
+# inherit this environment) use the development keyring.
+if not os.environ.get("APPT_PORTAL_KEYS"):
+    os.environ.setdefault("APPT_PORTAL_KEYS_FILE", str(DEV_PORTAL_KEYS_FILE))
 DEFAULTS = Settings()
 # Generation speed depends on how busy the machine is, which says nothing about the code under test.
 hypothesis_settings.register_profile("appt", suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -138,7 +143,7 @@ async def engine(database_url: str):
 
 @pytest.fixture
 async def broker(settings: Settings, topology) -> AsyncIterator[Broker]:
-    broker = Broker(settings.amqp_url, topology, name="tests")
+    broker = Broker(settings.amqp_url, topology, name="tests", signer=settings.keyring())
     await broker.connect()
     yield broker
     await broker.close()

@@ -64,7 +64,7 @@ def booking(tenant: str, appointment_id: str, job_id: str, customer: str = "cust
 
 def request(tenant: str, appointment_id: str, change, request_id: str | None = None) -> ModifyRequested:
     return ModifyRequested(
-        **_meta(tenant, request_id or f"req-{uuid.uuid4().hex[:10]}", producer="portal"),
+        **_meta(tenant, request_id or f"req-{uuid.uuid4().hex[:10]}", producer="portal-web"),
         payload=ModifyRequestedPayload(appointment_id=appointment_id, requester_id="cust-1", change=change),
     )
 

@@ -167,7 +167,9 @@ class FaultRun:
         self.plan = plan
         self.numbers = Numbers(scenario, requests=len(plan.requests))
         self.engine = create_engine(settings.database_url, pool_size=3)
-        self.broker = Broker(settings.amqp_url, topology, name=f"faults-portal-{scenario}")
+        self.broker = Broker(
+            settings.amqp_url, topology, name=f"faults-portal-{scenario}", signer=settings.keyring()
+        )
         self.management = ManagementClient(settings.rabbitmq_management_url)
         self.admin_dsn = asyncpg_dsn(settings.database_url)
         self.database = make_url(settings.database_url).database or ""

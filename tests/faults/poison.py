@@ -3,17 +3,21 @@ with the reason a person can act on, and none may change anything."""
 
 import json
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from uuid import uuid4
 
 import aio_pika
 
+from apptctl.portal_keys import tool_keyring
 from contracts.decoding import CONTENT_TYPE, MAX_MESSAGE_BYTES
 from contracts.envelope import Envelope
+from contracts.signing import SigningKey, signature_headers
 from infra.topology import SUBSCRIPTIONS, Topology
 from tests import factories
 from workers.runtime.broker import Broker
+from workers.runtime.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,10 @@ class Poison:
     content_type: str | None
     amqp_type: str | None
     message_id: str
+    # Sent as a portal would: the test's broker signs what goes to the portals' exchange with app_id's key.
+    # Signature poison brings its own headers (or none) and no app_id, so nothing signs it again.
+    app_id: str | None = "portal-web"
+    headers: dict | None = None
 
     def queues(self, topology: Topology) -> list[str]:
         """The work queues it reaches (so the dead-letter queues it must end in)."""
@@ -192,6 +200,7 @@ def catalog(tenants: list[str], appointment_ids: list[str], total: int, seed: in
                 poison.append(
                     Poison(f"{family}:{kind}", reason, role, key, body, content_type, amqp_type, str(uuid4()))
                 )
+        poison += _signature_poison(families["request"][0])
         # valid messages on a queue whose worker has no handler for them
         request, _, _ = families["request"]
         approval, _, _ = families["approval"]
@@ -218,6 +227,40 @@ def catalog(tenants: list[str], appointment_ids: list[str], total: int, seed: in
     return poison
 
 
+def _signature_poison(request: Envelope) -> list[Poison]:
+    """A valid request, sent unsigned, altered after signing, under a key nobody issued, signed long ago
+    or in the future, and with another portal's key: each refused before parsing, with its reason."""
+    keyring = tool_keyring(Settings())[0]
+    web, app = keyring.current_for("portal-web"), keyring.current_for("portal-app")
+    stranger = SigningKey("stolen-key-1", "portal-web", b"s" * 48)
+    raw = request.model_dump_json().encode()
+    altered = raw.replace(request.payload.appointment_id.encode(), b"someone-elses-appt", 1)
+    now = int(time.time())
+    cases = [
+        ("unsigned", "signature_missing", raw, None),
+        ("altered", "signature_invalid", altered, signature_headers(raw, web, signed_at=now)),
+        ("unknown_key", "signature_unknown_key", raw, signature_headers(raw, stranger, signed_at=now)),
+        ("expired", "signature_expired", raw, signature_headers(raw, web, signed_at=now - 3 * 86_400)),
+        ("future", "signature_expired", raw, signature_headers(raw, web, signed_at=now + 3_600)),
+        ("other_portals_key", "signature_producer_mismatch", raw, signature_headers(raw, app, signed_at=now)),
+    ]
+    return [
+        Poison(
+            f"request:signature_{kind}",
+            reason,
+            "requests",
+            "modify.requested",
+            body,
+            CONTENT_TYPE,
+            request.type,
+            str(uuid4()),
+            app_id=None,
+            headers=headers,
+        )
+        for kind, reason, body, headers in cases
+    ]
+
+
 async def publish(broker: Broker, item: Poison) -> None:
     await broker.publish(
         broker.topology.exchange(item.exchange_role),
@@ -229,5 +272,7 @@ async def publish(broker: Broker, item: Poison) -> None:
             message_id=item.message_id,
             correlation_id=f"poison-{item.message_id[:8]}",
             type=item.amqp_type,
+            app_id=item.app_id,
+            headers=item.headers,
         ),
     )

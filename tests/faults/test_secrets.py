@@ -5,12 +5,14 @@ sessions, a restart, an unreachable broker, a wrong password); every request mus
 line of any worker's or ops command's output may contain a password."""
 
 import asyncio
+import json
 import os
 import secrets
 import sys
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from infra import security
 from tests.faults import injectors
@@ -46,9 +48,23 @@ async def test_least_privilege_pipeline_under_faults_and_no_password_in_any_log_
         passwords = {c.amqp_password for c in created.values()} | {
             c.db_password for c in created.values() if c.db_password
         }
+        # The portals' signing keys of this run, inline in the environment: none may be logged either.
+        portal_secrets = {producer: secrets.token_urlsafe(40) for producer in ("portal-web", "portal-app")}
+        passwords |= set(portal_secrets.values())
+        portal_keys = json.dumps(
+            {p: {"current": {"id": f"lp-{p}-1", "secret": secret}} for p, secret in portal_secrets.items()}
+        )
+        settings = settings.model_copy(
+            update={"portal_keys": SecretStr(portal_keys), "portal_keys_file": None}
+        )
 
         def worker_env(worker: str, start: int) -> dict[str, str]:
-            return {**created[worker].env(), "LOG_LEVEL": "DEBUG"}
+            return {
+                **created[worker].env(),
+                "LOG_LEVEL": "DEBUG",
+                "APPT_PORTAL_KEYS": portal_keys,
+                "APPT_PORTAL_KEYS_FILE": "",
+            }
 
         async with fault_run(
             "least_privilege",

@@ -118,7 +118,9 @@ async def test_metrics_count_messages_by_type_and_outcome_with_latency_and_gauge
     await broker.publish(
         broker.topology.exchange("requests"),
         ModifyRequested.routing_key,
-        aio_pika.Message(b"{not json", content_type="application/json", message_id=str(uuid.uuid4())),
+        aio_pika.Message(
+            b"{not json", content_type="application/json", message_id=str(uuid.uuid4()), app_id="portal-web"
+        ),
     )
 
     async def counted() -> dict | None:

@@ -26,7 +26,7 @@ from infra import topology as topology_module
 from infra.db.tables import decisions, inbox, outbox
 from tests import factories, waiting
 from tests.conftest import unique_tenant
-from workers.runtime.broker import Broker, to_amqp
+from workers.runtime.broker import Broker, sign, to_amqp
 from workers.runtime.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -133,6 +133,8 @@ async def put_dead_letter(broker: Broker, message: Envelope, reason: str = "hand
         queue=spec.name,
         reason=reason,
     )
+    # It came from a portal, so it carries the portal's signature (dead-lettering keeps the headers).
+    sign(letter, Settings().keyring().current_for(message.producer))
     await broker.publish(topology.dead_letter_exchange, spec.dead_letter_queue or "", letter)
     return spec.dead_letter_queue or ""
 
@@ -255,7 +257,12 @@ async def _refused_requests(broker: Broker) -> dict[str, list[str]]:
     await broker.publish(
         broker.topology.exchange("requests"),
         "modify.requested",
-        aio_pika.Message(b'{"type": "modify.requested"}', content_type="text/plain", message_id=wrong_type),
+        aio_pika.Message(
+            b'{"type": "modify.requested"}',
+            content_type="text/plain",
+            message_id=wrong_type,
+            app_id="portal-web",
+        ),
     )
     return {"malformed_json": malformed, "wrong_content_type": [wrong_type]}
 

@@ -4,6 +4,7 @@ Every publish is persistent, mandatory (unroutable raises) and confirmed; unconf
 """
 
 import asyncio
+import time
 from datetime import datetime
 
 import aio_pika
@@ -14,6 +15,7 @@ from pamqp import commands as amqp_spec
 
 from contracts.decoding import CONTENT_TYPE, encode
 from contracts.envelope import Envelope
+from contracts.signing import SIGNATURE_HEADER, Keyring, SigningKey, signature_headers
 from infra.topology import Topology
 
 log = structlog.get_logger(__name__)
@@ -87,12 +89,31 @@ def to_amqp(message: Envelope) -> aio_pika.Message:
     )
 
 
+def sign(message: aio_pika.Message, key: SigningKey, *, now: float | None = None) -> aio_pika.Message:
+    """Add `key`'s signature over the message's exact body (contracts/signing.py), as a portal does."""
+    signed_at = int(time.time() if now is None else now)
+    message.headers = {**(message.headers or {}), **signature_headers(message.body, key, signed_at=signed_at)}
+    return message
+
+
 class Broker:
     """One robust connection per process; a publisher-confirm channel shared by all publishes."""
 
-    def __init__(self, amqp_url: str, topology: Topology, *, name: str, publish_timeout_s: float = 10.0):
+    def __init__(
+        self,
+        amqp_url: str,
+        topology: Topology,
+        *,
+        name: str,
+        publish_timeout_s: float = 10.0,
+        signer: Keyring | None = None,
+    ):
+        """`signer`: publish as the portals do (apptctl demo, fixture replays, tests, the bench): a message
+        to the portals' exchange that is not signed yet is signed with its producer's (`app_id`) current
+        key. Workers never get one."""
         self._url = amqp_url
         self.topology = topology
+        self._signer = signer
         self._name = name
         self._publish_timeout = publish_timeout_s
         self.connection: AbstractRobustConnection | None = None
@@ -136,6 +157,9 @@ class Broker:
     async def publish(self, exchange_name: str, routing_key: str, message: aio_pika.Message) -> None:
         """Returns once the broker confirmed; raises DeliveryError (nack), PublishError (unroutable),
         TimeoutError, or a connection error otherwise."""
+        if self._signer is not None and SIGNATURE_HEADER not in (message.headers or {}):
+            if message.app_id and exchange_name in self.topology.exchanges_with_role("requests"):
+                sign(message, self._signer.current_for(message.app_id))
         exchange = await self._exchange(exchange_name)
         await exchange.publish(message, routing_key, mandatory=True, timeout=self._publish_timeout)
 

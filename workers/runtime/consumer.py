@@ -27,13 +27,15 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiormq.exceptions import ChannelNotFoundEntity
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from contracts.decoding import DecodeFailure, decode
+from contracts.decoding import MAX_MESSAGE_BYTES, DecodeFailure, decode
 from contracts.envelope import Envelope
 from contracts.reasons import DeadLetterReason
+from contracts.signing import SignatureRefused, Verified
 from workers.runtime.broker import Broker
 from workers.runtime.database import UnitOfWork
 from workers.runtime.errors import is_conflict, is_transient
 from workers.runtime.metrics import UNDECODED, WorkerMetrics
+from workers.runtime.signatures import SignaturePolicy
 
 log = structlog.get_logger(__name__)
 
@@ -95,9 +97,11 @@ class QueueConsumer:
         delayed_retry: DelayedRetry | None = None,
         retry_in_place: int = 2,
         metrics: WorkerMetrics | None = None,
+        signatures: SignaturePolicy | None = None,
     ) -> None:
         """Without `delayed_retry`, transient failures are retried in place for up to
-        `transient_retry_budget_s`, then handed back to the broker (a topology without delay queues)."""
+        `transient_retry_budget_s`, then handed back to the broker (a topology without delay queues).
+        With `signatures`, portal messages must carry a good signature (checked before parsing)."""
         self.name = name
         self._queue_name = queue_name
         self._dead_letter_key = dead_letter_routing_key
@@ -110,6 +114,7 @@ class QueueConsumer:
         self._delayed = delayed_retry
         self._retry_in_place = retry_in_place
         self.metrics = metrics or WorkerMetrics(name)
+        self._signatures = signatures
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
@@ -210,9 +215,21 @@ class QueueConsumer:
 
     async def _process(self, incoming: AbstractIncomingMessage) -> tuple[str, str, float | None]:
         """(outcome, message type for metrics, seconds from decoded to acked when handled)."""
+        verified: Verified | None = None
+        # The size limit first (decode refuses an oversize body), then the signature, then parsing.
+        if self._signatures is not None and len(incoming.body) <= MAX_MESSAGE_BYTES:
+            if self._signatures.applies_to(self._original_route(incoming)[0]):
+                checked = self._signatures.check(incoming.body, incoming.headers)
+                if isinstance(checked, SignatureRefused):
+                    return await self._dead_letter(incoming, checked.reason, checked.detail), UNDECODED, None
+                verified = checked
         decoded = decode(incoming.body, content_type=incoming.content_type, property_type=incoming.type)
         if isinstance(decoded, DecodeFailure):
             return await self._dead_letter(incoming, decoded.reason, decoded.detail), UNDECODED, None
+        if self._signatures is not None:
+            refused = self._signatures.check_parsed(decoded, verified)
+            if refused is not None:
+                return await self._dead_letter(incoming, refused.reason, refused.detail), decoded.type, None
         handler = self._handlers.get(type(decoded))
         if handler is None:
             outcome = await self._dead_letter(

@@ -1,5 +1,10 @@
 """Process entry point shared by the workers: settings, logging, run until SIGTERM."""
 
+import sys
+
+import structlog
+
+from contracts.signing import KeyringError
 from workers.runtime import loop
 from workers.runtime.logging import configure_logging
 from workers.runtime.settings import Settings
@@ -17,4 +22,9 @@ async def run_worker(name: str, settings: Settings | None = None) -> None:
 def main(name: str) -> None:
     settings = Settings()
     configure_logging(settings.log_level, worker=name)
-    loop.run(run_worker(name, settings))
+    try:
+        loop.run(run_worker(name, settings))
+    except KeyringError as exc:  # a set-up error: say what to set, no traceback, exit 2 (no restart helps)
+        structlog.get_logger(__name__).error("worker.misconfigured", error=str(exc))
+        sys.stderr.write(f"{name}: {exc}\n")
+        sys.exit(2)

@@ -1,8 +1,11 @@
 """Configuration from environment variables; every default points at the local services."""
 
-from pydantic import Field, field_validator
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.signing import Keyring, KeyringError, SignatureLimits
 from infra.topology import DEFAULT_RETRY_DELAYS_S, parse_retry_delays
 
 
@@ -37,10 +40,17 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535, alias="APPT_METRICS_PORT")
     metrics_host: str = Field(default="0.0.0.0", alias="APPT_METRICS_HOST")
     health_interval_s: float = Field(default=5.0, gt=0, le=300, alias="APPT_HEALTH_INTERVAL_S")
+    # Portal message signatures (contracts/signing.py, docs/security.md): the keyring as JSON, inline or
+    # in a file. Required unless APPT_REQUIRE_SIGNATURES=false (never in production).
+    portal_keys: SecretStr | None = Field(default=None, alias="APPT_PORTAL_KEYS")
+    portal_keys_file: Path | None = Field(default=None, alias="APPT_PORTAL_KEYS_FILE")
+    require_signatures: bool = Field(default=True, alias="APPT_REQUIRE_SIGNATURES")
+    signature_max_age_s: int = Field(default=86_400, ge=1, alias="APPT_SIGNATURE_MAX_AGE_S")
+    signature_future_skew_s: int = Field(default=300, ge=0, alias="APPT_SIGNATURE_FUTURE_SKEW_S")
 
-    @field_validator("metrics_port", mode="before")
+    @field_validator("metrics_port", "portal_keys", "portal_keys_file", mode="before")
     @classmethod
-    def _blank_port_is_off(cls, value: object) -> object:
+    def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("retry_delays")
@@ -53,3 +63,23 @@ class Settings(BaseSettings):
     def retry_delays_s(self) -> tuple[float, ...]:
         """The delay-queue tiers, in order (part of the topology: `apptctl topology apply` declares them)."""
         return parse_retry_delays(self.retry_delays)
+
+    def keyring(self) -> Keyring | None:
+        """The portal keyring, or None when none is configured. KeyringError says what is wrong."""
+        if self.portal_keys is not None and self.portal_keys_file is not None:
+            raise KeyringError("set APPT_PORTAL_KEYS or APPT_PORTAL_KEYS_FILE, not both")
+        if self.portal_keys is not None:
+            return Keyring.from_json(self.portal_keys.get_secret_value())
+        if self.portal_keys_file is not None:
+            try:
+                text = self.portal_keys_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise KeyringError(
+                    f"APPT_PORTAL_KEYS_FILE {str(self.portal_keys_file)!r}: {exc.strerror}"
+                ) from None
+            return Keyring.from_json(text)
+        return None
+
+    @property
+    def signature_limits(self) -> SignatureLimits:
+        return SignatureLimits(max_age_s=self.signature_max_age_s, future_skew_s=self.signature_future_skew_s)

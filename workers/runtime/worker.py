@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import structlog
 
 from contracts.envelope import Envelope
+from contracts.signing import KeyringError
 from infra.topology import RETRY_ROLE, Topology
 from infra.topology import build as build_topology
 from workers.runtime.broker import Broker
@@ -22,8 +23,13 @@ from workers.runtime.metrics import WorkerMetrics
 from workers.runtime.ops_server import OpsServer
 from workers.runtime.outbox import OutboxRelay
 from workers.runtime.settings import Settings
+from workers.runtime.signatures import PORTAL_ROLE, SignaturePolicy
 
 log = structlog.get_logger(__name__)
+
+
+class SignaturesNotConfigured(KeyringError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class Worker:
             else None,
             retry_in_place=settings.retry_in_place,
             metrics=self.metrics,
+            signatures=self._signature_policy(spec, settings),
         )
         self.relay = (
             OutboxRelay(
@@ -110,6 +117,27 @@ class Worker:
         )
         self._relay_task: asyncio.Task | None = None
         self._stop = asyncio.Event()
+
+    def _signature_policy(self, spec: WorkerSpec, settings: Settings) -> SignaturePolicy | None:
+        """Portal messages are verified by every worker that handles one; a worker that must verify and
+        has no keyring does not start (SignaturesNotConfigured says which variable to set)."""
+        if not any(c.exchange_role == PORTAL_ROLE for c in spec.handlers):
+            return None
+        if not settings.require_signatures:
+            log.warning(
+                "worker.signatures_not_required", hint="portal messages unchecked: never in production"
+            )
+            return None
+        keyring = settings.keyring()
+        if keyring is None:
+            raise SignaturesNotConfigured(
+                f"{spec.name} handles portal messages, which must be signed: set APPT_PORTAL_KEYS or "
+                "APPT_PORTAL_KEYS_FILE to the portals' keyring (docs/security.md), or, for development "
+                "only, APPT_REQUIRE_SIGNATURES=false"
+            )
+        return SignaturePolicy.for_handlers(
+            spec.handlers, keyring, self.topology.exchange(PORTAL_ROLE), settings.signature_limits
+        )
 
     @property
     def ops_port(self) -> int | None:
