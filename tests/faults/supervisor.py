@@ -26,7 +26,7 @@ class Supervisor(WorkerProcesses):
     """`WorkerProcesses` that restarts any worker that exits while supervising, and can kill one.
 
     `env_for(worker, start)` adds environment for the `start`-th start of a worker (0 = first), so a test
-    can give every life of a worker different instructions (see crashpoints.py)."""
+    can give every life of a worker different instructions (e.g. APPT_FAULT_AT, workers/runtime/faults.py)."""
 
     def __init__(
         self,

@@ -10,7 +10,6 @@ import pytest
 
 from apptctl import reconcile
 from tests.faults import injectors, poison
-from tests.faults.crashpoints import EXIT_CODES, POINT_OF_CODE
 from tests.faults.harness import (
     consumed_all,
     every,
@@ -23,6 +22,7 @@ from tests.faults.harness import (
 )
 from tests.faults.load import publish_confirmed
 from workers.registry import WORKER_NAMES
+from workers.runtime import faults
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(timeout_s(900))]
 
@@ -200,23 +200,25 @@ async def test_poison_messages_mixed_into_valid_traffic(settings, topology, tmp_
 
 
 POINTS = {
-    "policy_gate": ("after_receive", "mid_transaction", "after_commit", "relay_after_publish"),
-    "modify_handler": ("after_receive", "mid_transaction", "after_commit", "relay_after_publish"),
-    "portal_sync": ("after_receive", "mid_transaction", "after_commit"),
+    "policy_gate": ("after_receive", "before_commit", "after_commit", "after_ack", "relay_after_publish"),
+    "modify_handler": ("after_receive", "before_commit", "after_commit", "after_ack", "relay_after_publish"),
+    "portal_sync": ("after_receive", "before_commit", "after_commit", "after_ack"),
 }
 
 
 async def test_crash_at_every_step_boundary(settings, topology, tmp_path):
-    """Each worker dies (os._exit, like kill -9) once at every step boundary: after receive, mid-transaction,
-    after commit before ack, and (relays) after a confirmed publish before marking the row sent."""
+    """Each worker dies (os._exit, like kill -9) once at every step boundary: after receive, with the
+    transaction's writes done but not committed, after commit before ack, after ack, and (relays) after
+    a confirmed publish before marking the row sent. The runtime's own hook does it
+    (workers/runtime/faults.py, APPT_FAULT_AT=<point>:<n>), in the plain worker processes."""
     rng = random.Random(67)
 
     def env_for(worker: str, start: int) -> dict[str, str]:
         # start 0 is the clean start that seeds the tenants; lives 1.. each crash at one point
         points = POINTS[worker]
         if 1 <= start <= len(points):
-            return {"APPT_CRASH_AT": points[start - 1], "APPT_CRASH_AFTER": str(rng.randint(2, 6))}
-        return {}
+            return {faults.ENV: f"{points[start - 1]}:{rng.randint(2, 6)}"}
+        return {faults.ENV: ""}
 
     async with fault_run(
         "crash_points",
@@ -225,16 +227,19 @@ async def test_crash_at_every_step_boundary(settings, topology, tmp_path):
         tmp_path,
         requests=scaled(250),
         seed=67,
-        module="tests.faults.crashpoints",
         env_for=env_for,
-        expected_codes=frozenset(EXIT_CODES.values()),
+        expected_codes=frozenset(faults.EXIT_CODES.values()),
     ) as run:
         # the seeded life ends cleanly; from here on each life crashes at its point
         for name in WORKER_NAMES:
             run.workers.kill(name)
         await run.publish_requests(load_seconds(len(run.plan.requests)))
         report = await run.settle()
-        hits = {(e.worker, POINT_OF_CODE[e.code]) for e in run.workers.exits if e.code in POINT_OF_CODE}
+        hits = {
+            (e.worker, faults.POINT_OF_EXIT_CODE[e.code].value)
+            for e in run.workers.exits
+            if e.code in faults.POINT_OF_EXIT_CODE
+        }
         run.numbers.faults = {
             f"crash points hit ({', '.join(sorted({p for _, p in hits}))})": len(hits),
             "workers restarted": sum(run.workers.starts.values()) - len(WORKER_NAMES),

@@ -34,6 +34,7 @@ from contracts.signing import SignatureRefused, Verified
 from workers.runtime.broker import Broker
 from workers.runtime.database import UnitOfWork
 from workers.runtime.errors import is_conflict, is_transient
+from workers.runtime.faults import FaultPoint, fault_point
 from workers.runtime.metrics import UNDECODED, WorkerMetrics
 from workers.runtime.signatures import SignaturePolicy
 
@@ -199,6 +200,7 @@ class QueueConsumer:
         )
         log.debug("message.received", redelivered=incoming.redelivered)
         try:
+            fault_point(FaultPoint.AFTER_RECEIVE)
             outcome, message_type, duration_s = await self._process(incoming)
             self._count(outcome, message_type, duration_s)
         except asyncio.CancelledError:
@@ -420,6 +422,8 @@ class QueueConsumer:
         except Exception as exc:
             # The channel closed after commit: the broker redelivers and the inbox drops the duplicate.
             log.warning("message.ack_failed", error=repr(exc)[:300])
+            return
+        fault_point(FaultPoint.AFTER_ACK)
 
     async def _nack_requeue(self, incoming: AbstractIncomingMessage) -> None:
         try:

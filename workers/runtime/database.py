@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from contracts.envelope import Envelope
 from workers.runtime import inbox, outbox
+from workers.runtime.faults import FaultPoint, fault_point
 
 log = structlog.get_logger(__name__)
 
@@ -217,9 +218,11 @@ class UnitOfWork:
             # The outbox rows, the relay's wake-up and the COMMIT: one round trip.
             script = f"{outbox.write_script(self.producer, self._pending)};{script}"
             self._pending = []
+        fault_point(FaultPoint.BEFORE_COMMIT)
         try:
             await self.driver.execute(script)
         except Exception as exc:
             # A lost COMMIT may or may not have committed: the retry's inbox claim tells.
             self._failed(exc)
         self._committed = True
+        fault_point(FaultPoint.AFTER_COMMIT)

@@ -5,7 +5,7 @@ import sys
 import structlog
 
 from contracts.signing import KeyringError
-from workers.runtime import loop
+from workers.runtime import faults, loop
 from workers.runtime.logging import configure_logging
 from workers.runtime.settings import Settings
 from workers.runtime.worker import Worker
@@ -22,6 +22,13 @@ async def run_worker(name: str, settings: Settings | None = None) -> None:
 def main(name: str) -> None:
     settings = Settings()
     configure_logging(settings.log_level, worker=name)
+    try:
+        point = faults.arm_from_environment()
+    except ValueError as exc:
+        sys.stderr.write(f"{name}: {exc}\n")
+        sys.exit(2)
+    if point is not None:
+        structlog.get_logger(__name__).warning("worker.fault_armed", point=point.value)
     try:
         loop.run(run_worker(name, settings))
     except KeyringError as exc:  # a set-up error: say what to set, no traceback, exit 2 (no restart helps)

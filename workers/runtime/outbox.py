@@ -24,6 +24,7 @@ from infra.db.tables import outbox
 from infra.topology import REPLY_ROLE
 from workers.runtime import database
 from workers.runtime.broker import amqp_properties, headers_for
+from workers.runtime.faults import FaultPoint, fault_point
 
 log = structlog.get_logger(__name__)
 # The migration's trigger notifies this shared channel on every outbox insert (kept for rows written by
@@ -182,6 +183,7 @@ class OutboxRelay:
             if not rows:
                 return 0
             results = await self._publish_all(rows)
+            fault_point(FaultPoint.RELAY_AFTER_PUBLISH)
             confirmed: list[int] = []
             for row, result in zip(rows, results, strict=True):
                 if result is not None and _undeliverable_reply(row, result):
