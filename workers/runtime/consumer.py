@@ -264,6 +264,11 @@ class QueueConsumer:
         log.info("message.handled", outcome=outcome, duration_ms=round(duration_s * 1000, 2))
         return outcome, decoded.type, duration_s
 
+    async def handle(self, message: Envelope) -> str:
+        """A decoded message through dedupe, its handler and the commit, with the conflict and transient
+        retries: what a delivery does between decode and ack ("handled" or "duplicate")."""
+        return await self._handle_with_retries(message, self._handlers[type(message)])
+
     async def _handle_with_retries(self, message: Envelope, handler: Handler) -> str:
         conflicts = 0
         transient = 0
