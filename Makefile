@@ -66,6 +66,7 @@ SOAK_SCALE ?= 10
 soak: venv services
 	APPT_FAULTS_SCALE=$(SOAK_SCALE) APPT_FAULTS_SETTLE_S=600 $(BIN)/pytest -m faults \
 		-o timeout=3600 tests/faults
+	APPT_MODEL_EXAMPLES=$$(( $(SOAK_SCALE) * 25 )) $(BIN)/pytest -o timeout=3600 tests/integration/test_delivery_model.py
 	$(BIN)/python -m tests.faults.report
 
 # Restarts the shared RabbitMQ and PostgreSQL mid-run: run it alone on the services.
