@@ -39,7 +39,7 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
     request = message.payload
     conn = uow.connection
     now = await uow.now()
-    current = await repository.lock_appointment(conn, message.tenant_id, request.appointment_id)
+    current = await repository.lock_appointment(uow.driver, message.tenant_id, request.appointment_id)
     if current is None:
         await _fail(message, uow, FailureCode.APPOINTMENT_CHANGED, now)
         return
@@ -62,7 +62,7 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
         changed_places = await places.free_place(conn, current)
         result = replace(result, holds_place=False)
     await repository.save_appointment(
-        conn, result, customer_reschedule=isinstance(request.change, Reschedule)
+        uow.driver, result, customer_reschedule=isinstance(request.change, Reschedule)
     )
     event: Envelope
     if isinstance(request.change, Reschedule):
@@ -100,7 +100,7 @@ async def record_office_appointment(message: AppointmentRecorded, uow: UnitOfWor
     conn = uow.connection
     now = await uow.now()
     new_job = await repository.ensure_job(conn, message.tenant_id, payload.job_id, payload.customer_id)
-    previous = await repository.lock_appointment(conn, message.tenant_id, payload.appointment_id)
+    previous = await repository.lock_appointment(uow.driver, message.tenant_id, payload.appointment_id)
     recorded = repository.office_state(message.tenant_id, payload, previous.version + 1 if previous else 1)
     holds, changed_places = await places.follow_office_record(conn, previous, recorded)
     appointment = await repository.record_office_appointment(
@@ -185,12 +185,10 @@ async def _follow_job_status(
     """Derive the job's status from its appointments and announce it after every change of one of them:
     besides the status, the read store shows how many appointments are active, which a second booking
     or one canceled visit of two changes without changing the status."""
-    conn = uow.connection
-    job = await repository.lock_job(conn, appointment.tenant_id, appointment.job_id)
-    statuses = await repository.job_appointment_statuses(conn, appointment.tenant_id, appointment.job_id)
-    previous = JobStatus(job.status)
+    job, statuses = await repository.lock_job(uow.driver, appointment.tenant_id, appointment.job_id)
+    previous = JobStatus(job["status"])
     new = domain.job_status(previous, statuses)
-    version = await repository.set_job_status(conn, appointment.tenant_id, appointment.job_id, new)
+    version = await repository.set_job_status(uow.driver, appointment.tenant_id, appointment.job_id, new)
     await uow.emit(
         JobStatusChanged.follow(
             cause,
@@ -198,7 +196,7 @@ async def _follow_job_status(
             occurred_at=now,
             payload=JobStatusChangedPayload(
                 job_id=appointment.job_id,
-                customer_id=job.customer_id,
+                customer_id=job["customer_id"],
                 status=new,
                 previous_status=None if announce else previous,
                 active_appointments=sum(1 for s in statuses if s in domain.ACTIVE_STATUSES),
