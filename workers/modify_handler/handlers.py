@@ -91,7 +91,7 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
         )
     await uow.emit(event)
     await _announce_places(message, uow, changed_places, now)
-    await _follow_job_status(message, uow, result, now)
+    await _follow_job_status(message, uow, result, now, count_changed=current.is_active != result.is_active)
     log.info("schedule.applied", action=request.change.action, version=result.version)
 
 
@@ -117,7 +117,12 @@ async def record_office_appointment(message: AppointmentRecorded, uow: UnitOfWor
         )
     )
     await _announce_places(message, uow, changed_places, now)
-    await _follow_job_status(message, uow, appointment, now, announce=new_job)
+    count_changed = (
+        previous is None
+        or previous.job_id != appointment.job_id
+        or previous.is_active != appointment.is_active
+    )
+    await _follow_job_status(message, uow, appointment, now, announce=new_job, count_changed=count_changed)
     log.info("schedule.office_recorded", version=appointment.version, holds_place=holds)
 
 
@@ -180,14 +185,23 @@ async def _announce_places(cause: Envelope, uow: UnitOfWork, changed: list[place
 
 
 async def _follow_job_status(
-    cause: Envelope, uow: UnitOfWork, appointment: Appointment, now, *, announce: bool = False
+    cause: Envelope,
+    uow: UnitOfWork,
+    appointment: Appointment,
+    now,
+    *,
+    announce: bool = False,
+    count_changed: bool = False,
 ) -> None:
-    """Derive the job's status from its appointments and announce it after every change of one of them:
-    besides the status, the read store shows how many appointments are active, which a second booking
-    or one canceled visit of two changes without changing the status."""
+    """Derive the job's status from its appointments and announce it when the read store's job row
+    changes: a new job (`announce`), a new status, or a new count of active appointments
+    (`count_changed`: a second booking, or one canceled visit of two, changes it without changing the
+    status). A reschedule changes neither, so it costs no job event."""
     job, statuses = await repository.lock_job(uow.driver, appointment.tenant_id, appointment.job_id)
     previous = JobStatus(job["status"])
     new = domain.job_status(previous, statuses)
+    if not (announce or count_changed or new is not previous):
+        return
     version = await repository.set_job_status(uow.driver, appointment.tenant_id, appointment.job_id, new)
     await uow.emit(
         JobStatusChanged.follow(
