@@ -5,7 +5,9 @@ Read from the code (the handlers, stores and the shared runtime):
                   appointments, projects and project contacts, nothing else of it
   modify_handler  owns scheduling.* (appointments, jobs, projects, contacts, capacity windows)
   portal_sync     owns portal.* (the read store)
-  auditor         SELECT on all four schemas (`apptctl reconcile`, `apptctl status`), nothing else
+  auditor         SELECT on all four schemas (`apptctl reconcile`, `apptctl status`), nothing else, and
+                  BYPASSRLS: the workers' roles see one tenant per transaction (row-level security,
+                  migration 0007), the auditor every tenant
   all three       messaging.inbox (claim: INSERT, and SELECT for ON CONFLICT / RETURNING); those that
                   publish events (contracts/asyncapi.py PUBLISHERS) also messaging.outbox (written with the
                   change; the relay selects with FOR UPDATE, marks, purges) and its id sequence
@@ -79,8 +81,11 @@ async def apply_role(
     exists = await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
     verifier = scram_verifier(password).replace("'", "''")
     verb = "ALTER" if exists else "CREATE"
+    # Row-level security (migration 0007) walls each worker into its message's tenant; the auditor
+    # reads every tenant.
+    rls = "BYPASSRLS" if worker == AUDITOR else "NOBYPASSRLS"
     await connection.execute(
-        f"{verb} ROLE {_ident(role)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{verifier}'"
+        f"{verb} ROLE {_ident(role)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE {rls} PASSWORD '{verifier}'"
     )
     database = await connection.fetchval("SELECT current_database()")
     async with connection.transaction():

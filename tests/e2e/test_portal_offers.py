@@ -118,14 +118,16 @@ async def test_a_reschedule_used_up_the_limit_and_the_offer_says_so(world: World
 
 async def test_an_older_offer_arriving_late_never_replaces_a_newer_one(engine):
     from workers.portal_sync import projection, store
+    from workers.runtime.database import UnitOfWork
 
     tenant = unique_tenant()
     newer = projection.offer_row(f.appointment_offer_changed(offer_version=3))
     older = projection.offer_row(f.appointment_offer_changed(offer_version=2))
-    async with engine.begin() as conn:
-        assert await store.upsert_offer(conn, tenant, newer)
-        assert not await store.upsert_offer(conn, tenant, older)
-        assert not await store.upsert_offer(conn, tenant, newer)  # a redelivery changes nothing
+    async with UnitOfWork(engine, "portal_sync") as uow:
+        assert await store.upsert_offer(uow.driver, tenant, newer)
+        assert not await store.upsert_offer(uow.driver, tenant, older)
+        assert not await store.upsert_offer(uow.driver, tenant, newer)  # a redelivery changes nothing
+        await uow.commit()
     (offer,) = (await readstore.offers(engine, tenant, [f.APPOINTMENT_ID])).values()
     assert offer.offer_version == 3 and offer.modify_offered
 

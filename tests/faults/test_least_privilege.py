@@ -4,6 +4,7 @@ test_secrets.py, which runs it on them under faults.) Names carry the test's nam
 broker-wide and cluster-wide) and are removed afterwards."""
 
 import stat
+import uuid
 from pathlib import Path
 
 import aio_pika
@@ -216,3 +217,71 @@ async def test_env_files_are_private_and_reapplying_keeps_the_passwords(credenti
     )
     assert {n: c.amqp_password for n, c in again.items()} == {n: c.amqp_password for n, c in created.items()}
     assert {n: c.db_password for n, c in again.items()} == {n: c.db_password for n, c in created.items()}
+
+
+async def test_row_security_walls_each_worker_role_into_one_tenant_per_transaction(credentials, settings):
+    """The second wall (migration 0007): a worker's role sees and writes only the rows of the tenant its
+    transaction names (the unit of work sets it from the message), and nothing when it names none; the
+    auditor reads every tenant."""
+    created, _ = credentials
+    mine, theirs = f"rls-{uuid.uuid4().hex[:8]}", f"rls-{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+    try:
+        for tenant in (mine, theirs):
+            await admin.execute(
+                "INSERT INTO scheduling.jobs (tenant_id, job_id, customer_id, status) "
+                "VALUES ($1, 'job-1', 'c', 'scheduled')",
+                tenant,
+            )
+        untagged = await admin.fetch(
+            "SELECT c.oid::regclass::text AS name FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' "
+            "WHERE c.relkind = 'r' AND n.nspname IN ('scheduling', 'policy', 'portal') "
+            "AND NOT c.relrowsecurity"
+        )
+        assert [r["name"] for r in untagged] == [], "tables with tenant data but no row-level security"
+    finally:
+        await admin.close()
+
+    handler = await asyncpg.connect(asyncpg_dsn(created["modify_handler"].database_url or ""))
+    try:
+        jobs = "SELECT tenant_id FROM scheduling.jobs WHERE tenant_id = ANY($1::text[]) ORDER BY 1"
+        async with handler.transaction():
+            assert await handler.fetch(jobs, [mine, theirs]) == []  # no tenant named: nothing
+        async with handler.transaction():
+            await handler.execute(f"SET LOCAL appt.tenant_id = '{mine}'")
+            assert [r["tenant_id"] for r in await handler.fetch(jobs, [mine, theirs])] == [mine]
+            moved = await handler.execute(
+                "UPDATE scheduling.jobs SET version = version + 1 WHERE tenant_id = ANY($1::text[])",
+                [mine, theirs],
+            )
+            assert moved == "UPDATE 1"
+            deleted = await handler.execute("DELETE FROM scheduling.jobs WHERE tenant_id = $1", theirs)
+            assert deleted == "DELETE 0"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+            async with handler.transaction():
+                await handler.execute(f"SET LOCAL appt.tenant_id = '{mine}'")
+                await handler.execute(
+                    "INSERT INTO scheduling.jobs (tenant_id, job_id, customer_id, status) "
+                    "VALUES ($1, 'job-2', 'c', 'scheduled')",
+                    theirs,
+                )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+            async with handler.transaction():
+                await handler.execute(f"SET LOCAL appt.tenant_id = '{mine}'")
+                await handler.execute(
+                    "UPDATE scheduling.jobs SET tenant_id = $1 WHERE tenant_id = $2", theirs, mine
+                )
+    finally:
+        await handler.close()
+
+    auditor = await asyncpg.connect(asyncpg_dsn(created["auditor"].database_url or ""))
+    try:
+        seen = await auditor.fetch(
+            "SELECT tenant_id FROM scheduling.jobs WHERE tenant_id = ANY($1::text[]) ORDER BY 1",
+            [mine, theirs],
+        )
+        assert [r["tenant_id"] for r in seen] == sorted([mine, theirs])
+    finally:
+        await auditor.close()

@@ -109,3 +109,20 @@ async def test_a_connection_lost_mid_transaction_is_a_transient_failure(engine, 
     assert is_transient(raised.value)
     async with UnitOfWork(engine, consumer, claim=(consumer, uuid.uuid4())) as uow:  # the pool recovers
         await uow.commit()
+
+
+async def test_a_tenant_is_set_with_begin_for_this_transaction_only(engine):
+    consumer = f"uow_{uuid.uuid4().hex[:8]}"
+    async with UnitOfWork(engine, consumer, claim=(consumer, uuid.uuid4()), tenant="acme-plumbing") as uow:
+        assert uow.claimed
+        assert await uow.driver.fetchval("SELECT current_setting('appt.tenant_id', true)") == "acme-plumbing"
+        await uow.commit()
+        # the next transaction on the same pooled connection does not inherit it
+    async with UnitOfWork(engine, consumer) as uow:
+        assert await uow.driver.fetchval("SELECT current_setting('appt.tenant_id', true)") in (None, "")
+
+
+@pytest.mark.parametrize("tenant", ["Acme", "a", "acme'; DROP TABLE x; --", "acme plumbing", "-acme"])
+def test_a_malformed_tenant_never_reaches_the_database(engine, tenant):
+    with pytest.raises(ValueError, match="not a tenant id"):
+        UnitOfWork(engine, "uow", tenant=tenant)

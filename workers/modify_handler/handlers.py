@@ -39,7 +39,7 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
     request = message.payload
     conn = uow.connection
     now = await uow.now()
-    current = await repository.lock_appointment(conn, message.tenant_id, request.appointment_id)
+    current = await repository.lock_appointment(uow.driver, message.tenant_id, request.appointment_id)
     if current is None:
         await _fail(message, uow, FailureCode.APPOINTMENT_CHANGED, now)
         return
@@ -62,7 +62,7 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
         changed_places = await places.free_place(conn, current)
         result = replace(result, holds_place=False)
     await repository.save_appointment(
-        conn, result, customer_reschedule=isinstance(request.change, Reschedule)
+        uow.driver, result, customer_reschedule=isinstance(request.change, Reschedule)
     )
     event: Envelope
     if isinstance(request.change, Reschedule):
@@ -91,7 +91,7 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
         )
     await uow.emit(event)
     await _announce_places(message, uow, changed_places, now)
-    await _follow_job_status(message, uow, result, now)
+    await _follow_job_status(message, uow, result, now, count_changed=current.is_active != result.is_active)
     log.info("schedule.applied", action=request.change.action, version=result.version)
 
 
@@ -100,7 +100,7 @@ async def record_office_appointment(message: AppointmentRecorded, uow: UnitOfWor
     conn = uow.connection
     now = await uow.now()
     new_job = await repository.ensure_job(conn, message.tenant_id, payload.job_id, payload.customer_id)
-    previous = await repository.lock_appointment(conn, message.tenant_id, payload.appointment_id)
+    previous = await repository.lock_appointment(uow.driver, message.tenant_id, payload.appointment_id)
     recorded = repository.office_state(message.tenant_id, payload, previous.version + 1 if previous else 1)
     holds, changed_places = await places.follow_office_record(conn, previous, recorded)
     appointment = await repository.record_office_appointment(
@@ -117,7 +117,12 @@ async def record_office_appointment(message: AppointmentRecorded, uow: UnitOfWor
         )
     )
     await _announce_places(message, uow, changed_places, now)
-    await _follow_job_status(message, uow, appointment, now, announce=new_job)
+    count_changed = (
+        previous is None
+        or previous.job_id != appointment.job_id
+        or previous.is_active != appointment.is_active
+    )
+    await _follow_job_status(message, uow, appointment, now, announce=new_job, count_changed=count_changed)
     log.info("schedule.office_recorded", version=appointment.version, holds_place=holds)
 
 
@@ -180,17 +185,24 @@ async def _announce_places(cause: Envelope, uow: UnitOfWork, changed: list[place
 
 
 async def _follow_job_status(
-    cause: Envelope, uow: UnitOfWork, appointment: Appointment, now, *, announce: bool = False
+    cause: Envelope,
+    uow: UnitOfWork,
+    appointment: Appointment,
+    now,
+    *,
+    announce: bool = False,
+    count_changed: bool = False,
 ) -> None:
-    """Derive the job's status from its appointments and announce it after every change of one of them:
-    besides the status, the read store shows how many appointments are active, which a second booking
-    or one canceled visit of two changes without changing the status."""
-    conn = uow.connection
-    job = await repository.lock_job(conn, appointment.tenant_id, appointment.job_id)
-    statuses = await repository.job_appointment_statuses(conn, appointment.tenant_id, appointment.job_id)
-    previous = JobStatus(job.status)
+    """Derive the job's status from its appointments and announce it when the read store's job row
+    changes: a new job (`announce`), a new status, or a new count of active appointments
+    (`count_changed`: a second booking, or one canceled visit of two, changes it without changing the
+    status). A reschedule changes neither, so it costs no job event."""
+    job, statuses = await repository.lock_job(uow.driver, appointment.tenant_id, appointment.job_id)
+    previous = JobStatus(job["status"])
     new = domain.job_status(previous, statuses)
-    version = await repository.set_job_status(conn, appointment.tenant_id, appointment.job_id, new)
+    if not (announce or count_changed or new is not previous):
+        return
+    version = await repository.set_job_status(uow.driver, appointment.tenant_id, appointment.job_id, new)
     await uow.emit(
         JobStatusChanged.follow(
             cause,
@@ -198,7 +210,7 @@ async def _follow_job_status(
             occurred_at=now,
             payload=JobStatusChangedPayload(
                 job_id=appointment.job_id,
-                customer_id=job.customer_id,
+                customer_id=job["customer_id"],
                 status=new,
                 previous_status=None if announce else previous,
                 active_appointments=sum(1 for s in statuses if s in domain.ACTIVE_STATUSES),

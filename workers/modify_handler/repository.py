@@ -1,6 +1,7 @@
 """The scheduling store: appointments and jobs, locked and versioned, always scoped by tenant."""
 
-from sqlalchemy import delete, func, select, update
+import asyncpg
+from sqlalchemy import delete, func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -11,87 +12,92 @@ from workers.modify_handler.domain import Appointment
 
 
 def _to_domain(row) -> Appointment:
+    """A row (SQLAlchemy or asyncpg, by column name) as the domain's appointment."""
     return Appointment(
-        tenant_id=row.tenant_id,
-        appointment_id=row.appointment_id,
-        job_id=row.job_id,
-        customer_id=row.customer_id,
-        business_unit=row.business_unit,
-        job_type=row.job_type,
-        project_id=row.project_id,
-        window=ArrivalWindow(start=row.window_start, end=row.window_end),
-        status=AppointmentStatus(row.status),
-        confirmation=Confirmation(row.confirmation),
-        version=row.version,
-        zone=row.zone,
-        holds_place=row.holds_place,
+        tenant_id=row["tenant_id"],
+        appointment_id=row["appointment_id"],
+        job_id=row["job_id"],
+        customer_id=row["customer_id"],
+        business_unit=row["business_unit"],
+        job_type=row["job_type"],
+        project_id=row["project_id"],
+        # from the database, so already valid (window_end > window_start is a table constraint)
+        window=ArrivalWindow.model_construct(start=row["window_start"], end=row["window_end"]),
+        status=AppointmentStatus(row["status"]),
+        confirmation=Confirmation(row["confirmation"]),
+        version=row["version"],
+        zone=row["zone"],
+        holds_place=row["holds_place"],
     )
 
 
-async def lock_appointment(conn: AsyncConnection, tenant_id: str, appointment_id: str) -> Appointment | None:
-    row = (
-        await conn.execute(
-            select(appointments)
-            .where(appointments.c.tenant_id == tenant_id, appointments.c.appointment_id == appointment_id)
-            .with_for_update()
-        )
-    ).first()
+# The hot statements of an approval, prepared on the driver (the unit of work's asyncpg connection).
+_LOCK_APPOINTMENT = """
+SELECT tenant_id, appointment_id, job_id, customer_id, business_unit, job_type, project_id, window_start,
+       window_end, status, confirmation, version, zone, holds_place
+  FROM scheduling.appointments WHERE tenant_id = $1 AND appointment_id = $2
+   FOR UPDATE
+"""
+
+
+async def lock_appointment(
+    driver: asyncpg.Connection, tenant_id: str, appointment_id: str
+) -> Appointment | None:
+    row = await driver.fetchrow(_LOCK_APPOINTMENT, tenant_id, appointment_id)
     return _to_domain(row) if row else None
 
 
+_SAVE_APPOINTMENT = """
+UPDATE scheduling.appointments
+   SET window_start = $3, window_end = $4, status = $5, confirmation = $6, version = $7, holds_place = $8,
+       updated_at = now(), customer_reschedules = customer_reschedules + $9
+ WHERE tenant_id = $1 AND appointment_id = $2
+"""
+
+
 async def save_appointment(
-    conn: AsyncConnection, appointment: Appointment, *, customer_reschedule: bool = False
+    driver: asyncpg.Connection, appointment: Appointment, *, customer_reschedule: bool = False
 ) -> None:
     """Write the appointment's new state; a customer's reschedule also counts toward their limit."""
-    counted = {"customer_reschedules": appointments.c.customer_reschedules + 1} if customer_reschedule else {}
-    await conn.execute(
-        update(appointments)
-        .where(
-            appointments.c.tenant_id == appointment.tenant_id,
-            appointments.c.appointment_id == appointment.appointment_id,
-        )
-        .values(
-            window_start=appointment.window.start,
-            window_end=appointment.window.end,
-            status=appointment.status.value,
-            confirmation=appointment.confirmation.value,
-            version=appointment.version,
-            holds_place=appointment.holds_place,
-            updated_at=func.now(),
-            **counted,
-        )
+    await driver.execute(
+        _SAVE_APPOINTMENT,
+        appointment.tenant_id,
+        appointment.appointment_id,
+        appointment.window.start,
+        appointment.window.end,
+        appointment.status.value,
+        appointment.confirmation.value,
+        appointment.version,
+        appointment.holds_place,
+        1 if customer_reschedule else 0,
     )
 
 
-async def lock_job(conn: AsyncConnection, tenant_id: str, job_id: str):
-    return (
-        await conn.execute(
-            select(jobs).where(jobs.c.tenant_id == tenant_id, jobs.c.job_id == job_id).with_for_update()
-        )
-    ).first()
+_LOCK_JOB = """
+SELECT j.status, j.customer_id,
+       ARRAY(SELECT a.status FROM scheduling.appointments a
+              WHERE a.tenant_id = j.tenant_id AND a.job_id = j.job_id) AS appointment_statuses
+  FROM scheduling.jobs j WHERE j.tenant_id = $1 AND j.job_id = $2
+   FOR UPDATE OF j
+"""
 
 
-async def job_appointment_statuses(
-    conn: AsyncConnection, tenant_id: str, job_id: str
-) -> list[AppointmentStatus]:
-    rows = await conn.execute(
-        select(appointments.c.status).where(
-            appointments.c.tenant_id == tenant_id, appointments.c.job_id == job_id
-        )
-    )
-    return [AppointmentStatus(s) for s in rows.scalars()]
+async def lock_job(driver: asyncpg.Connection, tenant_id: str, job_id: str) -> tuple[asyncpg.Record, list]:
+    """The job, locked, and the statuses of all its appointments (one round trip)."""
+    row = await driver.fetchrow(_LOCK_JOB, tenant_id, job_id)
+    return row, [AppointmentStatus(s) for s in row["appointment_statuses"]]
 
 
-async def set_job_status(conn: AsyncConnection, tenant_id: str, job_id: str, status: JobStatus) -> int:
+_SET_JOB_STATUS = """
+UPDATE scheduling.jobs SET status = $3, version = version + 1, updated_at = now()
+ WHERE tenant_id = $1 AND job_id = $2
+RETURNING version
+"""
+
+
+async def set_job_status(driver: asyncpg.Connection, tenant_id: str, job_id: str, status: JobStatus) -> int:
     """Returns the job's new version."""
-    return (
-        await conn.execute(
-            update(jobs)
-            .where(jobs.c.tenant_id == tenant_id, jobs.c.job_id == job_id)
-            .values(status=status.value, version=jobs.c.version + 1, updated_at=func.now())
-            .returning(jobs.c.version)
-        )
-    ).scalar_one()
+    return await driver.fetchval(_SET_JOB_STATUS, tenant_id, job_id, status.value)
 
 
 async def ensure_job(conn: AsyncConnection, tenant_id: str, job_id: str, customer_id: str) -> bool:
@@ -151,7 +157,7 @@ async def record_office_appointment(
             "updated_at": func.now(),
         },
     ).returning(*appointments.c)
-    row = (await conn.execute(statement)).one()
+    row = (await conn.execute(statement)).one()._mapping
     if payload.project is not None:
         await record_project(conn, tenant_id, payload.project)
         await replace_project_contacts(conn, tenant_id, payload.project)

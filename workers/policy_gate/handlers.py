@@ -70,16 +70,8 @@ def _rejection(
 
 async def decide_modify_request(message: ModifyRequested, uow: UnitOfWork) -> None:
     request = message.payload
-    conn = uow.connection
     now = await uow.now()
-    facts = await store.load_facts(conn, message.tenant_id, request.appointment_id)
-    layers = (
-        await store.load_layers(
-            conn, message.tenant_id, facts.business_unit, facts.job_type, facts.project_id
-        )
-        if facts
-        else []
-    )
+    facts, layers = await store.load_facts_and_layers(uow.driver, message.tenant_id, request.appointment_id)
     decision: Decision = decide(
         requester_id=request.requester_id,
         change=request.change,
@@ -89,7 +81,7 @@ async def decide_modify_request(message: ModifyRequested, uow: UnitOfWork) -> No
         expected_version=request.expected_version,
     )
     first_time = await store.record_decision(
-        conn,
+        uow.driver,
         tenant_id=message.tenant_id,
         request_id=message.correlation_id,
         message_id=message.message_id,

@@ -67,30 +67,29 @@ async def refresh_offers(
 ) -> int:
     """Recompute the offers of some appointments (locked in id order); emit one event per changed offer.
     Returns how many changed."""
-    conn = uow.connection
+    driver = uow.driver
     changed = 0
-    for appointment_id in sorted(set(appointment_ids)):
-        stored = await store.lock_offer(conn, tenant_id, appointment_id)
-        facts = await store.load_facts(conn, tenant_id, appointment_id)
+    ids = sorted(set(appointment_ids))
+    locked = await store.lock_offers(driver, tenant_id, ids)
+    for appointment_id in ids:
+        stored = locked[appointment_id]
+        facts, layers = await store.load_facts_and_layers(driver, tenant_id, appointment_id)
         if facts is None:
             continue
-        layers = await store.load_layers(
-            conn, tenant_id, facts.business_unit, facts.job_type, facts.project_id
-        )
         settings = resolve(layers)
         segments = segments_of(offer_timeline(facts, settings, now))
         pick = pick_rules(facts, settings)
         document = [segment.model_dump(mode="json") for segment in segments]
         pick_document = pick.model_dump(mode="json")
         if (document, pick_document, facts.version) == (
-            stored.segments,
-            stored.pick,
-            stored.appointment_version,
+            stored["segments"],
+            stored["pick"],
+            stored["appointment_version"],
         ):
             continue
-        version = stored.offer_version + 1
+        version = stored["offer_version"] + 1
         await store.save_offer(
-            conn,
+            driver,
             tenant_id,
             appointment_id,
             offer_version=version,

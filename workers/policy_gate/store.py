@@ -1,10 +1,13 @@
 """The gate's reads and writes: appointment facts (scheduling, read-only), settings layers with their
 history, decisions by request id, and the offer timelines it last computed (policy)."""
 
+import json
 from datetime import datetime
+from functools import lru_cache
 from uuid import UUID
 
-from sqlalchemy import and_, or_, select, update
+import asyncpg
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -13,95 +16,77 @@ from contracts.office_v2 import ScopeLevel, SettingsLayer, SettingsScope
 from infra.db.tables import (
     appointments,
     decisions,
-    offers,
-    project_contacts,
-    projects,
     settings_history,
     settings_layers,
 )
 from workers.policy_gate.rules import AppointmentFacts, Decision, ProjectFacts
-from workers.policy_gate.settings import ScopedLayer, applicable_scopes
+from workers.policy_gate.settings import ScopedLayer
 
 BUSINESS_KEY = ""  # the business layer has no key; '' keeps the primary key simple
 
 
-async def load_facts(
-    connection: AsyncConnection, tenant_id: str, appointment_id: str
-) -> AppointmentFacts | None:
-    row = (
-        await connection.execute(
-            select(appointments).where(
-                appointments.c.tenant_id == tenant_id, appointments.c.appointment_id == appointment_id
-            )
-        )
-    ).first()
+# The facts of one appointment and the settings layers that apply to it, in one round trip (the hottest
+# read of the gate: every decision and every offer refresh). A prepared statement on the driver. The
+# layers are those `settings.applicable_scopes` names: business, business unit, job type, project.
+_FACTS_AND_LAYERS = """
+SELECT a.appointment_id, a.job_id, a.customer_id, a.business_unit, a.job_type, a.project_id,
+       a.window_start, a.window_end, a.status, a.confirmation, a.version, a.customer_reschedules, a.zone,
+       p.portal_locked, p.starts_at, p.ends_at,
+       (SELECT array_agg(c.contact_id) FROM scheduling.project_contacts c
+         WHERE c.tenant_id = a.tenant_id AND c.project_id = a.project_id) AS contacts,
+       (SELECT json_agg(json_build_array(l.level, l.scope_key, l.settings_version, l.settings::text))
+          FROM policy.settings_layers l
+         WHERE l.tenant_id = a.tenant_id
+           AND ((l.level = 'business' AND l.scope_key = '')
+             OR (l.level = 'business_unit' AND l.scope_key = a.business_unit)
+             OR (l.level = 'job_type' AND l.scope_key = a.job_type)
+             OR (l.level = 'project' AND l.scope_key = a.project_id))) AS layers
+  FROM scheduling.appointments a
+  LEFT JOIN scheduling.projects p ON p.tenant_id = a.tenant_id AND p.project_id = a.project_id
+ WHERE a.tenant_id = $1 AND a.appointment_id = $2
+"""
+
+
+@lru_cache(maxsize=4096)
+def _layer(level: str, key: str, version: int, document: str) -> ScopedLayer:
+    """A stored layer, parsed and validated once per version (layers change rarely, are read always)."""
+    return ScopedLayer(
+        ScopeLevel(level), key or None, SettingsLayer.model_validate_json(document, strict=False), version
+    )
+
+
+async def load_facts_and_layers(
+    driver: asyncpg.Connection, tenant_id: str, appointment_id: str
+) -> tuple[AppointmentFacts | None, list[ScopedLayer]]:
+    """The appointment's facts (None when it is not there) and the settings layers that apply to it."""
+    row = await driver.fetchrow(_FACTS_AND_LAYERS, tenant_id, appointment_id)
     if row is None:
-        return None
+        return None, []
     project = None
-    if row.project_id is not None:
-        contacts = frozenset(
-            (
-                await connection.execute(
-                    select(project_contacts.c.contact_id).where(
-                        project_contacts.c.tenant_id == tenant_id,
-                        project_contacts.c.project_id == row.project_id,
-                    )
-                )
-            ).scalars()
-        )
-        details = (
-            await connection.execute(
-                select(projects).where(
-                    projects.c.tenant_id == tenant_id, projects.c.project_id == row.project_id
-                )
-            )
-        ).first()
+    if row["project_id"] is not None:
         project = ProjectFacts(
-            project_id=row.project_id,
-            contacts=contacts,
-            portal_locked=bool(details and details.portal_locked),
-            starts_at=details.starts_at if details else None,
-            ends_at=details.ends_at if details else None,
+            project_id=row["project_id"],
+            contacts=frozenset(row["contacts"] or ()),
+            portal_locked=bool(row["portal_locked"]),
+            starts_at=row["starts_at"],
+            ends_at=row["ends_at"],
         )
-    return AppointmentFacts(
-        appointment_id=row.appointment_id,
-        customer_id=row.customer_id,
-        business_unit=row.business_unit,
-        job_type=row.job_type,
+    facts = AppointmentFacts(
+        appointment_id=row["appointment_id"],
+        customer_id=row["customer_id"],
+        business_unit=row["business_unit"],
+        job_type=row["job_type"],
         project=project,
-        status=AppointmentStatus(row.status),
-        confirmation=Confirmation(row.confirmation),
-        window=ArrivalWindow(start=row.window_start, end=row.window_end),
-        version=row.version,
-        customer_reschedules=row.customer_reschedules,
-        job_id=row.job_id,
-        zone=row.zone,
+        status=AppointmentStatus(row["status"]),
+        confirmation=Confirmation(row["confirmation"]),
+        window=ArrivalWindow.model_construct(start=row["window_start"], end=row["window_end"]),
+        version=row["version"],
+        customer_reschedules=row["customer_reschedules"],
+        job_id=row["job_id"],
+        zone=row["zone"],
     )
-
-
-async def load_layers(
-    connection: AsyncConnection, tenant_id: str, business_unit: str, job_type: str, project_id: str | None
-) -> list[ScopedLayer]:
-    """The settings layers that apply to one appointment (one query)."""
-    scopes = applicable_scopes(business_unit, job_type, project_id)
-    wanted = or_(
-        *(
-            and_(settings_layers.c.level == level.value, settings_layers.c.scope_key == (key or BUSINESS_KEY))
-            for level, key in scopes
-        )
-    )
-    rows = await connection.execute(
-        select(settings_layers).where(settings_layers.c.tenant_id == tenant_id, wanted)
-    )
-    return [
-        ScopedLayer(
-            ScopeLevel(r.level),
-            r.scope_key or None,
-            SettingsLayer.model_validate(r.settings, strict=False),
-            r.settings_version,
-        )
-        for r in rows
-    ]
+    layers = [_layer(level, key, version, document) for level, key, version, document in row["layers"] or ()]
+    return facts, layers
 
 
 async def layer_version(
@@ -183,8 +168,18 @@ async def save_layer(
     return True
 
 
+_RECORD_DECISION = """
+INSERT INTO policy.decisions (tenant_id, request_id, message_id, appointment_id, requester_id, change, action,
+                              outcome, rule, setting, setting_level, reason_code, reason_text,
+                              decided_on_version, decided_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+ON CONFLICT DO NOTHING
+RETURNING request_id
+"""
+
+
 async def record_decision(
-    connection: AsyncConnection,
+    driver: asyncpg.Connection,
     *,
     tenant_id: str,
     request_id: str,
@@ -197,29 +192,25 @@ async def record_decision(
     decided_at: datetime,
 ) -> bool:
     """Store the decision by request id; False when this request was already decided (a re-sent request)."""
-    statement = (
-        insert(decisions)
-        .values(
-            tenant_id=tenant_id,
-            request_id=request_id,
-            message_id=message_id,
-            appointment_id=appointment_id,
-            requester_id=requester_id,
-            change=change,
-            action=change["action"],
-            outcome=decision.outcome.value,
-            rule=decision.rule,
-            setting=decision.setting,
-            setting_level=decision.setting_level,
-            reason_code=decision.reason_code,
-            reason_text=decision.reason_text,
-            decided_on_version=decided_on_version,
-            decided_at=decided_at,
-        )
-        .on_conflict_do_nothing()
-        .returning(decisions.c.request_id)
+    stored = await driver.fetchval(
+        _RECORD_DECISION,
+        tenant_id,
+        request_id,
+        message_id,
+        appointment_id,
+        requester_id,
+        json.dumps(change),  # jsonb: the connection's codec takes JSON text
+        change["action"],
+        decision.outcome.value,
+        decision.rule,
+        decision.setting,
+        decision.setting_level,
+        decision.reason_code,
+        decision.reason_text,
+        decided_on_version,
+        decided_at,
     )
-    return (await connection.execute(statement)).first() is not None
+    return stored is not None
 
 
 async def lock_pending_approval(connection: AsyncConnection, tenant_id: str, request_id: str):
@@ -288,24 +279,37 @@ async def upcoming_appointments(
     return list((await connection.execute(statement.order_by(appointments.c.appointment_id))).scalars())
 
 
-async def lock_offer(connection: AsyncConnection, tenant_id: str, appointment_id: str):
-    """The stored offer of an appointment, locked (created empty the first time). Taken before the facts
-    are read, so two gates computing the same appointment's offer take turns and the later one reads
-    the later facts."""
-    await connection.execute(
-        insert(offers).values(tenant_id=tenant_id, appointment_id=appointment_id).on_conflict_do_nothing()
-    )
-    return (
-        await connection.execute(
-            select(offers.c.offer_version, offers.c.appointment_version, offers.c.segments, offers.c.pick)
-            .where(offers.c.tenant_id == tenant_id, offers.c.appointment_id == appointment_id)
-            .with_for_update()
-        )
-    ).one()
+_CREATE_OFFER = """
+INSERT INTO policy.offers (tenant_id, appointment_id) SELECT $1, unnest($2::text[])
+ON CONFLICT DO NOTHING
+"""
+_LOCK_OFFERS = """
+SELECT appointment_id, offer_version, appointment_version, segments, pick FROM policy.offers
+ WHERE tenant_id = $1 AND appointment_id = ANY($2::text[])
+ ORDER BY appointment_id
+   FOR UPDATE
+"""
+
+
+async def lock_offers(driver: asyncpg.Connection, tenant_id: str, appointment_ids: list[str]) -> dict:
+    """The stored offers of some appointments, locked in id order (created empty the first time); by
+    appointment id. Taken before the facts are read, so two gates computing the same appointment's offer
+    take turns and the later one reads the later facts."""
+    await driver.execute(_CREATE_OFFER, tenant_id, appointment_ids)
+    return {
+        row["appointment_id"]: row for row in await driver.fetch(_LOCK_OFFERS, tenant_id, appointment_ids)
+    }
+
+
+_SAVE_OFFER = """
+UPDATE policy.offers
+   SET offer_version = $3, appointment_version = $4, segments = $5, pick = $6, computed_at = $7
+ WHERE tenant_id = $1 AND appointment_id = $2
+"""
 
 
 async def save_offer(
-    connection: AsyncConnection,
+    driver: asyncpg.Connection,
     tenant_id: str,
     appointment_id: str,
     *,
@@ -315,14 +319,13 @@ async def save_offer(
     pick: dict,
     computed_at: datetime,
 ) -> None:
-    await connection.execute(
-        update(offers)
-        .where(offers.c.tenant_id == tenant_id, offers.c.appointment_id == appointment_id)
-        .values(
-            offer_version=offer_version,
-            appointment_version=appointment_version,
-            segments=segments,
-            pick=pick,
-            computed_at=computed_at,
-        )
+    await driver.execute(
+        _SAVE_OFFER,
+        tenant_id,
+        appointment_id,
+        offer_version,
+        appointment_version,
+        json.dumps(segments),
+        json.dumps(pick),
+        computed_at,
     )

@@ -25,7 +25,7 @@ log = structlog.get_logger(__name__)
 
 async def project_event(message: Envelope, uow: UnitOfWork) -> None:
     """Write what the event says into the read store; after each row that changed, tell the live feed."""
-    conn = uow.connection
+    conn = uow.driver
     changed: list[PortalViewChangedPayload] = []
     snapshot = projection.appointment_snapshot(message)
     if snapshot is not None:
@@ -68,15 +68,15 @@ async def project_event(message: Envelope, uow: UnitOfWork) -> None:
                     message,
                     producer=feed.PRODUCER,
                     occurred_at=await uow.now(),
-                    correlation_id=reply.request_id,
+                    correlation_id=reply["request_id"],
                     payload=ModifyOutcomePayload(
-                        request_id=reply.request_id,
-                        appointment_id=reply.appointment_id,
-                        action=reply.action,
-                        status=reply.status,
-                        reason_code=reply.reason_code,
-                        reason=reply.reason_text,
-                        reply_to=reply.reply_to,
+                        request_id=reply["request_id"],
+                        appointment_id=reply["appointment_id"],
+                        action=reply["action"],
+                        status=reply["status"],
+                        reason_code=reply["reason_code"],
+                        reason=reply["reason_text"],
+                        reply_to=reply["reply_to"],
                     ),
                 )
             )

@@ -304,7 +304,9 @@ class QueueConsumer:
 
     async def _handle_once(self, message: Envelope, handler: Handler) -> str:
         # The inbox claim is the transaction's first statement, sent with its BEGIN.
-        async with UnitOfWork(self._engine, self.name, claim=(self.name, message.message_id)) as uow:
+        async with UnitOfWork(
+            self._engine, self.name, claim=(self.name, message.message_id), tenant=message.tenant_id
+        ) as uow:
             if not uow.claimed:
                 return "duplicate"
             await handler(message, uow)

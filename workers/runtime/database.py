@@ -35,6 +35,8 @@ log = structlog.get_logger(__name__)
 # How often BEGIN is retried on another connection when the first one turns out to be dead, at least.
 BEGIN_ATTEMPTS = 3
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_TENANT = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")  # contracts.types.TenantId
+TENANT_SETTING = "appt.tenant_id"  # what the row-level security policies compare tenant_id with
 # One AUTOCOMMIT view per engine (it shares the engine's pool; building one per unit of work costs).
 _AUTOCOMMIT_VIEWS: "weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine]" = weakref.WeakKeyDictionary()
 
@@ -93,7 +95,20 @@ class UnitOfWork:
     statement; `claimed` is then False for a duplicate (the caller skips it; nothing was written).
     """
 
-    def __init__(self, engine: AsyncEngine, producer: str, *, claim: tuple[str, UUID] | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        producer: str,
+        *,
+        claim: tuple[str, UUID] | None = None,
+        tenant: str | None = None,
+    ) -> None:
+        """`claim`: (consumer, message id) claimed in the inbox with BEGIN. `tenant`: the transaction may
+        only see and write that tenant's rows (row-level security, migration 0007; enforced for the
+        per-worker roles, not for the owner): set with BEGIN, in the same round trip."""
+        if tenant is not None and not _TENANT.match(tenant):
+            raise ValueError(f"not a tenant id: {tenant[:70]!r}")
+        self._tenant = tenant
         self._engine = engine
         self.producer = producer
         self.connection: AsyncConnection
@@ -139,16 +154,20 @@ class UnitOfWork:
         driver = self.driver
         if driver.is_in_transaction():  # never expected; don't let a leftover transaction swallow ours
             raise asyncpg.exceptions.InterfaceError("pooled connection was left inside a transaction")
+        # Simple-query protocol: BEGIN, the tenant and the inbox claim in one round trip. Values are
+        # inlined, which is safe only because of what they are: a tenant id and a consumer name checked
+        # against their patterns, a UUID object.
+        begin = "BEGIN"
+        if self._tenant is not None:
+            begin += f";SET LOCAL {TENANT_SETTING} = '{self._tenant}'"
         if self._claim is None:
-            await driver.execute("BEGIN")
+            await driver.execute(begin)
             return True
         consumer, message_id = self._claim
         if _SAFE_NAME.match(consumer):
-            # Simple-query protocol: BEGIN and the insert in one round trip. Both values are inlined,
-            # which is safe only because of what they are: a UUID object and a checked name.
-            status = await driver.execute(f"BEGIN;{inbox.claim_sql(consumer, UUID(str(message_id)))}")
+            status = await driver.execute(f"{begin};{inbox.claim_sql(consumer, UUID(str(message_id)))}")
             return status != "INSERT 0 0"
-        await driver.execute("BEGIN")
+        await driver.execute(begin)
         return await inbox.claim_on(driver, consumer, message_id)
 
     async def __aexit__(
