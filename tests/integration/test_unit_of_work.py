@@ -94,7 +94,9 @@ async def test_pooled_connections_killed_while_idle_are_replaced(engine, databas
         await uow.commit()
 
 
-async def test_a_connection_lost_mid_transaction_is_a_transient_failure(engine, database_url):
+@pytest.mark.parametrize("through", ["sqlalchemy", "driver"])
+async def test_a_connection_lost_mid_transaction_is_a_transient_failure(engine, database_url, through):
+    """Whether the handler's statement goes through SQLAlchemy or straight to the asyncpg driver."""
     consumer = f"uow_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
@@ -102,13 +104,30 @@ async def test_a_connection_lost_mid_transaction_is_a_transient_failure(engine, 
             async with UnitOfWork(engine, consumer, claim=(consumer, uuid.uuid4())) as uow:
                 pid = await uow.driver.fetchval("SELECT pg_backend_pid()")
                 await admin.execute("SELECT pg_terminate_backend($1)", pid)
-                await uow.connection.execute(text("SELECT 1"))
+                if through == "driver":
+                    await uow.driver.fetchval("SELECT 1")
+                else:
+                    await uow.connection.execute(text("SELECT 1"))
                 await uow.commit()
     finally:
         await admin.close()
     assert is_transient(raised.value)
     async with UnitOfWork(engine, consumer, claim=(consumer, uuid.uuid4())) as uow:  # the pool recovers
         await uow.commit()
+
+
+async def test_a_client_error_of_a_connection_stuck_mid_operation_is_a_transient_failure(engine):
+    """What a handler's driver statement meets when the backend was terminated during another one:
+    asyncpg's protocol is stuck, and says so only as a client error. It is retried, not a bug."""
+    stuck = asyncpg.exceptions.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    )
+    with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError) as raised:
+        async with UnitOfWork(engine, "uow"):
+            raise stuck
+    assert is_transient(raised.value) and raised.value.__cause__ is stuck
+    async with UnitOfWork(engine, "uow") as uow:  # that connection was discarded, not pooled
+        assert await uow.driver.fetchval("SELECT 1") == 1
 
 
 async def test_a_tenant_is_set_with_begin_for_this_transaction_only(engine):

@@ -179,7 +179,19 @@ class UnitOfWork:
         if self._committed:
             await self.connection.close()
             return
-        if self._broken or self.driver.is_closed():
+        # A handler's own statement on `driver` failed because the connection was lost under it (a
+        # terminated backend leaves asyncpg's protocol mid-operation): discard the connection and raise
+        # the failure as the lost connection it is, which the consumer retries.
+        lost = isinstance(exc, Exception) and _is_disconnect(exc, self.driver)
+        await self._release(broken=self._broken or lost)
+        if lost and isinstance(
+            exc, asyncpg.exceptions.InterfaceError | asyncpg.exceptions.InternalClientError
+        ):
+            _reraise(exc, lost=True)
+
+    async def _release(self, *, broken: bool) -> None:
+        """Roll back and return the connection to the pool, or discard it when it cannot be trusted."""
+        if broken or self.driver.is_closed():
             await self._discard(invalidate=True)
             return
         try:
