@@ -73,19 +73,19 @@ async def save_appointment(
     )
 
 
-_LOCK_JOB = """
-SELECT j.status, j.customer_id,
-       ARRAY(SELECT a.status FROM scheduling.appointments a
-              WHERE a.tenant_id = j.tenant_id AND a.job_id = j.job_id) AS appointment_statuses
-  FROM scheduling.jobs j WHERE j.tenant_id = $1 AND j.job_id = $2
-   FOR UPDATE OF j
-"""
+_LOCK_JOB = "SELECT status, customer_id FROM scheduling.jobs WHERE tenant_id = $1 AND job_id = $2 FOR UPDATE"
+# A statement of its own, after the lock: under READ COMMITTED each statement reads a fresh snapshot,
+# so it sees the appointments of a concurrent change of the same job that committed while we waited
+# for the lock. (In the locking statement itself, a subquery would read the snapshot from before the
+# wait, and two cancels of a job's two visits would each count the other as still active.)
+_JOB_APPOINTMENT_STATUSES = "SELECT status FROM scheduling.appointments WHERE tenant_id = $1 AND job_id = $2"
 
 
 async def lock_job(driver: asyncpg.Connection, tenant_id: str, job_id: str) -> tuple[asyncpg.Record, list]:
-    """The job, locked, and the statuses of all its appointments (one round trip)."""
-    row = await driver.fetchrow(_LOCK_JOB, tenant_id, job_id)
-    return row, [AppointmentStatus(s) for s in row["appointment_statuses"]]
+    """The job, locked, then the statuses of all its appointments as committed by then."""
+    job = await driver.fetchrow(_LOCK_JOB, tenant_id, job_id)
+    rows = await driver.fetch(_JOB_APPOINTMENT_STATUSES, tenant_id, job_id)
+    return job, [AppointmentStatus(row["status"]) for row in rows]
 
 
 _SET_JOB_STATUS = """
