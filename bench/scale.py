@@ -151,7 +151,8 @@ async def _run(
                 await seed.write_schedule(database_url(), schedule)
 
     else:
-        env = {**base_env, "APPT_NAMESPACE": RUNTIME_NAMESPACE}
+        # trivial stages on their own exchanges: no portal signature to check (bench/run.py)
+        env = {**base_env, "APPT_NAMESPACE": RUNTIME_NAMESPACE, "APPT_REQUIRE_SIGNATURES": "false"}
         group = processes(env, work_dir / f"runtime-x{n}", stage_commands("bench.rt_stage", "rt_stage"), n)
         queues = [runtime_queue(s) for s in (1, 2, 3)]
 
