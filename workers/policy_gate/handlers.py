@@ -70,8 +70,8 @@ def _rejection(
 
 async def decide_modify_request(message: ModifyRequested, uow: UnitOfWork) -> None:
     request = message.payload
+    facts, layers = await store.load_facts_and_layers(uow, message.tenant_id, request.appointment_id)
     now = await uow.now()
-    facts, layers = await store.load_facts_and_layers(uow.driver, message.tenant_id, request.appointment_id)
     decision: Decision = decide(
         requester_id=request.requester_id,
         change=request.change,

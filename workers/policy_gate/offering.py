@@ -1,8 +1,6 @@
 """Keep the portal's offers current: recompute an appointment's offer timeline when a fact it rests on
 changes (the appointment itself, its project, a settings layer) and announce it when it differs."""
 
-from datetime import datetime
-
 import structlog
 
 from contracts.envelope import Envelope
@@ -62,20 +60,19 @@ def pick_rules(facts, settings) -> PickRules:
     )
 
 
-async def refresh_offers(
-    uow: UnitOfWork, cause: Envelope, tenant_id: str, appointment_ids: list[str], now: datetime
-) -> int:
-    """Recompute the offers of some appointments (locked in id order); emit one event per changed offer.
-    Returns how many changed."""
+async def refresh_offers(uow: UnitOfWork, cause: Envelope, tenant_id: str, appointment_ids: list[str]) -> int:
+    """Recompute the offers of some appointments (locked in id order), as of the transaction's clock;
+    emit one event per changed offer. Returns how many changed."""
     driver = uow.driver
     changed = 0
     ids = sorted(set(appointment_ids))
     locked = await store.lock_offers(driver, tenant_id, ids)
     for appointment_id in ids:
         stored = locked[appointment_id]
-        facts, layers = await store.load_facts_and_layers(driver, tenant_id, appointment_id)
+        facts, layers = await store.load_facts_and_layers(uow, tenant_id, appointment_id)
         if facts is None:
             continue
+        now = await uow.now()  # read with the facts
         settings = resolve(layers)
         segments = segments_of(offer_timeline(facts, settings, now))
         pick = pick_rules(facts, settings)
@@ -124,13 +121,12 @@ async def follow_appointment(
     """An appointment changed (or was booked): its offer may have. The office's record also carries the
     project (lock, dates), which every appointment of that project shares."""
     snapshot = message.payload.appointment
-    now = await uow.now()
     ids = [snapshot.appointment_id]
     if snapshot.project_id is not None:
         ids += await store.upcoming_appointments(
-            uow.connection, message.tenant_id, now, ScopeLevel.PROJECT, snapshot.project_id
+            uow.connection, message.tenant_id, await uow.now(), ScopeLevel.PROJECT, snapshot.project_id
         )
-    changed = await refresh_offers(uow, message, message.tenant_id, ids, now)
+    changed = await refresh_offers(uow, message, message.tenant_id, ids)
     log.info("gate.offers", appointments=len(set(ids)), changed=changed)
 
 
@@ -139,7 +135,7 @@ async def follow_scope(uow: UnitOfWork, cause: Envelope, level: ScopeLevel, key:
     else now."""
     now = await uow.now()
     ids = await store.upcoming_appointments(uow.connection, cause.tenant_id, now, level, key)
-    changed = await refresh_offers(uow, cause, cause.tenant_id, ids, now)
+    changed = await refresh_offers(uow, cause, cause.tenant_id, ids)
     log.info("gate.offers", appointments=len(ids), changed=changed, level=level.value)
 
 

@@ -21,6 +21,7 @@ from infra.db.tables import (
 )
 from workers.policy_gate.rules import AppointmentFacts, Decision, ProjectFacts
 from workers.policy_gate.settings import ScopedLayer
+from workers.runtime.database import UnitOfWork
 
 BUSINESS_KEY = ""  # the business layer has no key; '' keeps the primary key simple
 
@@ -29,8 +30,9 @@ BUSINESS_KEY = ""  # the business layer has no key; '' keeps the primary key sim
 # read of the gate: every decision and every offer refresh). A prepared statement on the driver. The
 # layers are those `settings.applicable_scopes` names: business, business unit, job type, project.
 _FACTS_AND_LAYERS = """
-SELECT a.appointment_id, a.job_id, a.customer_id, a.business_unit, a.job_type, a.project_id,
-       a.window_start, a.window_end, a.status, a.confirmation, a.version, a.customer_reschedules, a.zone,
+SELECT now() AS transaction_now, a.appointment_id, a.job_id, a.customer_id, a.business_unit, a.job_type,
+       a.project_id, a.window_start, a.window_end, a.status, a.confirmation, a.version,
+       a.customer_reschedules, a.zone,
        p.portal_locked, p.starts_at, p.ends_at,
        (SELECT array_agg(c.contact_id) FROM scheduling.project_contacts c
          WHERE c.tenant_id = a.tenant_id AND c.project_id = a.project_id) AS contacts,
@@ -56,12 +58,14 @@ def _layer(level: str, key: str, version: int, document: str) -> ScopedLayer:
 
 
 async def load_facts_and_layers(
-    driver: asyncpg.Connection, tenant_id: str, appointment_id: str
+    uow: UnitOfWork, tenant_id: str, appointment_id: str
 ) -> tuple[AppointmentFacts | None, list[ScopedLayer]]:
-    """The appointment's facts (None when it is not there) and the settings layers that apply to it."""
-    row = await driver.fetchrow(_FACTS_AND_LAYERS, tenant_id, appointment_id)
+    """The appointment's facts (None when it is not there) and the settings layers that apply to it.
+    The same round trip reads the transaction's clock (`uow.now()` then costs nothing)."""
+    row = await uow.driver.fetchrow(_FACTS_AND_LAYERS, tenant_id, appointment_id)
     if row is None:
         return None, []
+    uow.saw_now(row["transaction_now"])
     project = None
     if row["project_id"] is not None:
         project = ProjectFacts(

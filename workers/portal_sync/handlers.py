@@ -27,28 +27,36 @@ async def project_event(message: Envelope, uow: UnitOfWork) -> None:
     """Write what the event says into the read store; after each row that changed, tell the live feed."""
     conn = uow.driver
     changed: list[PortalViewChangedPayload] = []
+
+    def wrote(clock) -> bool:
+        """A write returns the transaction's clock when it changed a row (None when it did not)."""
+        if clock is None:
+            return False
+        uow.saw_now(clock)
+        return True
+
     snapshot = projection.appointment_snapshot(message)
     if snapshot is not None:
-        written = await store.upsert_appointment(
-            conn, message.tenant_id, projection.appointment_row(snapshot)
+        written = wrote(
+            await store.upsert_appointment(conn, message.tenant_id, projection.appointment_row(snapshot))
         )
         log.info("portal.appointment", version=snapshot.version, written=written)
         if written:
             changed.append(feed.appointment_changed(snapshot))
     offer = projection.offer_row(message)
     if offer is not None:
-        written = await store.upsert_offer(conn, message.tenant_id, offer)
+        written = wrote(await store.upsert_offer(conn, message.tenant_id, offer))
         log.info("portal.offer", offer_version=offer["offer_version"], written=written)
         if written:
             changed.append(feed.offer_changed(offer))
     window = projection.available_window_row(message)
     if window is not None:
-        written = await store.upsert_available_window(conn, message.tenant_id, window)
+        written = wrote(await store.upsert_available_window(conn, message.tenant_id, window))
         log.info("portal.available_window", free=window["free"], version=window["version"], written=written)
         if written:
             changed.append(feed.availability_changed(window))
     job = projection.job_row(message)
-    if job is not None and await store.upsert_job(conn, message.tenant_id, job):
+    if job is not None and wrote(await store.upsert_job(conn, message.tenant_id, job)):
         changed.append(feed.job_changed(job))
     audit = projection.audit_entry(message)
     if audit is not None:
@@ -56,12 +64,23 @@ async def project_event(message: Envelope, uow: UnitOfWork) -> None:
     outcome = projection.request_outcome(message)
     if outcome is not None:
         requested_at = message.occurred_at if isinstance(message, ModifyRequested) else None
-        written = await store.record_request(conn, message.tenant_id, outcome, requested_at)
-        log.info("portal.request", request_id=outcome.request_id, status=outcome.status, written=written)
-        if written:
+        recorded = await store.record_request(conn, message.tenant_id, outcome, requested_at)
+        log.info(
+            "portal.request",
+            request_id=outcome.request_id,
+            status=outcome.status,
+            written=recorded is not None,
+        )
+        if recorded is not None:
+            uow.saw_now(recorded.now)
             customer, job_id = await store.owner_of(conn, message.tenant_id, outcome.appointment_id)
             changed.append(feed.request_changed(outcome, customer or outcome.requester_id, job_id))
-        reply = await store.claim_reply(conn, message.tenant_id, outcome.request_id)
+        # Once per request, whichever of the request and its outcome came last (the row says so).
+        reply = (
+            await store.claim_reply(conn, message.tenant_id, outcome.request_id)
+            if recorded is not None and recorded.reply_due
+            else None
+        )
         if reply is not None:
             await uow.emit(
                 ModifyOutcome.follow(

@@ -6,6 +6,8 @@ per request, and building a SQLAlchemy statement per call cost about a third of 
 """
 
 import json
+from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 
 import asyncpg
@@ -49,7 +51,7 @@ def _upsert_sql(table_name: str, columns: tuple[str, ...], version: str) -> tupl
         f"INSERT INTO {table_name} AS t ({', '.join(names)}) "
         f"VALUES ({', '.join(f'${i}' for i in range(1, len(names) + 1))}) "
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(updates)} "
-        f"WHERE t.{version} < EXCLUDED.{version} RETURNING 1"
+        f"WHERE t.{version} < EXCLUDED.{version} RETURNING now()"
     )
     return sql, tuple(_is_json(table, name) for name in names)
 
@@ -64,26 +66,27 @@ def _values(row: dict, json_columns: tuple[bool, ...], tenant_id: str) -> list:
 
 async def _upsert_if_newer(
     driver: asyncpg.Connection, table: Table, tenant_id: str, row: dict, version: str
-) -> bool:
+) -> datetime | None:
     """Insert the row, or overwrite the stored one only when `row[version]` is newer: a late or repeated
-    event never moves the read store backwards. True when written."""
+    event never moves the read store backwards. When written, the transaction's clock (`now()`, for the
+    feed event that announces it); None when not."""
     sql, json_columns = _upsert_sql(table.fullname, tuple(row), version)
-    return await driver.fetchval(sql, *_values(row, json_columns, tenant_id)) is not None
+    return await driver.fetchval(sql, *_values(row, json_columns, tenant_id))
 
 
-async def upsert_appointment(driver: asyncpg.Connection, tenant_id: str, row: dict) -> bool:
+async def upsert_appointment(driver: asyncpg.Connection, tenant_id: str, row: dict) -> datetime | None:
     return await _upsert_if_newer(driver, portal_appointments, tenant_id, row, "version")
 
 
-async def upsert_job(driver: asyncpg.Connection, tenant_id: str, row: dict) -> bool:
+async def upsert_job(driver: asyncpg.Connection, tenant_id: str, row: dict) -> datetime | None:
     return await _upsert_if_newer(driver, portal_jobs, tenant_id, row, "version")
 
 
-async def upsert_offer(driver: asyncpg.Connection, tenant_id: str, row: dict) -> bool:
+async def upsert_offer(driver: asyncpg.Connection, tenant_id: str, row: dict) -> datetime | None:
     return await _upsert_if_newer(driver, portal_appointment_offers, tenant_id, row, "offer_version")
 
 
-async def upsert_available_window(driver: asyncpg.Connection, tenant_id: str, row: dict) -> bool:
+async def upsert_available_window(driver: asyncpg.Connection, tenant_id: str, row: dict) -> datetime | None:
     return await _upsert_if_newer(driver, portal_available_windows, tenant_id, row, "version")
 
 
@@ -109,7 +112,7 @@ INSERT INTO portal.requests AS t (tenant_id, request_id, appointment_id, request
                                   reason_code, reason_text, requested_at, reply_to)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (tenant_id, request_id) DO UPDATE SET {set} {where}
-RETURNING 1
+RETURNING now() AS now, t.status, t.reply_to IS NOT NULL AND t.replied_at IS NULL AS reply_owed
 """
 _OUTCOME_SET = (
     "status = EXCLUDED.status, reason_code = EXCLUDED.reason_code, reason_text = EXCLUDED.reason_text, "
@@ -132,13 +135,21 @@ _RECORD_BY_STATUS = {
 }
 
 
+@dataclass(frozen=True)
+class RecordedRequest:
+    now: datetime  # the transaction's clock
+    reply_due: bool  # final, with a reply queue not yet answered: claim_reply it
+
+
 async def record_request(
     driver: asyncpg.Connection, tenant_id: str, outcome: RequestOutcome, requested_at
-) -> bool:
+) -> RecordedRequest | None:
     """Pending never overwrites an outcome; the first outcome is final. The request's own details
-    (requester, time) are filled in whenever the request itself is seen, whichever came first."""
+    (requester, time, reply queue) are filled in whenever the request itself is seen, whichever came
+    first. None when nothing was written (a late or repeated outcome: a reply that was due became due,
+    and was claimed, when the row last changed)."""
     sql = _RECORD_BY_STATUS.get(outcome.status, _RECORD_BY_STATUS["terminal"])
-    written = await driver.fetchval(
+    row = await driver.fetchrow(
         sql,
         tenant_id,
         outcome.request_id,
@@ -151,7 +162,9 @@ async def record_request(
         requested_at,
         outcome.reply_to,
     )
-    return written is not None
+    if row is None:
+        return None
+    return RecordedRequest(row["now"], row["reply_owed"] and row["status"] in _TERMINAL)
 
 
 _CLAIM_REPLY = (

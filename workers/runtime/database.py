@@ -215,6 +215,11 @@ class UnitOfWork:
         except Exception as exc:
             log.info("database.close_failed", error=repr(exc)[:200])
 
+    def saw_now(self, value: datetime) -> None:
+        """A statement of the handler's returned `now()` along with its result: the transaction's clock,
+        so `now()` below need not ask for it again."""
+        self._now = value
+
     async def now(self) -> datetime:
         """The transaction's clock (PostgreSQL `now()`), the same for every statement in it."""
         if self._now is None:
