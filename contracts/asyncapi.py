@@ -155,9 +155,10 @@ unknown-key, expired (older than a day by default) and another producer's messag
 with a `signature_*` reason and have no effect. A copy of a message already handled (same message_id) is \
 dropped with no effect.
 
-**Dead letters.** A message a worker cannot process is republished, body unchanged, to the direct \
-exchange `{dlx}` with the routing key `<work queue>.dead` (a quorum queue of that name), then \
-acknowledged. It keeps its headers and gains `x-dead-letter-reason` (a code from \
+**Dead letters.** A message a worker cannot process is republished, body unchanged, to the worker's \
+own direct exchange `{dlx}.<worker>` with the routing key `<work queue>.dead` (a quorum queue of that \
+name, also bound to the shared `{dlx}`, through which the broker dead-letters), then acknowledged. \
+It keeps its headers and gains `x-dead-letter-reason` (a code from \
 `x-reason-codes.DeadLetterReason`), `x-dead-letter-detail`, `x-original-exchange`, \
 `x-original-routing-key`, `x-original-queue`, `x-dead-lettered-by` and `x-dead-lettered-at`. A message \
 redelivered more than {limit} times is dead-lettered by the broker with RabbitMQ's `x-death` headers.

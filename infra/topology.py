@@ -17,7 +17,7 @@ WORKERS = ("policy_gate", "modify_handler", "portal_sync")
 
 # Exchange roles named by contracts (`Envelope.exchange_role`), plus where dead letters go.
 EXCHANGE_ROLES = ("requests", "office", "internal", "events")
-DEAD_LETTER_ROLE = "dead-letters"
+DEAD_LETTER_ROLE = "dead-letters"  # where the broker itself dead-letters (a work queue's delivery limit)
 # Where a worker parks a message to retry it later: a direct exchange, one delay queue per tier.
 RETRY_ROLE = "retry"
 # Delay-queue tiers in seconds. Each tier is a queue whose name carries its delay, so other tiers are
@@ -101,6 +101,13 @@ class Topology:
     def dead_letter_exchange(self) -> str:
         return self.exchange(DEAD_LETTER_ROLE)
 
+    def own_exchange(self, role: str, worker: str) -> str:
+        """The worker's own dead-letter or retry exchange; the shared one in a topology without it."""
+        try:
+            return self.exchange(own_role(role, worker))
+        except KeyError:
+            return self.exchange(role)
+
 
 # What each worker consumes: (exchange role, routing key).
 SUBSCRIPTIONS: dict[str, tuple[Binding, ...]] = {
@@ -180,6 +187,13 @@ def _delay_queue_arguments(work_queue: str, delay_s: float) -> dict:
     }
 
 
+def own_role(role: str, worker: str) -> str:
+    """A worker's own exchange for `role` (dead letters, retries): the only one of that kind its broker
+    user may write to, so no worker can put a message into another worker's dead-letter or delay queue
+    (from which a delay queue hands it to that worker's work queue)."""
+    return f"{role}.{worker}"
+
+
 def build(
     namespace: str = DEFAULT_NAMESPACE, retry_delays_s: Sequence[float] = DEFAULT_RETRY_DELAYS_S
 ) -> Topology:
@@ -188,6 +202,11 @@ def build(
         *(ExchangeSpec(role, f"{namespace}.{role}", ExchangeType.TOPIC) for role in EXCHANGE_ROLES),
         ExchangeSpec(DEAD_LETTER_ROLE, f"{namespace}.{DEAD_LETTER_ROLE}", ExchangeType.DIRECT),
         ExchangeSpec(RETRY_ROLE, f"{namespace}.{RETRY_ROLE}", ExchangeType.DIRECT),
+        *(
+            ExchangeSpec(own_role(role, worker), f"{namespace}.{own_role(role, worker)}", ExchangeType.DIRECT)
+            for worker in WORKERS
+            for role in (DEAD_LETTER_ROLE, RETRY_ROLE)
+        ),
         ExchangeSpec(FEED_UNROUTED_ROLE, f"{namespace}.{FEED_UNROUTED_ROLE}", ExchangeType.FANOUT),
         ExchangeSpec(
             FEED_ROLE, f"{namespace}.{FEED_ROLE}", ExchangeType.TOPIC, f"{namespace}.{FEED_UNROUTED_ROLE}"
@@ -199,15 +218,15 @@ def build(
         name = f"{namespace}.{worker}"
         dead = f"{name}.dead"
         queues.append(QueueSpec(name, _work_queue_arguments(dlx, dead), SUBSCRIPTIONS[worker], worker, dead))
-        queues.append(
-            QueueSpec(
-                dead, {"x-queue-type": "quorum"}, (Binding(DEAD_LETTER_ROLE, dead),), None, None, DEAD_LETTER
-            )
-        )
+        # The shared exchanges stay bound (the broker dead-letters through the shared one); the workers
+        # publish through their own.
+        dead_bindings = (Binding(DEAD_LETTER_ROLE, dead), Binding(own_role(DEAD_LETTER_ROLE, worker), dead))
+        queues.append(QueueSpec(dead, {"x-queue-type": "quorum"}, dead_bindings, None, None, DEAD_LETTER))
         for delay in delays:
             tier = f"{name}.retry.{delay_label(delay)}"
             arguments = _delay_queue_arguments(name, delay)
-            queues.append(QueueSpec(tier, arguments, (Binding(RETRY_ROLE, tier),), worker, None, DELAY))
+            tier_bindings = (Binding(RETRY_ROLE, tier), Binding(own_role(RETRY_ROLE, worker), tier))
+            queues.append(QueueSpec(tier, arguments, tier_bindings, worker, None, DELAY))
     queues.append(
         QueueSpec(
             f"{namespace}.{FEED_UNROUTED_ROLE}",

@@ -14,7 +14,7 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import quote, unquote, urlsplit
 from urllib.request import Request, urlopen
 
-from infra.topology import DEAD_LETTER_ROLE, Topology
+from infra.topology import DEAD_LETTER_ROLE, RETRY_ROLE, Topology
 
 NOTHING = "^$"
 
@@ -172,11 +172,16 @@ def permissions(topology: Topology) -> dict[str, Permissions]:
     pin the routing keys), dead letters and delayed retries, and read only their own queue. Portal and
     office publishers only write their inputs."""
     routes = publishes(topology)
-    internal = [topology.exchange(DEAD_LETTER_ROLE)]
-    try:
-        internal.append(topology.exchange("retry"))  # delay-queue retries, where the topology has them
-    except KeyError:
-        pass
+
+    def own(worker: str) -> list[str]:
+        """The worker's own dead-letter and retry exchanges (never the shared ones, never another's)."""
+        names = [topology.own_exchange(DEAD_LETTER_ROLE, worker)]
+        try:
+            names.append(topology.own_exchange(RETRY_ROLE, worker))  # where the topology has retries
+        except KeyError:
+            pass
+        return names
+
     alternates = {
         spec.name: spec.alternate for spec in topology.exchanges if getattr(spec, "alternate", None)
     }
@@ -187,7 +192,7 @@ def permissions(topology: Topology) -> dict[str, Permissions]:
         targets = [*routes[name], *(alternates[e] for e in routes[name] if e in alternates)]
         result[name] = Permissions(
             configure=NOTHING,
-            write=_names(*targets, *(internal if worker else ())),
+            write=_names(*targets, *(own(name) if worker else ())),
             read=_names(topology.queue_of(name).name) if worker else NOTHING,
             topics={exchange: _keys(keys) for exchange, keys in routes[name].items()},
         )

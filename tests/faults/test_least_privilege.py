@@ -186,6 +186,28 @@ async def test_broker_users_may_read_only_their_queue_and_publish_only_their_mes
     assert await is_refused(office, publish("requests", "modify.requested"))
     assert not await is_refused(portal, publish("requests", "modify.requested"))
     assert not await is_refused(office, publish("office", "office.appointment.recorded"))
+    # dead letters and retries: each worker through its own exchanges only, never into another worker's
+    # dead-letter queue or delay queue (which would hand the message to that worker's work queue)
+    for creds, own, others in (
+        (gate, "policy_gate", ("modify_handler", "portal_sync")),
+        (handler, "modify_handler", ("policy_gate", "portal_sync")),
+        (sync, "portal_sync", ("policy_gate", "modify_handler")),
+    ):
+        for kind in ("dead-letters", "retry"):
+            own_queue = (
+                topology.queue_of(own).dead_letter_queue
+                if kind == "dead-letters"
+                else topology.delay_queues_of(own)[0].name
+            )
+            assert not await is_refused(creds, publish(f"{kind}.{own}", own_queue)), (own, kind)
+            assert await is_refused(creds, publish(kind, own_queue)), (own, kind, "shared")
+            for other in others:
+                target = (
+                    topology.queue_of(other).dead_letter_queue
+                    if kind == "dead-letters"
+                    else topology.delay_queues_of(other)[0].name
+                )
+                assert await is_refused(creds, publish(f"{kind}.{other}", target)), (own, kind, other)
     # the auditor reads dead letters (and hands them back), nothing else
     auditor = created["auditor"]
 

@@ -10,6 +10,7 @@ from apptctl.processes import WorkerProcesses
 from apptctl.status import OutboxStatus, QueueStatus, Status, initial_queues, problems_of, render
 from infra.topology import (
     DEAD_LETTER,
+    DEAD_LETTER_ROLE,
     DEFAULT_RETRY_DELAYS_S,
     DELAY,
     RETRY_ROLE,
@@ -49,8 +50,37 @@ def test_each_worker_has_one_delay_queue_per_tier_that_expires_back_into_its_wor
                 "x-dead-letter-strategy": "at-least-once",
                 "x-overflow": "reject-publish",
             }
-            assert [(b.exchange_role, b.routing_key) for b in tier.bindings] == [(RETRY_ROLE, tier.name)]
+            assert [(b.exchange_role, b.routing_key) for b in tier.bindings] == [
+                (RETRY_ROLE, tier.name),
+                (f"{RETRY_ROLE}.{worker}", tier.name),
+            ]
+        assert topology.own_exchange(RETRY_ROLE, worker) == f"ns.retry.{worker}"
     assert {q.kind for q in topology.queues} == {WORK, DEAD_LETTER, DELAY, SINK}
+
+
+def test_each_worker_writes_its_dead_letters_and_retries_through_exchanges_of_its_own():
+    """So a worker's broker user can be kept out of every other worker's dead-letter and delay queues
+    (a delay queue hands what it holds to that worker's work queue). The shared exchanges stay bound:
+    the broker dead-letters a work queue's over-delivered messages through the shared one."""
+    topology = build("ns", (5,))
+    for worker in WORKERS:
+        dead = topology.queue_of(worker).dead_letter_queue
+        own = topology.own_exchange(DEAD_LETTER_ROLE, worker)
+        assert own == f"ns.dead-letters.{worker}"
+        (spec,) = [q for q in topology.queues if q.name == dead]
+        bound = {(topology.exchange(b.exchange_role), b.routing_key) for b in spec.bindings}
+        assert bound == {(own, dead), ("ns.dead-letters", dead)}
+        others = {topology.own_exchange(DEAD_LETTER_ROLE, w) for w in WORKERS if w != worker}
+        reached = {
+            q.name
+            for q in topology.queues
+            for b in q.bindings
+            if topology.exchange(b.exchange_role) in {own, topology.own_exchange(RETRY_ROLE, worker)}
+        }
+        assert reached == {dead, *(q.name for q in topology.delay_queues_of(worker))}
+        assert own not in others
+    # a topology without them (the bench's clones) falls back to the shared ones
+    assert topology.own_exchange(DEAD_LETTER_ROLE, "rt_stage1") == "ns.dead-letters"
 
 
 def test_work_queues_keep_their_arguments_and_bindings():

@@ -32,7 +32,14 @@ def test_each_identity_may_read_only_its_queue_and_write_only_its_routes():
         p = allowed[worker]
         assert p.configure == NOTHING
         assert [q for q in queues if re.fullmatch(p.read, q)] == [f"appt.{worker}"]
-        assert re.fullmatch(p.write, "appt.dead-letters")
+        assert re.fullmatch(p.write, f"appt.dead-letters.{worker}") and re.fullmatch(
+            p.write, f"appt.retry.{worker}"
+        )
+        others = [w for w in ("policy_gate", "modify_handler", "portal_sync") if w != worker]
+        for shared_or_others in ["appt.dead-letters", "appt.retry"] + [
+            f"appt.{role}.{other}" for other in others for role in ("dead-letters", "retry")
+        ]:
+            assert not re.fullmatch(p.write, shared_or_others), (worker, shared_or_others)
         assert not re.fullmatch(p.write, "appt.requests") and not re.fullmatch(p.write, "appt.office")
     gate, handler = allowed["policy_gate"].topics, allowed["modify_handler"].topics
     assert re.fullmatch(gate["appt.internal"], "modify.approved")

@@ -99,10 +99,13 @@ class QueueConsumer:
         retry_in_place: int = 2,
         metrics: WorkerMetrics | None = None,
         signatures: SignaturePolicy | None = None,
+        dead_letter_exchange: str | None = None,
     ) -> None:
         """Without `delayed_retry`, transient failures are retried in place for up to
         `transient_retry_budget_s`, then handed back to the broker (a topology without delay queues).
-        With `signatures`, portal messages must carry a good signature (checked before parsing)."""
+        With `signatures`, portal messages must carry a good signature (checked before parsing).
+        `dead_letter_exchange`: where this consumer publishes dead letters (the worker's own; by default
+        the topology's shared one)."""
         self.name = name
         self._queue_name = queue_name
         self._dead_letter_key = dead_letter_routing_key
@@ -116,6 +119,7 @@ class QueueConsumer:
         self._retry_in_place = retry_in_place
         self.metrics = metrics or WorkerMetrics(name)
         self._signatures = signatures
+        self._dead_letter_exchange = dead_letter_exchange or broker.topology.dead_letter_exchange
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
@@ -412,9 +416,7 @@ class QueueConsumer:
         )
         dead = _copy(incoming, headers)
         try:
-            await self._broker.publish(
-                self._broker.topology.dead_letter_exchange, self._dead_letter_key, dead
-            )
+            await self._broker.publish(self._dead_letter_exchange, self._dead_letter_key, dead)
         except Exception as exc:
             log.error("message.dead_letter_publish_failed", reason=str(reason), error=repr(exc)[:300])
             await self._nack_requeue(incoming)

@@ -13,7 +13,7 @@ import structlog
 
 from contracts.envelope import Envelope
 from contracts.signing import KeyringError
-from infra.topology import RETRY_ROLE, Topology
+from infra.topology import DEAD_LETTER_ROLE, RETRY_ROLE, Topology
 from infra.topology import build as build_topology
 from workers.runtime.broker import Broker
 from workers.runtime.consumer import DelayedRetry, Handler, QueueConsumer
@@ -69,7 +69,7 @@ class Worker:
             prefetch=settings.prefetch,
             transient_retry_delay_s=settings.transient_retry_delay_s,
             delayed_retry=DelayedRetry(
-                exchange=self.topology.exchange(RETRY_ROLE),
+                exchange=self.topology.own_exchange(RETRY_ROLE, spec.name),
                 queues=tuple(q.name for q in delay_queues),
                 delays_s=tuple(q.delay_s or 0.0 for q in delay_queues),
                 limit=settings.retry_limit,
@@ -79,6 +79,7 @@ class Worker:
             retry_in_place=settings.retry_in_place,
             metrics=self.metrics,
             signatures=self._signature_policy(spec, settings),
+            dead_letter_exchange=self.topology.own_exchange(DEAD_LETTER_ROLE, spec.name),
         )
         self.relay = (
             OutboxRelay(
