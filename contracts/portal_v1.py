@@ -38,8 +38,8 @@ class ModifyRequestedPayload(Strict):
     )
     reply_to: ReplyQueue | None = Field(
         default=None,
-        description="A queue of the portal's: the final outcome is also sent there (`modify.outcome`, "
-        "through the default exchange) once it is known.",
+        description="A queue of the portal's, bound to the `replies` exchange (direct) with its own name "
+        "as the routing key: the final outcome is also sent there (`modify.outcome`) once it is known.",
     )
 
 

@@ -31,8 +31,11 @@ MAX_RETRY_TIERS = 10
 FEED_ROLE = "feed"
 FEED_UNROUTED_ROLE = "feed.unrouted"
 FEED_UNROUTED_MAX = 1000
-# Replies to a portal's own queue (`reply_to`) go through the default exchange, which is never declared.
+# Replies to a portal's own queue (`reply_to`) go through a direct exchange the portal binds its reply
+# queue to, with the queue's name as the routing key. (Not the default exchange: writing to it reaches
+# every queue by name, so portal_sync's broker user could then feed any worker's work queue.)
 REPLY_ROLE = "reply"
+REPLY_EXCHANGE = "replies"
 
 # What a queue is for: consumed by its worker, holding dead letters, or holding retries until they're due;
 # a sink holds feed events nobody subscribed to (the oldest are dropped).
@@ -76,8 +79,6 @@ class Topology:
     queues: tuple[QueueSpec, ...]
 
     def exchange(self, role: str) -> str:
-        if role == REPLY_ROLE:
-            return ""  # the default exchange: the routing key is the queue's name
         for spec in self.exchanges:
             if spec.role == role:
                 return spec.name
@@ -207,6 +208,7 @@ def build(
             for worker in WORKERS
             for role in (DEAD_LETTER_ROLE, RETRY_ROLE)
         ),
+        ExchangeSpec(REPLY_ROLE, f"{namespace}.{REPLY_EXCHANGE}", ExchangeType.DIRECT),
         ExchangeSpec(FEED_UNROUTED_ROLE, f"{namespace}.{FEED_UNROUTED_ROLE}", ExchangeType.FANOUT),
         ExchangeSpec(
             FEED_ROLE, f"{namespace}.{FEED_ROLE}", ExchangeType.TOPIC, f"{namespace}.{FEED_UNROUTED_ROLE}"

@@ -14,6 +14,8 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import quote, unquote, urlsplit
 from urllib.request import Request, urlopen
 
+from aio_pika.abc import ExchangeType
+
 from infra.topology import DEAD_LETTER_ROLE, RETRY_ROLE, Topology
 
 NOTHING = "^$"
@@ -148,7 +150,9 @@ def publishes(topology: Topology) -> dict[str, dict[str, set[str]]]:
 
     declared = publisher_of()
     routes: dict[str, dict[str, set[str]]] = {name: {} for name in IDENTITIES}
-    for cls in MESSAGE_CLASSES:
+    from contracts.portal_v1 import ModifyOutcome  # a reply, consumed by portals only: not registered
+
+    for cls in (*MESSAGE_CLASSES, ModifyOutcome):
         publisher = declared.get(type_name(cls))
         if publisher not in routes:
             raise UnknownPublisher(
@@ -185,6 +189,7 @@ def permissions(topology: Topology) -> dict[str, Permissions]:
     alternates = {
         spec.name: spec.alternate for spec in topology.exchanges if getattr(spec, "alternate", None)
     }
+    topic = {spec.name for spec in topology.exchanges if spec.type == ExchangeType.TOPIC}
     result = {}
     for name in (*WORKERS, *PUBLISHERS):
         worker = name in WORKERS
@@ -194,7 +199,8 @@ def permissions(topology: Topology) -> dict[str, Permissions]:
             configure=NOTHING,
             write=_names(*targets, *(own(name) if worker else ())),
             read=_names(topology.queue_of(name).name) if worker else NOTHING,
-            topics={exchange: _keys(keys) for exchange, keys in routes[name].items()},
+            # topic permissions only bind topic exchanges (a direct one, like replies, routes by queue)
+            topics={exchange: _keys(keys) for exchange, keys in routes[name].items() if exchange in topic},
         )
     # basic.get without ack and a requeue: it reads dead letters, removes nothing, publishes nothing
     dead = [spec.dead_letter_queue for spec in topology.queues if spec.dead_letter_queue]

@@ -38,6 +38,8 @@ async def test_the_outcome_arrives_on_the_portals_queue_once(world: World, servi
     try:
         channel = await connection.channel()
         queue = await channel.declare_queue(f"portal-replies-{world.tenant}", exclusive=True)
+        # the portal binds its reply queue to the replies exchange, under its own name
+        await queue.bind(world.broker.topology.exchange("reply"), routing_key=queue.name)
         await world.settings({"settings": everything(ALLOW)})
         await world.book("apt-1")
         await world.book("apt-2")

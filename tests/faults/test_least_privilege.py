@@ -208,6 +208,17 @@ async def test_broker_users_may_read_only_their_queue_and_publish_only_their_mes
                     else topology.delay_queues_of(other)[0].name
                 )
                 assert await is_refused(creds, publish(f"{kind}.{other}", target)), (own, kind, other)
+
+    # replies to portals: portal_sync through the replies exchange, nobody through the default exchange
+    # (which reaches every queue by name)
+    async def to_the_default_exchange(channel):
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"{}", content_type="application/json"), topology.queue_of("modify_handler").name
+        )
+
+    assert not await is_refused(sync, publish("reply", "some-portal-queue"))
+    for creds in (gate, handler, sync, portal, office):
+        assert await is_refused(creds, to_the_default_exchange), creds.name
     # the auditor reads dead letters (and hands them back), nothing else
     auditor = created["auditor"]
 

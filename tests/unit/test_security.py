@@ -48,6 +48,10 @@ def test_each_identity_may_read_only_its_queue_and_write_only_its_routes():
     assert not re.fullmatch(handler["appt.events"], "modify.rejected")
     assert "appt.internal" not in handler
     assert set(allowed["portal_sync"].topics) <= {"appt.feed"}  # the live feed, if the contracts have it
+    # replies to portals through their own direct exchange, never the default one (every queue by name)
+    assert re.fullmatch(allowed["portal_sync"].write, "appt.replies")
+    # (RabbitMQ checks the default exchange's permission under the name amq.default)
+    assert not any(re.fullmatch(p.write, "amq.default") for p in allowed.values())
     assert allowed["portal"].read == allowed["office"].read == NOTHING
     assert re.fullmatch(allowed["portal"].topics["appt.requests"], "modify.requested")
 
