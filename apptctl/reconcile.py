@@ -587,6 +587,39 @@ def _trails(facts: Facts) -> dict[Key, _Trail]:
     return trails
 
 
+def _compare_read_row(
+    tenant_id: str,
+    subject: str,
+    t,
+    r,
+    ctx: "_Context",
+    *,
+    extra: str,
+    missing: str,
+    diverged_while_young: bool,
+) -> list[Violation]:
+    """One read-store row against its source of truth (either may be None): never ahead, not behind or
+    missing once older than the grace, the same fields at the same version. `diverged_while_young`:
+    a difference at the same version counts even within the grace."""
+    if t is None:
+        return [Violation(Kind.READ_STORE_EXTRA, tenant_id, subject, extra)]
+    young = ctx.young(t.updated_at)
+    if r is None:
+        return [] if young else [Violation(Kind.READ_STORE_MISSING, tenant_id, subject, missing)]
+    if r.version > t.version:
+        return [
+            Violation(Kind.READ_STORE_AHEAD, tenant_id, subject, f"read v{r.version} > truth v{t.version}")
+        ]
+    if r.version < t.version:
+        behind = f"read v{r.version} < truth v{t.version}"
+        return [] if young else [Violation(Kind.READ_STORE_BEHIND, tenant_id, subject, behind)]
+    diff = t.differences(r)
+    if not diff or (young and not diverged_while_young):
+        return []
+    detail = ", ".join(f"{f}: truth {getattr(t, f)} / read {getattr(r, f)}" for f in diff)
+    return [Violation(Kind.READ_STORE_DIVERGED, tenant_id, subject, detail)]
+
+
 def _check_appointments(
     facts: Facts, ctx: _Context, applied_reschedules: Counter
 ) -> tuple[list[Violation], int]:
@@ -601,33 +634,18 @@ def _check_appointments(
         tenant_id, appointment_id = key
         subject = f"appointment {appointment_id}"
         t, r = truth.get(key), read.get(key)
+        violations += _compare_read_row(
+            tenant_id,
+            subject,
+            t,
+            r,
+            ctx,
+            extra="in the read store, not in the schedule",
+            missing=f"schedule has v{t.version}" if t else "",
+            diverged_while_young=True,
+        )
         if t is None:
-            violations.append(
-                Violation(Kind.READ_STORE_EXTRA, tenant_id, subject, "in the read store, not in the schedule")
-            )
             continue
-        young = ctx.young(t.updated_at)
-        if r is None:
-            if not young:
-                violations.append(
-                    Violation(Kind.READ_STORE_MISSING, tenant_id, subject, f"schedule has v{t.version}")
-                )
-        elif r.version > t.version:
-            violations.append(
-                Violation(
-                    Kind.READ_STORE_AHEAD, tenant_id, subject, f"read v{r.version} > truth v{t.version}"
-                )
-            )
-        elif r.version < t.version:
-            if not young:
-                violations.append(
-                    Violation(
-                        Kind.READ_STORE_BEHIND, tenant_id, subject, f"read v{r.version} < truth v{t.version}"
-                    )
-                )
-        elif diff := t.differences(r):
-            detail = ", ".join(f"{f}: truth {getattr(t, f)} / read {getattr(r, f)}" for f in diff)
-            violations.append(Violation(Kind.READ_STORE_DIVERGED, tenant_id, subject, detail))
         violations.extend(_check_history(key, t, history.get(key, []), ctx))
         if facts.since is None and t.customer_reschedules is not None:
             applied = applied_reschedules.get(key, 0)
@@ -705,31 +723,16 @@ def _check_jobs(facts: Facts, ctx: _Context) -> tuple[list[Violation], int]:
         tenant_id, job_id = key
         subject = f"job {job_id}"
         t, r = truth.get(key), read.get(key)
-        if t is None:
-            violations.append(Violation(Kind.READ_STORE_EXTRA, tenant_id, subject, "not in the schedule"))
-            continue
-        young = ctx.young(t.updated_at)
-        if r is None:
-            if not young:
-                violations.append(
-                    Violation(Kind.READ_STORE_MISSING, tenant_id, subject, f"truth v{t.version}")
-                )
-        elif r.version > t.version:
-            violations.append(
-                Violation(
-                    Kind.READ_STORE_AHEAD, tenant_id, subject, f"read v{r.version} > truth v{t.version}"
-                )
-            )
-        elif r.version < t.version:
-            if not young:
-                violations.append(
-                    Violation(
-                        Kind.READ_STORE_BEHIND, tenant_id, subject, f"read v{r.version} < truth v{t.version}"
-                    )
-                )
-        elif (diff := t.differences(r)) and not young:
-            detail = ", ".join(f"{f}: truth {getattr(t, f)} / read {getattr(r, f)}" for f in diff)
-            violations.append(Violation(Kind.READ_STORE_DIVERGED, tenant_id, subject, detail))
+        violations += _compare_read_row(
+            tenant_id,
+            subject,
+            t,
+            r,
+            ctx,
+            extra="not in the schedule",
+            missing=f"truth v{t.version}" if t else "",
+            diverged_while_young=False,
+        )
     job_events: dict[Key, list[Event]] = defaultdict(list)
     for e in facts.events:
         if e.type == JOB_CHANGED and e.job is not None:

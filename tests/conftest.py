@@ -168,3 +168,20 @@ async def workers(settings: Settings) -> AsyncIterator[dict[str, Worker]]:
 
 def unique_tenant(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def offline_consumer(name: str, handlers, engine, **options):
+    """A worker's consumer used without a broker: `handle(message)` runs what a delivery does between
+    decode and ack (inbox, handler, commit, the conflict and transient retries) on the real database."""
+    from workers.runtime.consumer import QueueConsumer
+
+    return QueueConsumer(
+        name=name,
+        queue_name=f"offline.{name}",
+        dead_letter_routing_key="",
+        handlers=handlers,
+        engine=engine,
+        broker=Broker("amqp://unused", topology_module.build("offline"), name=f"offline-{name}"),
+        prefetch=1,
+        **options,
+    )

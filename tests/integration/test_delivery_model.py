@@ -38,13 +38,11 @@ from sqlalchemy import text
 from contracts.decoding import decode_or_raise
 from contracts.envelope import Envelope
 from contracts.internal_v1 import ModifyApproved
-from infra.topology import build
 from tests import factories as f
-from tests.conftest import unique_tenant
+from tests.conftest import offline_consumer, unique_tenant
 from workers.modify_handler.handlers import HANDLERS as SCHEDULE_HANDLERS
 from workers.portal_sync.handlers import HANDLERS as READ_STORE_HANDLERS
 from workers.runtime import faults
-from workers.runtime.broker import Broker
 from workers.runtime.consumer import QueueConsumer
 from workers.runtime.database import create_engine
 from workers.runtime.faults import FaultPoint, SimulatedCrash
@@ -90,18 +88,8 @@ class DeliveryModel(RuleBasedStateMachine):
         return self.loop.run_until_complete(coroutine)
 
     def _consumer(self, name: str, handlers) -> QueueConsumer:
-        # No broker is needed between decode and ack; the consumer's own retries are real.
-        broker = Broker("amqp://unused", build("model"), name=f"model-{name}")
-        return QueueConsumer(
-            name=name,
-            queue_name=f"model.{name}",
-            dead_letter_routing_key="",
-            handlers=handlers,
-            engine=self.engine,
-            broker=broker,
-            prefetch=1,
-            transient_retry_delay_s=0.01,
-            transient_retry_budget_s=5,
+        return offline_consumer(
+            name, handlers, self.engine, transient_retry_delay_s=0.01, transient_retry_budget_s=5
         )
 
     def _start(self) -> None:

@@ -10,26 +10,15 @@ import asyncio
 import asyncpg
 
 from contracts.decoding import decode_or_raise
-from infra.topology import build
 from tests import factories as f
-from tests.conftest import unique_tenant
+from tests.conftest import offline_consumer, unique_tenant
 from workers.modify_handler.handlers import HANDLERS
-from workers.runtime.broker import Broker
-from workers.runtime.consumer import QueueConsumer
 from workers.runtime.outbox import asyncpg_dsn
 
 
 async def test_a_cancel_waiting_for_the_jobs_lock_counts_what_the_other_committed(engine, database_url):
     tenant = unique_tenant("jobs")
-    schedule = QueueConsumer(
-        name="modify_handler",
-        queue_name="jobs.modify_handler",
-        dead_letter_routing_key="",
-        handlers=HANDLERS,
-        engine=engine,
-        broker=Broker("amqp://unused", build("jobs"), name="jobs"),
-        prefetch=1,
-    )
+    schedule = offline_consumer("modify_handler", HANDLERS, engine)
     for i in (1, 2):
         booking = f.appointment_recorded(
             tenant=tenant,

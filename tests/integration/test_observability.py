@@ -5,7 +5,6 @@ its HTTP endpoint on a free port, health checked every 0.2 s, and the test topol
 """
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
@@ -24,6 +23,7 @@ from contracts.portal_v1 import ModifyRequested
 from contracts.reasons import DeadLetterReason
 from tests import factories
 from tests.conftest import TEST_RETRY_DELAYS_S, unique_tenant
+from tests.tcp_proxy import TcpProxy
 from tests.waiting import eventually
 from workers.runtime.broker import Broker
 from workers.runtime.database import UnitOfWork
@@ -157,61 +157,10 @@ async def test_two_workers_in_one_process_keep_their_own_metrics(start_worker, b
 # --- health ---------------------------------------------------------------------------------------
 
 
-class PausableProxy:
-    """A TCP relay that can refuse service for a while (to take the database away from one worker only)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._upstream = (host, port)
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task] = set()
-        self.paused = False
-        self.port = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.paused:
-            writer.transport.abort()
-            return
-        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-        self._writers |= {writer, up_writer}
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        sink.close()
-
-    def pause(self) -> None:
-        """Open connections drop, new ones are reset, until `resume`."""
-        self.paused = True
-        for writer in self._writers:
-            writer.transport.abort()
-        self._writers.clear()
-
-    def resume(self) -> None:
-        self.paused = False
-
-    async def close(self) -> None:
-        self.pause()
-        self._server.close()
-        await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-
-
 @pytest.fixture
-async def database_proxy(database_url: str) -> AsyncIterator[tuple[PausableProxy, str]]:
+async def database_proxy(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
     url = make_url(database_url)
-    proxy = PausableProxy(url.host or "127.0.0.1", url.port or 5432)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
     await proxy.start()
     yield proxy, url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     await proxy.close()
@@ -272,10 +221,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-async def broker_proxy(settings: Settings) -> AsyncIterator[tuple[PausableProxy, str]]:
+async def broker_proxy(settings: Settings) -> AsyncIterator[tuple[TcpProxy, str]]:
     """RabbitMQ behind a proxy: pausing it takes the broker away from the worker that uses it, only."""
     url = URL(settings.amqp_url)
-    proxy = PausableProxy(url.host or "127.0.0.1", url.port or 5672)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5672)
     await proxy.start()
     # After a failed attempt aio-pika waits `reconnect_interval` (5 s by default) before the next one.
     proxied = url.with_host("127.0.0.1").with_port(proxy.port).update_query(reconnect_interval=0.5)

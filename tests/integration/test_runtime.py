@@ -6,7 +6,6 @@ small test handlers that write into a scratch table, so every effect is a row we
 """
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
@@ -32,6 +31,7 @@ from contracts.reasons import DeadLetterReason
 from infra.db.tables import inbox, outbox
 from infra.topology import Topology
 from tests.conftest import unique_tenant
+from tests.tcp_proxy import TcpProxy
 from tests.waiting import eventually
 from workers.runtime import outbox as outbox_module
 from workers.runtime.broker import Broker
@@ -712,45 +712,6 @@ async def test_a_message_still_in_hand_when_drain_times_out_is_not_lost(
     assert await inbox_rows(engine, name, message.message_id) == 1
 
 
-class TcpProxy:
-    """A TCP relay to RabbitMQ that can be cut, to take the broker away from one connection only."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._upstream = (host, port)
-        self._writers: list[asyncio.StreamWriter] = []
-        self._tasks: set[asyncio.Task] = set()
-        self.port = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-        self._writers += [writer, up_writer]
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        sink.close()
-
-    async def cut(self) -> None:
-        """The broker becomes unreachable: live connections drop, new ones are refused."""
-        self._server.close()
-        for writer in self._writers:
-            writer.transport.abort()
-        await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-
-
 async def test_drain_is_bounded_by_its_timeout_even_when_the_broker_is_unreachable(
     service_urls, effects, start_consumer
 ):
@@ -762,7 +723,7 @@ async def test_drain_is_bounded_by_its_timeout_even_when_the_broker_is_unreachab
     try:
         consumer = await start_consumer({ModifyRequested: recording_handler(effects, [])}, amqp_url=proxied)
     finally:
-        await proxy.cut()
+        await proxy.close()
     connection = running_of(start_consumer, consumer).broker.connection
     assert connection is not None
     await eventually(lambda: not connection.connected.is_set(), "the consumer's connection to notice")

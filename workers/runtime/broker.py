@@ -114,6 +114,7 @@ class Broker:
         self._url = amqp_url
         self.topology = topology
         self._signer = signer
+        self._portal_exchanges = topology.exchanges_with_role("requests")
         self._name = name
         self._publish_timeout = publish_timeout_s
         self.connection: AbstractRobustConnection | None = None
@@ -158,7 +159,7 @@ class Broker:
         """Returns once the broker confirmed; raises DeliveryError (nack), PublishError (unroutable),
         TimeoutError, or a connection error otherwise."""
         if self._signer is not None and SIGNATURE_HEADER not in (message.headers or {}):
-            if message.app_id and exchange_name in self.topology.exchanges_with_role("requests"):
+            if message.app_id and exchange_name in self._portal_exchanges:
                 sign(message, self._signer.current_for(message.app_id))
         exchange = await self._exchange(exchange_name)
         await exchange.publish(message, routing_key, mandatory=True, timeout=self._publish_timeout)
