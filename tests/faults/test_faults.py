@@ -200,16 +200,31 @@ async def test_poison_messages_mixed_into_valid_traffic(settings, topology, tmp_
 
 
 POINTS = {
-    "policy_gate": ("after_receive", "before_commit", "after_commit", "after_ack", "relay_after_publish"),
-    "modify_handler": ("after_receive", "before_commit", "after_commit", "after_ack", "relay_after_publish"),
+    "policy_gate": (
+        "after_receive",
+        "before_commit",
+        "after_commit",
+        "after_publish",
+        "after_ack",
+        "relay_after_publish",
+    ),
+    "modify_handler": (
+        "after_receive",
+        "before_commit",
+        "after_commit",
+        "after_publish",
+        "after_ack",
+        "relay_after_publish",
+    ),
     "portal_sync": ("after_receive", "before_commit", "after_commit", "after_ack"),
 }
 
 
 async def test_crash_at_every_step_boundary(settings, topology, tmp_path):
     """Each worker dies (os._exit, like kill -9) once at every step boundary: after receive, with the
-    transaction's writes done but not committed, after commit before ack, after ack, and (relays) after
-    a confirmed publish before marking the row sent. The runtime's own hook does it
+    transaction's writes done but not committed, after commit before its events are published, after
+    their direct publish is confirmed but before they are marked sent, after ack, and (relays) after a
+    confirmed publish before marking the rows sent. The runtime's own hook does it
     (workers/runtime/faults.py, APPT_FAULT_AT=<point>:<n>), in the plain worker processes."""
     rng = random.Random(67)
 
@@ -217,8 +232,11 @@ async def test_crash_at_every_step_boundary(settings, topology, tmp_path):
         # start 0 is the clean start that seeds the tenants; lives 1.. each crash at one point
         points = POINTS[worker]
         if 1 <= start <= len(points):
-            return {faults.ENV: f"{points[start - 1]}:{rng.randint(2, 6)}"}
-        return {faults.ENV: ""}
+            point = points[start - 1]
+            # The relay publishes only what the direct path left: in that life it publishes everything.
+            direct = "false" if point == "relay_after_publish" else "true"
+            return {faults.ENV: f"{point}:{rng.randint(2, 6)}", "APPT_OUTBOX_DIRECT": direct}
+        return {faults.ENV: "", "APPT_OUTBOX_DIRECT": "true"}
 
     async with fault_run(
         "crash_points",

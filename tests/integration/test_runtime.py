@@ -37,7 +37,7 @@ from workers.runtime import outbox as outbox_module
 from workers.runtime.broker import Broker
 from workers.runtime.consumer import MAX_CONFLICT_RETRIES, QueueConsumer
 from workers.runtime.database import UnitOfWork
-from workers.runtime.outbox import OutboxRelay
+from workers.runtime.outbox import DirectPublisher, OutboxRelay
 
 pytestmark = pytest.mark.integration
 
@@ -192,8 +192,14 @@ async def start_consumer(service_urls, topology: Topology, engine: AsyncEngine):
     spec = topology.queue_of("policy_gate")
 
     async def start(
-        handlers: dict, *, name: str | None = None, prefetch: int = 10, amqp_url: str | None = None
+        handlers: dict,
+        *,
+        name: str | None = None,
+        prefetch: int = 10,
+        amqp_url: str | None = None,
+        publisher: Callable[[Broker], DirectPublisher] | None = None,
     ) -> QueueConsumer:
+        """`publisher`: builds the consumer's direct publisher on its broker (none: the relay's job)."""
         broker = Broker(amqp_url or service_urls.amqp, topology, name="runtime-test-consumer")
         await broker.connect()
         consumer = QueueConsumer(
@@ -206,6 +212,7 @@ async def start_consumer(service_urls, topology: Topology, engine: AsyncEngine):
             prefetch=prefetch,
             transient_retry_delay_s=0.05,
             transient_retry_budget_s=20.0,
+            publisher=publisher(broker) if publisher is not None else None,
         )
         await consumer.start()
         started.append(Running(consumer, broker))
@@ -625,6 +632,83 @@ async def test_two_relays_on_the_same_rows_publish_each_and_mark_each_once(
     assert len(rows) == len(events)
     await settle()
     assert await ready_ids(channel, events_queue.name) == []  # no second copy followed
+
+
+async def test_a_committed_event_is_published_directly_and_marked_with_no_relay_and_no_wake_up(
+    engine, broker, events_queue, effects, start_consumer
+):
+    name = unique_name()
+    publishers: list[DirectPublisher] = []
+    tasks: list[asyncio.Task] = []
+
+    def direct(consumer_broker: Broker) -> DirectPublisher:
+        publisher = DirectPublisher(engine, consumer_broker, producer=name, mark_interval_s=0.01)
+        publishers.append(publisher)
+        tasks.append(asyncio.create_task(publisher.run()))
+        return publisher
+
+    await start_consumer({ModifyRequested: rejecting_handler(effects, name)}, name=name, publisher=direct)
+    async with engine.connect() as connection:  # a relay would be woken through this channel
+        raw = await connection.get_raw_connection()
+        notified: list[str] = []
+        await raw.driver_connection.add_listener(
+            outbox_module.channel_of(name), lambda *args: notified.append(args[2])
+        )
+        messages = [modify_requested() for _ in range(5)]
+        for message in messages:
+            await broker.publish_message(message)
+        delivered = await take(events_queue, 5, "the events queue")
+
+        async def all_marked() -> bool:
+            rows = await outbox_rows(engine, name)
+            return len(rows) == 5 and all(row.published_at is not None for row in rows)
+
+        await eventually(all_marked, "every outbox row marked published")
+        assert notified == []  # nobody's relay was woken: the consumer published them itself
+    events = [decode(d.body, content_type=d.content_type) for d in delivered]
+    assert {event.causation_id for event in events} == {message.message_id for message in messages}
+    assert {row.message_id for row in await outbox_rows(engine, name)} == {e.message_id for e in events}
+    assert publishers[0].published_total == 5 and publishers[0].unmarked == 0
+    for publisher in publishers:
+        publisher.stop()
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)
+
+
+async def test_events_a_direct_publish_could_not_send_are_left_to_the_relay_for_its_grace_period(
+    engine, broker, channel, events_queue, effects, start_consumer, start_relay, service_urls, topology
+):
+    name = unique_name()
+    # A direct publisher whose broker connection is gone: every publish fails (as in an outage).
+    gone = Broker(service_urls.amqp, topology, name="runtime-test-gone", publish_timeout_s=0.5)
+    await gone.connect()
+    await gone.close()
+    publisher = DirectPublisher(engine, gone, producer=name)
+    task = asyncio.create_task(publisher.run())
+    consumer = await start_consumer(
+        {ModifyRequested: rejecting_handler(effects, name)}, name=name, publisher=lambda _: publisher
+    )
+    relay = start_relay(name, poll_interval_s=0.2, grace_s=2.0)
+    message = modify_requested()
+    await broker.publish_message(message)
+    await eventually(lambda: consumer.counts.get("handled") == 1, "the message handled and acked")
+    await eventually(lambda: publisher.left_to_relay == 1, "the direct publish failed")
+    committed = time.monotonic()
+    [row] = await outbox_rows(engine, name)
+    assert row.published_at is None
+    await settle()
+    assert await ready_ids(channel, events_queue.name) == []  # the relay leaves it alone for now
+
+    [delivered] = await take(events_queue, 1, "the events queue", timeout_s=WAIT_S)
+    assert time.monotonic() - committed > 1.0  # after the grace period (2 s from the commit)
+    assert delivered.message_id == str(row.message_id)
+    await eventually(lambda: _published(engine, name), "the relay marked the row published", timeout_s=WAIT_S)
+    assert relay.published_total == 1 and publisher.published_total == 0
+    publisher.stop()
+    await asyncio.wait_for(task, timeout=5)
+
+
+async def _published(engine: AsyncEngine, producer: str) -> bool:
+    return all(row.published_at is not None for row in await outbox_rows(engine, producer))
 
 
 # --- 8: graceful drain ------------------------------------------------------------------------------

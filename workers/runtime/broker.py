@@ -170,15 +170,17 @@ class Broker:
         """`publish` for a body and properties built by the caller (the outbox relay): the same frames,
         persistent, mandatory and confirmed, without an aio_pika.Message in between."""
         assert self._publish_channel is not None
-        channel = await self._publish_channel.get_underlay_channel()
-        await channel.basic_publish(
-            body,
-            exchange=exchange_name,
-            routing_key=routing_key,
-            properties=properties,
-            mandatory=True,
-            timeout=self._publish_timeout,
-        )
+        # The whole call under the timeout: on a closed channel it would otherwise wait for ever.
+        async with asyncio.timeout(self._publish_timeout):
+            channel = await self._publish_channel.get_underlay_channel()
+            await channel.basic_publish(
+                body,
+                exchange=exchange_name,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=True,
+                timeout=self._publish_timeout,
+            )
 
     async def publish_message(self, message: Envelope) -> None:
         await self.publish(self.topology.exchange(message.exchange_role), message.route(), to_amqp(message))

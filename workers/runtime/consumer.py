@@ -36,6 +36,7 @@ from workers.runtime.database import UnitOfWork
 from workers.runtime.errors import is_conflict, is_transient
 from workers.runtime.faults import FaultPoint, fault_point
 from workers.runtime.metrics import UNDECODED, WorkerMetrics
+from workers.runtime.outbox import DirectPublisher
 from workers.runtime.signatures import SignaturePolicy
 
 log = structlog.get_logger(__name__)
@@ -100,12 +101,14 @@ class QueueConsumer:
         metrics: WorkerMetrics | None = None,
         signatures: SignaturePolicy | None = None,
         dead_letter_exchange: str | None = None,
+        publisher: DirectPublisher | None = None,
     ) -> None:
         """Without `delayed_retry`, transient failures are retried in place for up to
         `transient_retry_budget_s`, then handed back to the broker (a topology without delay queues).
         With `signatures`, portal messages must carry a good signature (checked before parsing).
         `dead_letter_exchange`: where this consumer publishes dead letters (the worker's own; by default
-        the topology's shared one)."""
+        the topology's shared one). `publisher`: publishes a delivery's events right after its commit
+        (without one, the relay publishes them when the commit's NOTIFY wakes it)."""
         self.name = name
         self._queue_name = queue_name
         self._dead_letter_key = dead_letter_routing_key
@@ -119,6 +122,7 @@ class QueueConsumer:
         self._retry_in_place = retry_in_place
         self.metrics = metrics or WorkerMetrics(name)
         self._signatures = signatures
+        self._publisher = publisher
         self._dead_letter_exchange = dead_letter_exchange or broker.topology.dead_letter_exchange
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
@@ -308,13 +312,22 @@ class QueueConsumer:
 
     async def _handle_once(self, message: Envelope, handler: Handler) -> str:
         # The inbox claim is the transaction's first statement, sent with its BEGIN.
+        publisher = self._publisher
         async with UnitOfWork(
-            self._engine, self.name, claim=(self.name, message.message_id), tenant=message.tenant_id
+            self._engine,
+            self.name,
+            claim=(self.name, message.message_id),
+            tenant=message.tenant_id,
+            notify=publisher is None,
         ) as uow:
             if not uow.claimed:
                 return "duplicate"
             await handler(message, uow)
             await uow.commit()
+        if publisher is not None and uow.written:
+            # Committed: into the next burst (the delivery is acked without waiting for the broker; what
+            # is not confirmed stays in the outbox for the relay).
+            publisher.submit(uow.written)
         return "handled"
 
     # --- delayed retries ----------------------------------------------------------------------------

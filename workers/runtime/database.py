@@ -7,7 +7,8 @@ statements be as cheap as a hand-written relay's:
 
 - BEGIN and the inbox claim travel in one round trip (`claim=` below);
 - `now()` is asked only when a handler wants it, once per transaction;
-- the outbox rows a handler emits are written with the COMMIT, in the same round trip, which also
+- the outbox rows a handler emits are written with the COMMIT, in the same round trip (`written`
+  holds them afterwards, for the consumer to publish directly); with `notify`, the same round trip
   wakes this producer's relay (per-producer NOTIFY channel, delivered at commit);
 - no pre-ping: a connection found dead at BEGIN is invalidated and the BEGIN retried on another (as
   many times as the pool has connections, since one outage kills them all; a dead one fails at once);
@@ -88,6 +89,30 @@ def _reraise(error: Exception, lost: bool) -> NoReturn:
     raise error
 
 
+async def execute_alone(engine: AsyncEngine, statement: str) -> str:
+    """One parameterless statement as a transaction of its own (autocommit: one round trip) on a pooled
+    connection; for statements built only from values the caller made safe."""
+    connection = await _autocommit(engine).connect()
+    driver: asyncpg.Connection | None = None
+    broken = True
+    try:
+        raw = await connection.get_raw_connection()
+        driver = raw.driver_connection
+        status = await driver.execute(statement)
+        broken = False
+        return status
+    except Exception as exc:
+        broken = _is_disconnect(exc, driver) or (driver is not None and driver.is_in_transaction())
+        _reraise(exc, _is_disconnect(exc, driver))
+    finally:
+        try:
+            if broken:
+                await asyncio.shield(connection.invalidate())
+            await asyncio.shield(connection.close())
+        except Exception as exc:
+            log.info("database.close_failed", error=repr(exc)[:200])
+
+
 class UnitOfWork:
     """Holds one connection in one transaction. `emit` queues events in the outbox of that transaction.
 
@@ -102,10 +127,12 @@ class UnitOfWork:
         *,
         claim: tuple[str, UUID] | None = None,
         tenant: str | None = None,
+        notify: bool = True,
     ) -> None:
         """`claim`: (consumer, message id) claimed in the inbox with BEGIN. `tenant`: the transaction may
         only see and write that tenant's rows (row-level security, migration 0007; enforced for the
-        per-worker roles, not for the owner): set with BEGIN, in the same round trip."""
+        per-worker roles, not for the owner): set with BEGIN, in the same round trip. `notify=False`:
+        the caller publishes the committed rows itself (`written`), so the relay is not woken."""
         if tenant is not None and not _TENANT.match(tenant):
             raise ValueError(f"not a tenant id: {tenant[:70]!r}")
         self._tenant = tenant
@@ -114,9 +141,11 @@ class UnitOfWork:
         self.connection: AsyncConnection
         self.driver: asyncpg.Connection
         self.emitted: list[Envelope] = []
+        self.written: list[outbox.OutboxRow] = []  # the outbox rows the commit wrote
         self.claimed = True
         self._claim = claim
-        self._pending: list[tuple] = []
+        self._notify = notify
+        self._pending: list[outbox.OutboxRow] = []
         self._now: datetime | None = None
         self._committed = False
         self._open = False
@@ -124,6 +153,7 @@ class UnitOfWork:
 
     async def __aenter__(self) -> "UnitOfWork":
         self.emitted = []
+        self.written = []
         self._pending = []
         self._now = None
         self._committed = False
@@ -250,10 +280,11 @@ class UnitOfWork:
         await self._commit(f"{statement};COMMIT")
 
     async def _commit(self, script: str) -> None:
-        if self._pending:
-            # The outbox rows, the relay's wake-up and the COMMIT: one round trip.
-            script = f"{outbox.write_script(self.producer, self._pending)};{script}"
-            self._pending = []
+        rows, self._pending = self._pending, []
+        if rows:
+            # The outbox rows, the relay's wake-up (unless the caller publishes them) and the COMMIT:
+            # one round trip.
+            script = f"{outbox.write_script(self.producer, rows, notify=self._notify)};{script}"
         fault_point(FaultPoint.BEFORE_COMMIT)
         try:
             await self.driver.execute(script)
@@ -261,4 +292,5 @@ class UnitOfWork:
             # A lost COMMIT may or may not have committed: the retry's inbox claim tells.
             self._failed(exc)
         self._committed = True
+        self.written = rows
         fault_point(FaultPoint.AFTER_COMMIT)

@@ -15,7 +15,9 @@ read and a return. Two ways to arm it:
 Points (in the order a delivery meets them):
   after_receive        a delivery arrived; nothing decoded, nothing written
   before_commit        the handler's writes (inbox row, effect, outbox rows) are done; not committed
-  after_commit         the transaction committed; the delivery is not acked
+  after_commit         the transaction committed; its events are not published, the delivery not acked
+  after_publish        the committed events were published directly and confirmed; not marked sent,
+                       the delivery not acked
   after_ack            acked
   relay_after_publish  the relay's batch was published and confirmed; its rows are not marked sent
 """
@@ -32,6 +34,7 @@ class FaultPoint(StrEnum):
     AFTER_RECEIVE = "after_receive"
     BEFORE_COMMIT = "before_commit"
     AFTER_COMMIT = "after_commit"
+    AFTER_PUBLISH = "after_publish"
     AFTER_ACK = "after_ack"
     RELAY_AFTER_PUBLISH = "relay_after_publish"
 
@@ -42,6 +45,7 @@ EXIT_CODES: dict[FaultPoint, int] = {
     FaultPoint.AFTER_COMMIT: 73,
     FaultPoint.RELAY_AFTER_PUBLISH: 74,
     FaultPoint.AFTER_ACK: 75,
+    FaultPoint.AFTER_PUBLISH: 76,
 }
 POINT_OF_EXIT_CODE = {code: point for point, code in EXIT_CODES.items()}
 ENV = "APPT_FAULT_AT"

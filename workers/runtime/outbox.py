@@ -1,14 +1,26 @@
-"""The outbox: events are rows written with the state change; a relay publishes them after commit.
+"""The outbox: events are rows written with the state change, and published after the commit.
 
-The relay claims unpublished rows with FOR UPDATE SKIP LOCKED (so replicas share the work without
-double-publishing a row at the same time), publishes them with confirms, and marks only the confirmed
-ones. A crash between publish and mark republishes: consumers dedupe on message_id.
+Two ways out, one guarantee (a committed row is published at least once, marked only once confirmed):
+
+- **Directly** (`DirectPublisher`): the consumer that committed the rows publishes them right away from
+  the bytes it still holds, awaits the confirms, and the confirmed rows are marked published in batches
+  a few milliseconds later. No wake-up, no read-back, no relay round between a commit and its events.
+- **The relay** (`OutboxRelay`), the fallback: it claims unpublished rows with FOR UPDATE SKIP LOCKED
+  (so replicas share the work without double-publishing a row at the same time), publishes them with
+  confirms, and marks only the confirmed ones. It takes only rows older than a grace period (so it does
+  not race a direct publish still in flight), except when a writer that publishes nothing itself wakes
+  it with NOTIFY: those rows it takes at once.
+
+A crash between commit and publish leaves the rows to the relay; a crash between publish and mark (or a
+direct publish racing the relay) publishes twice: consumers dedupe on message_id.
 """
 
 import asyncio
 import contextlib
 import json
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import NamedTuple
 from uuid import UUID
 
 import aiormq.exceptions
@@ -35,7 +47,7 @@ NOTIFY_CHANNEL = "outbox"
 _CLAIM_BATCH = """
 SELECT id, message_id, exchange_role, routing_key, message_type, correlation_id, producer, headers, body
 FROM messaging.outbox
-WHERE published_at IS NULL AND producer = $1
+WHERE published_at IS NULL AND producer = $1 AND created_at < now() - $3::interval
 ORDER BY id
 LIMIT $2
 FOR UPDATE SKIP LOCKED
@@ -53,16 +65,29 @@ def channel_of(producer: str) -> str:
     return f"outbox.{producer}"[:63]
 
 
-def row_for(message: Envelope, producer: str) -> tuple:
-    """What `write_script` needs of one message, computed when it is emitted."""
-    return (
-        message.message_id,
+class OutboxRow(NamedTuple):
+    """One emitted event as it is written to the outbox and published: encoded once, when emitted."""
+
+    message_id: UUID
+    exchange_role: str
+    routing_key: str
+    message_type: str
+    correlation_id: str
+    tenant_id: str
+    headers: dict
+    body: bytes
+
+
+def row_for(message: Envelope, producer: str) -> OutboxRow:
+    """What `write_script` and a direct publish need of one message, computed when it is emitted."""
+    return OutboxRow(
+        UUID(str(message.message_id)),
         message.exchange_role,
         message.route(),
         message.type,
         message.correlation_id,
         message.tenant_id,
-        json.dumps(headers_for(message)),
+        headers_for(message),
         encode(message),
     )
 
@@ -73,22 +98,23 @@ def _text(value: str) -> str:
     return f"convert_from('\\x{value.encode().hex()}','UTF8')"
 
 
-def write_script(producer: str, rows: list[tuple]) -> str:
-    """SQL that inserts the rows and notifies the producer's relay (delivered at commit), to run in the
-    caller's transaction as part of one simple-query round trip (the unit of work adds the COMMIT).
+def write_script(producer: str, rows: list[OutboxRow], *, notify: bool = True) -> str:
+    """SQL that inserts the rows and, with `notify`, wakes the producer's relay (delivered at commit),
+    to run in the caller's transaction as part of one simple-query round trip (the unit of work adds
+    the COMMIT). A writer that publishes its rows itself right after the commit passes `notify=False`.
 
     No parameters in the simple-query protocol, so every value is a literal that carries only hex
     digits (text, bytea) or a UUID's canonical form: nothing in a message can end a literal early."""
     values = ",".join(
         f"('{UUID(str(m))}'::uuid,{_text(producer)},{_text(r)},{_text(k)},{_text(t)},{_text(c)},{_text(tn)},"
-        f"{_text(h)}::jsonb,'\\x{b.hex()}'::bytea)"
+        f"{_text(json.dumps(h))}::jsonb,'\\x{b.hex()}'::bytea)"
         for m, r, k, t, c, tn, h, b in rows
     )
-    return (
+    script = (
         "INSERT INTO messaging.outbox (message_id,producer,exchange_role,routing_key,message_type,"
-        f"correlation_id,tenant_id,headers,body) VALUES {values};"
-        f"SELECT pg_notify({_text(channel_of(producer))},'')"
+        f"correlation_id,tenant_id,headers,body) VALUES {values}"
     )
+    return f"{script};SELECT pg_notify({_text(channel_of(producer))},'')" if notify else script
 
 
 async def add(connection: AsyncConnection, message: Envelope, *, producer: str) -> None:
@@ -109,8 +135,56 @@ async def add(connection: AsyncConnection, message: Envelope, *, producer: str) 
     await connection.execute(select(func.pg_notify(channel_of(producer), "")))
 
 
-def _undeliverable_reply(row, error: BaseException) -> bool:
-    return row["exchange_role"] == REPLY_ROLE and isinstance(error, aiormq.exceptions.PublishError)
+def _undeliverable_reply(exchange_role: str, error: BaseException) -> bool:
+    return exchange_role == REPLY_ROLE and isinstance(error, aiormq.exceptions.PublishError)
+
+
+async def _publish_rows(broker, producer: str, rows: Sequence[OutboxRow]) -> list[BaseException | None]:
+    """Publish every row at once (persistent, mandatory) and await the confirms together; per row, None
+    when it is out (confirmed, or a reply whose queue is gone) or the error that kept it back."""
+    exchanges: dict[str, str] = {}
+    publishes = []
+    for row in rows:
+        role = row.exchange_role
+        exchange = exchanges.get(role) or exchanges.setdefault(role, broker.topology.exchange(role))
+        properties = amqp_properties(
+            message_id=str(row.message_id),
+            correlation_id=row.correlation_id,
+            message_type=row.message_type,
+            producer=producer,
+            headers=row.headers,
+        )
+        publishes.append(broker.publish_body(exchange, row.routing_key, row.body, properties))
+    results: list[BaseException | None] = await asyncio.gather(*publishes, return_exceptions=True)
+    for index, (row, result) in enumerate(zip(rows, results, strict=True)):
+        if result is None:
+            # One line per event, with its request's correlation id: grep shows the whole path.
+            log.info(
+                "outbox.published",
+                message_id=str(row.message_id),
+                correlation_id=row.correlation_id,
+                message_type=row.message_type,
+                routing_key=row.routing_key,
+            )
+        elif _undeliverable_reply(row.exchange_role, result):
+            # A portal's reply queue that is gone: the outcome is in the read store and the outcome
+            # event, so the reply is dropped rather than retried for ever.
+            log.warning("outbox.reply_undeliverable", routing_key=row.routing_key)
+            results[index] = None
+        else:
+            log.warning(
+                "outbox.publish_failed",
+                message_id=str(row.message_id),
+                correlation_id=row.correlation_id,
+                routing_key=row.routing_key,
+                error=repr(result)[:500],
+            )
+    return results
+
+
+def _uuid_array(ids: Sequence[UUID]) -> str:
+    """A uuid[] literal: canonical UUID forms only, so nothing can end it early."""
+    return "'{" + ",".join(str(UUID(str(i))) for i in ids) + "}'::uuid[]"
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -128,7 +202,10 @@ class OutboxRelay:
         batch_size: int = 200,
         poll_interval_s: float = 1.0,
         retention_s: float = 3600.0,
+        grace_s: float = 0.0,
     ) -> None:
+        """`grace_s`: leave rows younger than this to the direct publisher that wrote them (0 without
+        one); a NOTIFY still makes the next round take every unpublished row."""
         self._engine = engine
         self._broker = broker
         self._producer = producer
@@ -136,6 +213,8 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval = poll_interval_s
         self._retention = timedelta(seconds=retention_s)
+        self._grace = timedelta(seconds=grace_s)
+        self._notified = False
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._listen_lost = asyncio.Event()
@@ -153,8 +232,9 @@ class OutboxRelay:
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
+                notified, self._notified = self._notified, False
                 try:
-                    published = await self.publish_pending()
+                    published = await self.publish_pending(all_ages=notified)
                     if loop.time() - last_purge > 60:
                         await self.purge_published()
                         last_purge = loop.time()
@@ -171,44 +251,35 @@ class OutboxRelay:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await listener
 
-    async def publish_pending(self) -> int:
-        """Publish one batch; returns how many were confirmed and marked.
+    async def publish_pending(self, *, all_ages: bool = True) -> int:
+        """Publish one batch; returns how many were confirmed and marked. Without `all_ages`, only rows
+        older than the grace period (the others are a direct publisher's, in flight).
 
         The batch's rows stay locked (FOR UPDATE SKIP LOCKED) while they are published, so a replica's
         relay skips them; all publishes go out at once and their confirms are awaited together; only
         the confirmed rows are marked, in the same round trip as the COMMIT.
         """
+        grace = timedelta(0) if all_ages else self._grace
         async with database.UnitOfWork(self._engine, self._producer) as uow:
-            rows = await uow.driver.fetch(_CLAIM_BATCH, self._producer, self._batch_size)
-            if not rows:
+            records = await uow.driver.fetch(_CLAIM_BATCH, self._producer, self._batch_size, grace)
+            if not records:
                 return 0
-            results = await self._publish_all(rows)
+            rows = [
+                OutboxRow(
+                    r["message_id"],
+                    r["exchange_role"],
+                    r["routing_key"],
+                    r["message_type"],
+                    r["correlation_id"],
+                    "",
+                    _headers(r["headers"]),
+                    r["body"],
+                )
+                for r in records
+            ]
+            results = await _publish_rows(self._broker, self._producer, rows)
             fault_point(FaultPoint.RELAY_AFTER_PUBLISH)
-            confirmed: list[int] = []
-            for row, result in zip(rows, results, strict=True):
-                if result is not None and _undeliverable_reply(row, result):
-                    # A portal's reply queue that is gone: the outcome is in the read store and the
-                    # outcome event, so the reply is dropped rather than retried for ever.
-                    log.warning("outbox.reply_undeliverable", routing_key=row["routing_key"])
-                    result = None
-                if result is None:
-                    confirmed.append(row["id"])
-                    # One line per event, with its request's correlation id: grep shows the whole path.
-                    log.info(
-                        "outbox.published",
-                        message_id=str(row["message_id"]),
-                        correlation_id=row["correlation_id"],
-                        message_type=row["message_type"],
-                        routing_key=row["routing_key"],
-                    )
-                else:
-                    log.warning(
-                        "outbox.publish_failed",
-                        message_id=str(row["message_id"]),
-                        correlation_id=row["correlation_id"],
-                        routing_key=row["routing_key"],
-                        error=repr(result)[:500],
-                    )
+            confirmed = [r["id"] for r, result in zip(records, results, strict=True) if result is None]
             if confirmed:
                 # Integers from the database, inlined: the UPDATE and the COMMIT in one round trip.
                 ids = ",".join(str(int(i)) for i in confirmed)
@@ -218,28 +289,15 @@ class OutboxRelay:
         self.published_total += len(confirmed)
         return len(confirmed)
 
-    async def _publish_all(self, rows: list) -> list[BaseException | None]:
-        """Publish every row at once and await the confirms together."""
-        exchanges: dict[str, str] = {}
-        publishes = []
-        for row in rows:
-            role = row["exchange_role"]
-            exchange = exchanges.get(role) or exchanges.setdefault(role, self._broker.topology.exchange(role))
-            properties = amqp_properties(
-                message_id=str(row["message_id"]),
-                correlation_id=row["correlation_id"],
-                message_type=row["message_type"],
-                producer=row["producer"],
-                headers=_headers(row["headers"]),
-            )
-            publishes.append(self._broker.publish_body(exchange, row["routing_key"], row["body"], properties))
-        return await asyncio.gather(*publishes, return_exceptions=True)
-
     async def purge_published(self) -> int:
         async with database.UnitOfWork(self._engine, self._producer) as uow:
             status = await uow.driver.execute(_PURGE, self._producer, self._retention)
             await uow.commit()
         return int(status.rsplit(" ", 1)[-1] or 0)
+
+    def _on_notify(self) -> None:
+        self._notified = True
+        self._wake.set()
 
     async def _listen(self) -> None:
         """LISTEN for commits that wrote outbox rows; reconnects forever, polling covers the gaps."""
@@ -250,7 +308,7 @@ class OutboxRelay:
                 lost = asyncio.Event()
                 self._listen_lost = lost
                 connection.add_termination_listener(lambda _, lost=lost: lost.set())
-                await connection.add_listener(channel_of(self._producer), lambda *_: self._wake.set())
+                await connection.add_listener(channel_of(self._producer), lambda *_: self._on_notify())
                 self._wake.set()  # catch up on anything committed while we were not listening
                 await lost.wait()  # set when the connection drops, or by stop()
             except (OSError, asyncpg.PostgresError) as exc:
@@ -260,3 +318,133 @@ class OutboxRelay:
                 if connection is not None and not connection.is_closed():
                     with contextlib.suppress(Exception):
                         await connection.close(timeout=2)
+
+
+class DirectPublisher:
+    """Publishes the outbox rows consumers' transactions just committed, right after the commits, from
+    the bytes the units of work still hold, and marks the confirmed ones published so the relay never
+    sees them.
+
+    `submit` only queues (the delivery is acked without waiting for the broker); one loop publishes
+    whatever has queued up in one burst and awaits its confirms together, so at low rates an event goes
+    out at once and under load the bursts grow by themselves (as a group commit does). Another loop marks
+    the confirmed rows, one UPDATE per `mark_interval_s` at most.
+
+    Whatever is not confirmed (broker away, timeout, a crash before the confirm, more queued than
+    `max_queued`) stays unpublished and the relay takes it once it is older than its grace period; a crash
+    after the confirm but before the mark publishes it twice, and consumers drop the copy by message id.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        broker,
+        *,
+        producer: str,
+        burst: int = 500,
+        max_queued: int = 20_000,
+        mark_interval_s: float = 0.02,
+        retry_interval_s: float = 1.0,
+    ) -> None:
+        self._engine = engine
+        self._broker = broker
+        self._producer = producer
+        self._burst = burst
+        self._max_queued = max_queued
+        self._mark_interval = mark_interval_s
+        self._retry_interval = retry_interval_s
+        self._queued: list[OutboxRow] = []
+        self._to_publish = asyncio.Event()
+        self._confirmed: list[UUID] = []
+        self._to_mark = asyncio.Event()
+        self._stopping = False
+        self.published_total = 0
+        self.left_to_relay = 0
+
+    def submit(self, rows: Sequence[OutboxRow]) -> None:
+        """Queue committed rows for the next burst (beyond `max_queued`, they are left to the relay)."""
+        room = self._max_queued - len(self._queued)
+        if room < len(rows):
+            self.left_to_relay += len(rows) - max(room, 0)
+            rows = rows[: max(room, 0)]
+        if rows:
+            self._queued.extend(rows)
+            self._to_publish.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    @property
+    def unmarked(self) -> int:
+        return len(self._confirmed)
+
+    async def run(self) -> None:
+        """Publish bursts and mark them until stopped, then publish and mark what is still queued."""
+        marks = asyncio.create_task(self._mark_loop(), name=f"{self._producer}-outbox-marks")
+        try:
+            while not self._stopping:
+                await self._to_publish.wait()
+                try:
+                    await self.publish_queued()
+                except Exception as exc:  # that burst is the relay's now; keep going
+                    log.warning("outbox.direct_publish_error", error=repr(exc)[:500])
+                    await asyncio.sleep(self._retry_interval)
+        finally:
+            marks.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await marks
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._to_publish.set()
+
+    async def flush(self) -> None:
+        """Publish everything queued and mark everything confirmed (a worker's drain)."""
+        while self._queued:
+            await self.publish_queued()
+        await self.mark_confirmed()
+
+    async def publish_queued(self) -> int:
+        """One burst: up to `burst` queued rows at once, confirms awaited together; how many confirmed."""
+        rows, self._queued = self._queued[: self._burst], self._queued[self._burst :]
+        if not self._queued:
+            self._to_publish.clear()
+        if not rows:
+            return 0
+        results = await _publish_rows(self._broker, self._producer, rows)
+        fault_point(FaultPoint.AFTER_PUBLISH)
+        confirmed = [row.message_id for row, result in zip(rows, results, strict=True) if result is None]
+        self.left_to_relay += len(rows) - len(confirmed)
+        if confirmed:
+            self._confirmed.extend(confirmed)
+            self._to_mark.set()
+            self.published_total += len(confirmed)
+        return len(confirmed)
+
+    async def _mark_loop(self) -> None:
+        while True:
+            await self._to_mark.wait()
+            await asyncio.sleep(self._mark_interval)  # let a few more confirms join the batch
+            if not await self.mark_confirmed():
+                await asyncio.sleep(self._retry_interval)
+
+    async def mark_confirmed(self) -> bool:
+        """One UPDATE, in a transaction of its own, for everything confirmed so far. On failure the ids
+        are kept for the next round (the relay may republish some first: a duplicate, dropped downstream)."""
+        ids, self._confirmed = self._confirmed, []
+        self._to_mark.clear()
+        if not ids:
+            return True
+        try:
+            await database.execute_alone(
+                self._engine,
+                "UPDATE messaging.outbox SET published_at = now() "
+                f"WHERE message_id = ANY({_uuid_array(ids)}) AND published_at IS NULL",
+            )
+        except Exception as exc:
+            log.warning("outbox.mark_failed", events=len(ids), error=repr(exc)[:300])
+            self._confirmed[:0] = ids
+            self._to_mark.set()
+            return False
+        return True

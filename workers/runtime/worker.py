@@ -21,7 +21,7 @@ from workers.runtime.database import create_engine
 from workers.runtime.health import HealthMonitor
 from workers.runtime.metrics import WorkerMetrics
 from workers.runtime.ops_server import OpsServer
-from workers.runtime.outbox import OutboxRelay
+from workers.runtime.outbox import DirectPublisher, OutboxRelay
 from workers.runtime.settings import Settings
 from workers.runtime.signatures import PORTAL_ROLE, SignaturePolicy
 
@@ -57,6 +57,11 @@ class Worker:
             publish_timeout_s=settings.publish_timeout_s,
         )
         self.metrics = WorkerMetrics(spec.name)
+        self.publisher = (
+            DirectPublisher(self.engine, self.broker, producer=spec.name)
+            if spec.emits_events and settings.outbox_direct
+            else None
+        )
         queue = self.topology.queue_of(spec.name)
         delay_queues = self.topology.delay_queues_of(spec.name)
         self.consumer = QueueConsumer(
@@ -80,6 +85,7 @@ class Worker:
             metrics=self.metrics,
             signatures=self._signature_policy(spec, settings),
             dead_letter_exchange=self.topology.own_exchange(DEAD_LETTER_ROLE, spec.name),
+            publisher=self.publisher,
         )
         self.relay = (
             OutboxRelay(
@@ -90,13 +96,16 @@ class Worker:
                 batch_size=settings.outbox_batch_size,
                 poll_interval_s=settings.outbox_poll_interval_s,
                 retention_s=settings.outbox_retention_s,
+                grace_s=settings.outbox_grace_s if self.publisher is not None else 0.0,
             )
             if spec.emits_events
             else None
         )
         if self.relay is not None:
-            relay = self.relay
-            self.metrics.track_published(lambda: relay.published_total)
+            relay, publisher = self.relay, self.publisher
+            self.metrics.track_published(
+                lambda: relay.published_total + (publisher.published_total if publisher else 0)
+            )
         self.health = HealthMonitor(
             spec.name,
             broker=self.broker,
@@ -117,6 +126,7 @@ class Worker:
             else None
         )
         self._relay_task: asyncio.Task | None = None
+        self._publisher_task: asyncio.Task | None = None
         self._stop = asyncio.Event()
 
     def _signature_policy(self, spec: WorkerSpec, settings: Settings) -> SignaturePolicy | None:
@@ -157,6 +167,10 @@ class Worker:
                 await self.broker.connect(retry_for_s=self.settings.startup_retry_s)
                 if self.relay is not None:
                     self._relay_task = asyncio.create_task(self.relay.run(), name=f"{self.spec.name}-relay")
+                if self.publisher is not None:
+                    self._publisher_task = asyncio.create_task(
+                        self.publisher.run(), name=f"{self.spec.name}-outbox-direct"
+                    )
                 await self.consumer.start()
             except BaseException:
                 await self._abandon_start()
@@ -165,6 +179,7 @@ class Worker:
 
     async def _abandon_start(self) -> None:
         """A start that failed half-way leaves nothing running behind it."""
+        await self._stop_publisher()
         if self.relay is not None and self._relay_task is not None:
             self.relay.stop()
             self._relay_task.cancel()
@@ -177,12 +192,23 @@ class Worker:
         await self.health.stop()
         await self.engine.dispose()
 
+    async def _stop_publisher(self) -> None:
+        """Publish what the drained deliveries queued and mark it (what is left, the relay publishes)."""
+        if self.publisher is None or self._publisher_task is None:
+            return
+        self.publisher.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._publisher_task, timeout=5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.publisher.flush(), timeout=5)
+
     def request_stop(self) -> None:
         self._stop.set()
 
     async def stop(self) -> None:
         """Graceful drain: no new deliveries, finish those in hand, flush the outbox, close."""
         await self.consumer.drain(self.settings.drain_timeout_s)
+        await self._stop_publisher()
         if self.relay is not None and self._relay_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.relay.publish_pending(), timeout=5)
