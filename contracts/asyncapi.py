@@ -30,6 +30,7 @@ PUBLISHERS: dict[str, str] = {
     "office.appointment.recorded": "office",
     "office.portal_settings.updated": "office",
     "modify.approved": "policy_gate",
+    "offers.refresh": "policy_gate",
     "office.approval.decided": "office",
     "modify.rejected": "policy_gate",
     "modify.awaiting_approval": "policy_gate",

@@ -5,6 +5,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from contracts.envelope import Envelope, Strict
+from contracts.office_v2 import SettingsScope
 from contracts.portal_v1 import ModifyChange
 from contracts.types import EntityId, Version
 
@@ -24,3 +25,27 @@ class ModifyApproved(Envelope):
     type: Literal["modify.approved"] = "modify.approved"
     schema_version: Literal[1] = 1
     payload: ModifyApprovedPayload
+
+
+class RefreshOffersPayload(Strict):
+    scope: SettingsScope = Field(
+        description="The appointments whose offers to recompute: all of a business, "
+        "business unit, job type or project."
+    )
+    after_appointment_id: EntityId = Field(
+        description="Recompute the next chunk of upcoming appointments, in id order, after this one."
+    )
+
+
+class RefreshOffers(Envelope):
+    exchange_role: ClassVar[str] = "internal"
+    routing_key: ClassVar[str] = "offers.refresh"
+    summary: ClassVar[str] = (
+        "The policy gate, to itself: recompute the portal offers of the next chunk of appointments a "
+        "settings change covers (a large scope is refreshed a chunk per message, each in a transaction "
+        "of its own)."
+    )
+
+    type: Literal["offers.refresh"] = "offers.refresh"
+    schema_version: Literal[1] = 1
+    payload: RefreshOffersPayload

@@ -14,7 +14,7 @@ from contracts.events_v1 import (
     ProjectUpdated,
 )
 from contracts.feed_v1 import PortalViewChanged
-from contracts.internal_v1 import ModifyApproved
+from contracts.internal_v1 import ModifyApproved, RefreshOffers
 from contracts.office_v1 import (
     AppointmentRecorded,
     ApprovalDecided,
@@ -32,6 +32,7 @@ MESSAGE_CLASSES: tuple[type[Envelope], ...] = (
     PortalSettingsUpdatedV2,
     ApprovalDecided,
     ModifyApproved,
+    RefreshOffers,
     ModifyRejected,
     ModifyAwaitingApproval,
     ModifyFailed,

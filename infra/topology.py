@@ -116,6 +116,7 @@ SUBSCRIPTIONS: dict[str, tuple[Binding, ...]] = {
         Binding("requests", "modify.requested"),
         Binding("office", "office.portal_settings.updated"),
         Binding("office", "office.approval.decided"),
+        Binding("internal", "offers.refresh"),  # to itself: a large settings change, a chunk at a time
         # Facts an offer rests on (never `appointment.*`: that would bring back the gate's own offers).
         Binding("events", "appointment.rescheduled"),
         Binding("events", "appointment.canceled"),

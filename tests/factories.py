@@ -44,7 +44,7 @@ from contracts.events_v1 import (
     ProjectUpdatedPayload,
 )
 from contracts.feed_v1 import PortalViewChanged, PortalViewChangedPayload, ViewKind
-from contracts.internal_v1 import ModifyApproved, ModifyApprovedPayload
+from contracts.internal_v1 import ModifyApproved, ModifyApprovedPayload, RefreshOffers, RefreshOffersPayload
 from contracts.office_v1 import (
     ActionRules,
     AppointmentRecorded,
@@ -308,6 +308,19 @@ def modify_approved(
             change=cause.payload.change,
             decided_on_version=decided_on_version,
         ),
+    )
+
+
+def refresh_offers(
+    cause: Envelope | None = None, *, level: str = "business", key: str | None = None, after: str = "apt-1"
+) -> RefreshOffers:
+    """The gate's message to itself: the next chunk of a settings change's offers, after `after`."""
+    cause = cause or settings_layer_updated()
+    return RefreshOffers.follow(
+        cause,
+        producer="policy_gate",
+        occurred_at=now(),
+        payload=RefreshOffersPayload(scope=SettingsScope(level=level, key=key), after_appointment_id=after),
     )
 
 
@@ -597,6 +610,7 @@ def one_of_each() -> list[Envelope]:
         settings_layer_updated(),
         approval_decided(),
         modify_approved(),
+        refresh_offers(),
         modify_rejected(),
         modify_awaiting_approval(),
         modify_failed(),

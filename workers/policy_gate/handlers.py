@@ -14,7 +14,7 @@ from contracts.events_v1 import (
     ModifyRejectedPayload,
     ProjectUpdated,
 )
-from contracts.internal_v1 import ModifyApproved, ModifyApprovedPayload
+from contracts.internal_v1 import ModifyApproved, ModifyApprovedPayload, RefreshOffers
 from contracts.office_v1 import ApprovalDecided, PortalSettingsUpdated
 from contracts.office_v2 import (
     CancelSettings,
@@ -237,4 +237,5 @@ HANDLERS = {
     AppointmentCanceled: offering.follow_appointment,
     AppointmentUpdated: offering.follow_appointment,
     ProjectUpdated: offering.follow_project,
+    RefreshOffers: offering.continue_refresh,
 }

@@ -15,7 +15,8 @@ from contracts.events_v1 import (
     PickRules,
     ProjectUpdated,
 )
-from contracts.office_v2 import ScopeLevel
+from contracts.internal_v1 import RefreshOffers, RefreshOffersPayload
+from contracts.office_v2 import ScopeLevel, SettingsScope
 from workers.policy_gate import store
 from workers.policy_gate.offers import ActionOffer, offer_timeline
 from workers.policy_gate.offers import OfferSegment as TimelineSegment
@@ -130,13 +131,42 @@ async def follow_appointment(
     log.info("gate.offers", appointments=len(set(ids)), changed=changed)
 
 
-async def follow_scope(uow: UnitOfWork, cause: Envelope, level: ScopeLevel, key: str | None) -> None:
+# How many appointments one transaction recomputes when a settings layer or a project changes; a larger
+# scope continues in `RefreshOffers` messages to the gate itself, a chunk each (a business-wide change
+# at a million appointments is thousands of short transactions, not one that holds every offer's lock).
+REFRESH_CHUNK = 200
+
+
+async def follow_scope(
+    uow: UnitOfWork, cause: Envelope, level: ScopeLevel, key: str | None, *, after_id: str | None = None
+) -> None:
     """A settings layer or a project changed: every upcoming appointment it covers may offer something
-    else now."""
+    else now. The first chunk (after `after_id`) here; the rest in messages that follow this one."""
     now = await uow.now()
-    ids = await store.upcoming_appointments(uow.connection, cause.tenant_id, now, level, key)
+    ids = await store.upcoming_appointments(
+        uow.connection, cause.tenant_id, now, level, key, after_id=after_id, limit=REFRESH_CHUNK
+    )
     changed = await refresh_offers(uow, cause, cause.tenant_id, ids)
-    log.info("gate.offers", appointments=len(ids), changed=changed, level=level.value)
+    more = len(ids) == REFRESH_CHUNK
+    log.info("gate.offers", appointments=len(ids), changed=changed, level=level.value, more=more)
+    if more:
+        await uow.emit(
+            RefreshOffers.follow(
+                cause,
+                producer=PRODUCER,
+                occurred_at=now,
+                payload=RefreshOffersPayload(
+                    scope=SettingsScope(level=level, key=key), after_appointment_id=ids[-1]
+                ),
+            )
+        )
+
+
+async def continue_refresh(message: RefreshOffers, uow: UnitOfWork) -> None:
+    """The next chunk of a large scope's offers (the inbox makes a redelivered chunk a no-op, so each
+    chunk sends exactly one successor)."""
+    scope = message.payload.scope
+    await follow_scope(uow, message, scope.level, scope.key, after_id=message.payload.after_appointment_id)
 
 
 async def follow_project(message: ProjectUpdated, uow: UnitOfWork) -> None:

@@ -272,15 +272,23 @@ async def upcoming_appointments(
     after: datetime,
     level: ScopeLevel = ScopeLevel.BUSINESS,
     key: str | None = None,
+    *,
+    after_id: str | None = None,
+    limit: int | None = None,
 ) -> list[str]:
     """Ids of the appointments (of a business unit, job type or project) that start after a moment, in
-    id order (the lock order)."""
+    id order (the lock order); with `after_id` and `limit`, the next chunk of them."""
     statement = select(appointments.c.appointment_id).where(
         appointments.c.tenant_id == tenant_id, appointments.c.window_start > after
     )
     if level is not ScopeLevel.BUSINESS:
         statement = statement.where(_SCOPE_COLUMN[level] == key)
-    return list((await connection.execute(statement.order_by(appointments.c.appointment_id))).scalars())
+    if after_id is not None:
+        statement = statement.where(appointments.c.appointment_id > after_id)
+    statement = statement.order_by(appointments.c.appointment_id)
+    if limit is not None:
+        statement = statement.limit(limit)
+    return list((await connection.execute(statement)).scalars())
 
 
 _CREATE_OFFER = """
