@@ -73,8 +73,9 @@ async def project_event(message: Envelope, uow: UnitOfWork) -> None:
         )
         if recorded is not None:
             uow.saw_now(recorded.now)
-            customer, job_id = await store.owner_of(conn, message.tenant_id, outcome.appointment_id)
-            changed.append(feed.request_changed(outcome, customer or outcome.requester_id, job_id))
+            changed.append(
+                feed.request_changed(outcome, recorded.customer_id or outcome.requester_id, recorded.job_id)
+            )
         # Once per request, whichever of the request and its outcome came last (the row says so).
         reply = (
             await store.claim_reply(conn, message.tenant_id, outcome.request_id)

@@ -112,7 +112,11 @@ INSERT INTO portal.requests AS t (tenant_id, request_id, appointment_id, request
                                   reason_code, reason_text, requested_at, reply_to)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (tenant_id, request_id) DO UPDATE SET {set} {where}
-RETURNING now() AS now, t.status, t.reply_to IS NOT NULL AND t.replied_at IS NULL AS reply_owed
+RETURNING now() AS now, t.status, t.reply_to IS NOT NULL AND t.replied_at IS NULL AS reply_owed,
+          (SELECT a.customer_id FROM portal.appointments a
+            WHERE a.tenant_id = t.tenant_id AND a.appointment_id = t.appointment_id) AS customer_id,
+          (SELECT a.job_id FROM portal.appointments a
+            WHERE a.tenant_id = t.tenant_id AND a.appointment_id = t.appointment_id) AS job_id
 """
 _OUTCOME_SET = (
     "status = EXCLUDED.status, reason_code = EXCLUDED.reason_code, reason_text = EXCLUDED.reason_text, "
@@ -139,6 +143,10 @@ _RECORD_BY_STATUS = {
 class RecordedRequest:
     now: datetime  # the transaction's clock
     reply_due: bool  # final, with a reply queue not yet answered: claim_reply it
+    # The appointment's customer and job as the read store knows them (None before its first event),
+    # read in the same statement: where the feed event about the request is routed.
+    customer_id: str | None
+    job_id: str | None
 
 
 async def record_request(
@@ -164,7 +172,9 @@ async def record_request(
     )
     if row is None:
         return None
-    return RecordedRequest(row["now"], row["reply_owed"] and row["status"] in _TERMINAL)
+    return RecordedRequest(
+        row["now"], row["reply_owed"] and row["status"] in _TERMINAL, row["customer_id"], row["job_id"]
+    )
 
 
 _CLAIM_REPLY = (
@@ -183,14 +193,3 @@ async def claim_reply(driver: asyncpg.Connection, tenant_id: str, request_id: st
     """The request's final outcome, if it has one and names a reply queue not yet answered; marks it
     answered in the same transaction, so the reply goes out once whichever event came last."""
     return await driver.fetchrow(_CLAIM_REPLY, tenant_id, request_id)
-
-
-_OWNER_OF = "SELECT customer_id, job_id FROM portal.appointments WHERE tenant_id = $1 AND appointment_id = $2"
-
-
-async def owner_of(
-    driver: asyncpg.Connection, tenant_id: str, appointment_id: str
-) -> tuple[str | None, str | None]:
-    """(customer, job) of an appointment as the read store knows it, for routing a feed event."""
-    row = await driver.fetchrow(_OWNER_OF, tenant_id, appointment_id)
-    return (row["customer_id"], row["job_id"]) if row else (None, None)
