@@ -325,9 +325,9 @@ class QueueConsumer:
             await handler(message, uow)
             await uow.commit()
         if publisher is not None and uow.written:
-            # Committed: into the next burst (the delivery is acked without waiting for the broker; what
-            # is not confirmed stays in the outbox for the relay).
-            publisher.submit(uow.written)
+            # Committed: into the next burst (the delivery is acked without waiting for the confirm, unless
+            # too much is waiting already; what is not confirmed stays in the outbox for the relay).
+            await publisher.submit(uow.written)
         return "handled"
 
     # --- delayed retries ----------------------------------------------------------------------------

@@ -325,14 +325,19 @@ class DirectPublisher:
     the bytes the units of work still hold, and marks the confirmed ones published so the relay never
     sees them.
 
-    `submit` only queues (the delivery is acked without waiting for the broker); one loop publishes
+    `submit` queues (the delivery is acked without waiting for the broker's confirm); one loop publishes
     whatever has queued up in one burst and awaits its confirms together, so at low rates an event goes
     out at once and under load the bursts grow by themselves (as a group commit does). Another loop marks
     the confirmed rows, one UPDATE per `mark_interval_s` at most.
 
-    Whatever is not confirmed (broker away, timeout, a crash before the confirm, more queued than
-    `max_queued`) stays unpublished and the relay takes it once it is older than its grace period; a crash
-    after the confirm but before the mark publishes it twice, and consumers drop the copy by message id.
+    Backpressure: while `max_pending` rows are queued or awaiting their confirms, `submit` waits, so a
+    broker that confirms slowly (a saturated one took seconds per burst in the bench) slows the consumers
+    down instead of letting the lag grow until the relay's grace period runs out and it publishes the
+    same rows a second time (which loads the broker further).
+
+    Whatever is not confirmed (broker away, timeout, a crash before the confirm) stays unpublished and
+    the relay takes it once it is older than its grace period; a crash after the confirm but before the
+    mark publishes it twice, and consumers drop the copy by message id.
     """
 
     def __init__(
@@ -342,7 +347,7 @@ class DirectPublisher:
         *,
         producer: str,
         burst: int = 500,
-        max_queued: int = 20_000,
+        max_pending: int = 1000,
         mark_interval_s: float = 0.02,
         retry_interval_s: float = 1.0,
     ) -> None:
@@ -350,10 +355,13 @@ class DirectPublisher:
         self._broker = broker
         self._producer = producer
         self._burst = burst
-        self._max_queued = max_queued
+        self._max_pending = max_pending
         self._mark_interval = mark_interval_s
         self._retry_interval = retry_interval_s
         self._queued: list[OutboxRow] = []
+        self._publishing = 0  # rows of the burst awaiting their confirms
+        self._room = asyncio.Event()
+        self._room.set()
         self._to_publish = asyncio.Event()
         self._confirmed: list[UUID] = []
         self._to_mark = asyncio.Event()
@@ -361,19 +369,18 @@ class DirectPublisher:
         self.published_total = 0
         self.left_to_relay = 0
 
-    def submit(self, rows: Sequence[OutboxRow]) -> None:
-        """Queue committed rows for the next burst (beyond `max_queued`, they are left to the relay)."""
-        room = self._max_queued - len(self._queued)
-        if room < len(rows):
-            self.left_to_relay += len(rows) - max(room, 0)
-            rows = rows[: max(room, 0)]
-        if rows:
-            self._queued.extend(rows)
-            self._to_publish.set()
+    async def submit(self, rows: Sequence[OutboxRow]) -> None:
+        """Queue committed rows for the next burst; first wait while `max_pending` rows are ahead."""
+        while self.pending >= self._max_pending and not self._stopping:
+            self._room.clear()
+            await self._room.wait()
+        self._queued.extend(rows)
+        self._to_publish.set()
 
     @property
-    def queued(self) -> int:
-        return len(self._queued)
+    def pending(self) -> int:
+        """Rows queued or awaiting their confirms."""
+        return len(self._queued) + self._publishing
 
     @property
     def unmarked(self) -> int:
@@ -398,6 +405,7 @@ class DirectPublisher:
     def stop(self) -> None:
         self._stopping = True
         self._to_publish.set()
+        self._room.set()
 
     async def flush(self) -> None:
         """Publish everything queued and mark everything confirmed (a worker's drain)."""
@@ -412,7 +420,12 @@ class DirectPublisher:
             self._to_publish.clear()
         if not rows:
             return 0
-        results = await _publish_rows(self._broker, self._producer, rows)
+        self._publishing = len(rows)
+        try:
+            results = await _publish_rows(self._broker, self._producer, rows)
+        finally:
+            self._publishing = 0
+            self._room.set()
         fault_point(FaultPoint.AFTER_PUBLISH)
         confirmed = [row.message_id for row, result in zip(rows, results, strict=True) if result is None]
         self.left_to_relay += len(rows) - len(confirmed)

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     # A delivery's events are published right after its commit; the relay takes what that missed once
     # it is older than the grace period. Off: the relay publishes everything, woken by NOTIFY.
     outbox_direct: bool = Field(default=True, alias="APPT_OUTBOX_DIRECT")
-    outbox_grace_s: float = Field(default=5.0, gt=0, le=3600, alias="APPT_OUTBOX_GRACE_S")
+    outbox_grace_s: float = Field(default=30.0, gt=0, le=3600, alias="APPT_OUTBOX_GRACE_S")
     startup_retry_s: float = Field(default=60.0, ge=0, alias="APPT_STARTUP_RETRY_S")
     transient_retry_delay_s: float = Field(default=1.0, ge=0, alias="APPT_TRANSIENT_RETRY_DELAY_S")
     # Transient failures (database or broker away): a few quick retries in place, then delay queues.
