@@ -10,6 +10,10 @@
    the inbox claim, facts, settings, decision record and outbox row, commit, ack), the latency from the
    publish to the start of the decision's transaction, and the gate's CPU ms per request. Flat means
    the same at both sizes: every query the gate runs is an index lookup by (tenant, appointment).
+3. **A business-wide settings change at that size.** One tenant's business layer changes (an eighth of
+   the schedule: 12,500 appointments in the quick run, 125,000 in the full one) while the gate decides
+   20 requests/s of the same tenant. Reported: how long until every one of its offers is recomputed,
+   in how many `offers.refresh` chunks, each chunk's time, and the decisions' time meanwhile.
 """
 
 import asyncio
@@ -21,12 +25,14 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import uuid4
 
 import asyncpg
 
+from apptctl.portal_keys import tool_keyring
 from bench import seed
 from bench.common import OURS_NAMESPACE, RUNTIME_NAMESPACE, amqp_url, asyncpg_dsn, database_url, runtime_queue
-from bench.measure import percentile
+from bench.measure import peak_rss_mb, percentile
 from bench.run import (
     ROOT,
     Phase,
@@ -45,8 +51,11 @@ from bench.run import (
     wait_consumers,
     wait_quiet,
 )
+from contracts.office_v2 import PortalSettingsUpdatedV2, PortalSettingsV2Payload
 from infra import topology as topology_module
 from workers.registry import WORKER_NAMES
+from workers.runtime.broker import Broker
+from workers.runtime.settings import Settings
 
 SIZES = (1_000, 1_000_000)
 
@@ -273,6 +282,132 @@ async def gate_run(quick: bool, work_dir: Path, base_env: dict[str, str]) -> lis
     return rows
 
 
+def _durations(log_file: Path, message_type: str, correlation_prefix: str = "") -> list[float]:
+    """The gate's `message.handled` durations (ms) of one message type, sorted."""
+    durations = []
+    for line in log_file.read_text(errors="replace").splitlines():
+        if '"message.handled"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("message_type") == message_type and str(entry.get("correlation_id", "")).startswith(
+            correlation_prefix
+        ):
+            durations.append(float(entry["duration_ms"]))
+    return sorted(durations)
+
+
+def _business_change(tenant: str, now: datetime) -> PortalSettingsUpdatedV2:
+    """The tenant's business layer again, with a longer notice: every upcoming offer changes."""
+    business = seed.settings_messages(now)[0]
+    layer = business.payload.settings.model_copy(
+        update={"cancel": business.payload.settings.cancel.model_copy(update={"min_notice_hours": 48})}
+    )
+    return PortalSettingsUpdatedV2(
+        message_id=uuid4(),
+        tenant_id=tenant,
+        correlation_id=f"settings-change-{tenant}",
+        occurred_at=now,
+        producer="office",
+        payload=PortalSettingsV2Payload(
+            scope=business.payload.scope,
+            settings=layer,
+            settings_version=business.payload.settings_version + 1,
+            changed_by="bench",
+        ),
+    )
+
+
+async def refresh_run(quick: bool, work_dir: Path, base_env: dict[str, str]) -> dict:
+    """policy_gate alone: a business-wide settings change of one tenant over its whole schedule, with
+    requests of that tenant decided meanwhile (section 3 of the module docstring)."""
+    amqp, db_url = amqp_url(), database_url()
+    size = 100_000 if quick else 1_000_000
+    rate, timeout_s = 20, (180 if quick else 900)
+    await reset_broker(amqp)
+    await seed.reset_database(db_url)
+    now = datetime.now(UTC)
+    tenant = seed.scale_target(0).tenant_id
+    log_dir = work_dir / "refresh"
+    env = {**base_env, "APPT_NAMESPACE": OURS_NAMESPACE}
+    group = processes(env, log_dir, {"policy_gate": ours_commands()["policy_gate"]})
+    topology = topology_module.build(OURS_NAMESPACE)
+    db = await asyncpg.connect(asyncpg_dsn(db_url))
+    keyring = tool_keyring(Settings())[0]
+    broker = Broker(amqp, topology, name="bench-refresh", signer=keyring)
+    group.start()
+    try:
+        await wait_consumers(
+            amqp, [topology.queue_of("policy_gate").name], lambda: all(group.alive().values())
+        )
+        await apply_settings(amqp, topology, db, now)
+        await seed.seed_scale(db_url, size, now)
+        covered = await db.fetchval(
+            "SELECT count(*) FROM scheduling.appointments WHERE tenant_id = $1 AND window_start > now()",
+            tenant,
+        )
+        log(f"refresh: {size:,} appointments seeded; {tenant} has {covered:,} upcoming")
+        await broker.connect()
+        began = time.monotonic()
+        await broker.publish_message(_business_change(tenant, now))
+        picks = [i for i in random.Random(7).sample(range(size), 40 * rate * 8) if i % 8 == 0]
+        sent, done_at = 0, None
+        while time.monotonic() - began < timeout_s:
+            tick = time.monotonic()
+            if done_at is None:  # requests while the refresh runs, none after it
+                for _ in range(rate // 5):
+                    if sent < len(picks):
+                        target = seed.scale_target(picks[sent])
+                        await broker.publish_message(seed.modify_request("refresh", sent, target, now))
+                        sent += 1
+                refreshed = await db.fetchval(
+                    "SELECT count(*) FROM policy.offers WHERE tenant_id = $1 AND offer_version > 0", tenant
+                )
+                if refreshed >= covered:
+                    done_at = time.monotonic() - began
+                    break
+            await asyncio.sleep(max(0.2 - (time.monotonic() - tick), 0))
+        if done_at is None:
+            log(f"refresh: not finished within {timeout_s} s")
+        await asyncio.sleep(2)  # the last decisions' log lines
+        rss = {name: peak_rss_mb(p.pid) for name, p in group.processes.items()}
+    finally:
+        await broker.close()
+        await db.close()
+        group.stop()
+    gate_log = log_dir / "policy_gate.log"
+    chunks = _durations(gate_log, "offers.refresh")
+    first = _durations(gate_log, "office.portal_settings.updated", "settings-change-")
+    decided = _durations(gate_log, "modify.requested", "refresh-")
+    return {
+        "appointments": size,
+        "covered": covered,
+        "seconds": done_at,
+        "chunks": len(chunks) + len(first),
+        "chunk_ms": {q: percentile([*first, *chunks], q) for q in (50, 99, 100)},
+        "decisions": len(decided),
+        "decision_ms": {q: percentile(decided, q) for q in (50, 99)},
+        "gate_peak_rss_mb": rss.get("policy_gate"),
+    }
+
+
+def print_refresh(r: dict) -> None:
+    print(
+        "\nA business-wide settings change: every upcoming offer of one tenant recomputed,"
+        " a chunk per transaction"
+    )
+    seconds = "not finished" if r["seconds"] is None else f"{r['seconds']:.1f} s"
+    c, d = r["chunk_ms"], r["decision_ms"]
+    print(
+        f"  {r['covered']:,} of {r['appointments']:,} appointments: {seconds}, {r['chunks']} chunks,"
+        f" chunk ms p50 {c[50]:.0f} / p99 {c[99]:.0f} / max {c[100]:.0f};"
+        f" {r['decisions']} decisions meanwhile, ms p50 {d[50]:.1f} / p99 {d[99]:.1f};"
+        f" gate peak RSS {r['gate_peak_rss_mb'] or float('nan'):.0f} MB"
+    )
+
+
 async def _explain_facts(db: asyncpg.Connection, target: seed.Target) -> str:
     """How PostgreSQL finds one appointment's facts (the gate's main read) and how long it took."""
     plan = await db.fetch(
@@ -342,10 +477,12 @@ async def main_async(quick: bool, quiet_s: float = 0) -> int:
     }
     replicas = await replicas_run(quick, work_dir, base_env)
     gate = await gate_run(quick, work_dir, base_env)
+    refresh = await refresh_run(quick, work_dir, base_env)
     print_replicas(replicas)
     print_gate(gate)
+    print_refresh(refresh)
     (work_dir / "scale.json").write_text(
-        json.dumps({"replicas": replicas, "gate": gate}, indent=2, default=str)
+        json.dumps({"replicas": replicas, "gate": gate, "refresh": refresh}, indent=2, default=str)
     )
     print(f"\nresults: {work_dir / 'scale.json'}; run took {time.monotonic() - began:.0f} s")
     return 0
