@@ -195,22 +195,6 @@ def _gate_system() -> System:
     )
 
 
-def _handled_ms(log_file: Path, prefix: str) -> list[float]:
-    durations = []
-    for line in log_file.read_text(errors="replace").splitlines():
-        if '"message.handled"' not in line:
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("message_type") == "modify.requested" and str(
-            entry.get("correlation_id", "")
-        ).startswith(prefix):
-            durations.append(float(entry["duration_ms"]))
-    return sorted(durations)
-
-
 async def gate_run(quick: bool, work_dir: Path, base_env: dict[str, str]) -> list[dict]:
     amqp, db_url = amqp_url(), database_url()
     rate, seconds = 50, (6 if quick else 15)
@@ -264,7 +248,7 @@ async def gate_run(quick: bool, work_dir: Path, base_env: dict[str, str]) -> lis
         finally:
             await db.close()
         phase = result.phases[-1]
-        handled = _handled_ms(log_dir / "policy_gate.log", f"gate-n{size}-")
+        handled = _durations(log_dir / "policy_gate.log", "modify.requested", f"gate-n{size}-")
         rows.append(
             {
                 "appointments": size,
