@@ -94,7 +94,7 @@ async def execute_alone(engine: AsyncEngine, statement: str) -> str:
     connection; for statements built only from values the caller made safe."""
     connection = await _autocommit(engine).connect()
     driver: asyncpg.Connection | None = None
-    broken = True
+    broken = True  # until the statement succeeded or failed on a connection that is still sound
     try:
         raw = await connection.get_raw_connection()
         driver = raw.driver_connection
@@ -102,8 +102,8 @@ async def execute_alone(engine: AsyncEngine, statement: str) -> str:
         broken = False
         return status
     except Exception as exc:
-        broken = _is_disconnect(exc, driver) or (driver is not None and driver.is_in_transaction())
-        _reraise(exc, _is_disconnect(exc, driver))
+        broken = _is_disconnect(exc, driver)
+        _reraise(exc, broken)
     finally:
         try:
             if broken:

@@ -44,8 +44,9 @@ log = structlog.get_logger(__name__)
 # commit wakes only the relay that has something to publish.
 NOTIFY_CHANNEL = "outbox"
 
+# The columns after `id` are OutboxRow's fields, in its order.
 _CLAIM_BATCH = """
-SELECT id, message_id, exchange_role, routing_key, message_type, correlation_id, producer, headers, body
+SELECT id, message_id, exchange_role, routing_key, message_type, correlation_id, tenant_id, headers, body
 FROM messaging.outbox
 WHERE published_at IS NULL AND producer = $1 AND created_at < now() - $3::interval
 ORDER BY id
@@ -81,7 +82,7 @@ class OutboxRow(NamedTuple):
 def row_for(message: Envelope, producer: str) -> OutboxRow:
     """What `write_script` and a direct publish need of one message, computed when it is emitted."""
     return OutboxRow(
-        UUID(str(message.message_id)),
+        message.message_id,  # a UUID; write_script renders it in canonical form
         message.exchange_role,
         message.route(),
         message.type,
@@ -264,19 +265,7 @@ class OutboxRelay:
             records = await uow.driver.fetch(_CLAIM_BATCH, self._producer, self._batch_size, grace)
             if not records:
                 return 0
-            rows = [
-                OutboxRow(
-                    r["message_id"],
-                    r["exchange_role"],
-                    r["routing_key"],
-                    r["message_type"],
-                    r["correlation_id"],
-                    "",
-                    _headers(r["headers"]),
-                    r["body"],
-                )
-                for r in records
-            ]
+            rows = [OutboxRow(*r[1:])._replace(headers=_headers(r["headers"])) for r in records]
             results = await _publish_rows(self._broker, self._producer, rows)
             fault_point(FaultPoint.RELAY_AFTER_PUBLISH)
             confirmed = [r["id"] for r, result in zip(records, results, strict=True) if result is None]
@@ -387,7 +376,7 @@ class DirectPublisher:
         return len(self._confirmed)
 
     async def run(self) -> None:
-        """Publish bursts and mark them until stopped, then publish and mark what is still queued."""
+        """Publish bursts and mark them until stopped (`flush` then publishes what is still queued)."""
         marks = asyncio.create_task(self._mark_loop(), name=f"{self._producer}-outbox-marks")
         try:
             while not self._stopping:
