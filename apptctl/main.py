@@ -441,6 +441,9 @@ def security_apply(
         typer.echo(f"{name}: rabbitmq user {creds.amqp_user}{role}")
     if env_dir is not None:
         typer.echo(f"credentials written to {env_dir}/<name>.env (mode 0600)")
+    # Per-role passwords mean nothing on a server that does not ask for them: say so loudly.
+    for warning in asyncio.run(security.database_auth_warnings(settings.database_url, created)):
+        typer.secho(warning, err=True, fg=typer.colors.YELLOW, bold=True)
 
 
 @security_app.command("drop")

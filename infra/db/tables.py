@@ -17,6 +17,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    UniqueConstraint,
     func,
     text,
 )
@@ -324,31 +325,96 @@ portal_audit_trail = Table(
 )
 
 # --- messaging: inbox (dedupe) and outbox (events committed with the change) ----------------------
-inbox = Table(
-    "inbox",
-    metadata,
-    Column("consumer", String(64), nullable=False),
-    Column("message_id", UUID(as_uuid=True), nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    PrimaryKeyConstraint("consumer", "message_id"),
-    schema="messaging",
-)
+# Partitioned by worker (migration 0008): each worker's role is granted only `messaging.<worker>_inbox`
+# and `messaging.<worker>_outbox`, never the parents (which the owner and the auditor read whole); any
+# other name lands in the `unassigned_*` default partitions (tests, tools). Row-level security by tenant
+# on every partition; the relay crosses tenants only through its worker's SECURITY DEFINER functions.
+WORKERS = ("policy_gate", "modify_handler", "portal_sync")
+UNASSIGNED = "unassigned"
 
+
+def _inbox_columns() -> list:
+    return [
+        Column("consumer", String(64), nullable=False),
+        Column("message_id", UUID(as_uuid=True), nullable=False),
+        Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        # '' for a claim made before migration 0008 (tenant unknown; still a duplicate by its key)
+        Column("tenant_id", ID, nullable=False),
+        PrimaryKeyConstraint("consumer", "message_id"),
+    ]
+
+
+def _outbox_columns() -> list:
+    return [
+        Column(
+            "id",
+            BigInteger,
+            nullable=False,
+            server_default=text("nextval('messaging.outbox_id_seq'::regclass)"),
+        ),
+        Column("message_id", UUID(as_uuid=True), nullable=False),
+        Column("producer", String(64), nullable=False),
+        Column("exchange_role", String(32), nullable=False),
+        Column("routing_key", String(128), nullable=False),
+        Column("message_type", String(64), nullable=False),
+        Column("correlation_id", String(64), nullable=False),
+        Column("tenant_id", ID, nullable=False),
+        Column("headers", JSONB, nullable=False),
+        Column("body", LargeBinary, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("published_at", DateTime(timezone=True)),
+        PrimaryKeyConstraint("producer", "id"),
+    ]
+
+
+inbox = Table(
+    "inbox", metadata, *_inbox_columns(), schema="messaging", postgresql_partition_by="LIST (consumer)"
+)
 outbox = Table(
     "outbox",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("message_id", UUID(as_uuid=True), nullable=False, unique=True),
-    Column("producer", String(64), nullable=False),
-    Column("exchange_role", String(32), nullable=False),
-    Column("routing_key", String(128), nullable=False),
-    Column("message_type", String(64), nullable=False),
-    Column("correlation_id", String(64), nullable=False),
-    Column("tenant_id", ID, nullable=False),
-    Column("headers", JSONB, nullable=False),
-    Column("body", LargeBinary, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("published_at", DateTime(timezone=True)),
-    Index("outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
+    *_outbox_columns(),
+    UniqueConstraint("producer", "message_id", name="outbox_message_id_key"),
+    Index("outbox_unpublished", "producer", "id", postgresql_where=text("published_at IS NULL")),
     schema="messaging",
+    postgresql_partition_by="LIST (producer)",
 )
+# The partitions, as the code and the drift test see them (PostgreSQL names their copies of the
+# parent's indexes itself).
+INBOXES = {
+    name: Table(f"{name}_inbox", metadata, *_inbox_columns(), schema="messaging")
+    for name in (*WORKERS, UNASSIGNED)
+}
+OUTBOXES = {
+    name: Table(
+        f"{name}_outbox",
+        metadata,
+        *_outbox_columns(),
+        UniqueConstraint("producer", "message_id", name=f"{name}_outbox_producer_message_id_key"),
+        Index(
+            f"{name}_outbox_producer_id_idx", "producer", "id", postgresql_where=text("published_at IS NULL")
+        ),
+        schema="messaging",
+    )
+    for name in (*WORKERS, UNASSIGNED)
+}
+
+
+def inbox_table(consumer: str) -> str:
+    """Where `consumer`'s claims are written: its own partition when it is a worker (its role may write
+    nowhere else), else the parent (the owner's tools and tests; rows go to the default partition)."""
+    return f"messaging.{consumer}_inbox" if consumer in WORKERS else "messaging.inbox"
+
+
+def outbox_table(producer: str) -> str:
+    """Where `producer`'s events are written (as `inbox_table`)."""
+    return f"messaging.{producer}_outbox" if producer in WORKERS else "messaging.outbox"
+
+
+def outbox_function(producer: str, operation: str) -> tuple[str, tuple[str, ...]]:
+    """The relay's `operation` (claim, mark, purge, backlog) for `producer`: the function's name and the
+    leading arguments it takes. A worker's own SECURITY DEFINER function is bound to its partition;
+    anyone else calls the generic one with the producer's name (with the caller's rights: the owner)."""
+    if producer in WORKERS:
+        return f"messaging.{producer}_outbox_{operation}", ()
+    return f"messaging.outbox_{operation}", (producer,)

@@ -4,6 +4,20 @@
 AMQP_URL and DATABASE_URL; `drop(...)` removes them. `apptctl security apply|drop` runs these.
 """
 
-from infra.security.plan import Credentials, apply, drop, load_credentials
+from infra.security.plan import (
+    Credentials,
+    apply,
+    apply_database_roles,
+    database_auth_warnings,
+    drop,
+    load_credentials,
+)
 
-__all__ = ["Credentials", "apply", "drop", "load_credentials"]
+__all__ = [
+    "Credentials",
+    "apply",
+    "apply_database_roles",
+    "database_auth_warnings",
+    "drop",
+    "load_credentials",
+]

@@ -85,6 +85,31 @@ def _write_env(path: Path, env: dict[str, str]) -> None:
     os.chmod(path, 0o600)
 
 
+DATABASE_IDENTITIES = (*WORKERS, AUDITOR)  # portal and office publishers have no database
+
+
+async def apply_database_roles(
+    *, database_url: str, namespace: str, prefix: str | None = None, passwords: dict[str, str] | None = None
+) -> dict[str, tuple[str, str, str]]:
+    """Create or update the namespace's PostgreSQL roles (the database half of `apply`); per identity:
+    (role, password, its DATABASE_URL). `passwords`: ones to keep (else new ones are generated)."""
+    db_prefix = role_prefix(prefix or namespace)
+    emitters = rabbitmq.emitters()
+    roles: dict[str, tuple[str, str, str]] = {}
+    connection = await asyncpg.connect(
+        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        for name in DATABASE_IDENTITIES:
+            role = f"{db_prefix}_{name}"
+            password = (passwords or {}).get(name) or secrets.token_urlsafe(24)
+            await postgres.apply_role(connection, name, role, password, emits=name in emitters)
+            roles[name] = (role, password, _db_url(database_url, role, password))
+    finally:
+        await connection.close()
+    return roles
+
+
 async def apply(
     *,
     amqp_url: str,
@@ -100,39 +125,55 @@ async def apply(
 
     topology = build(namespace)
     prefix = prefix or namespace
-    db_prefix = role_prefix(prefix)
     vhost = vhost_of(amqp_url)
     api = rabbitmq.ManagementClient(management_url)
     wanted = rabbitmq.permissions(topology)
-    emitters = rabbitmq.emitters()
-    result: dict[str, Credentials] = {}
-    connection = await asyncpg.connect(
-        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    olds = {name: _read_env(env_dir / f"{name}.env") if env_dir else {} for name in IDENTITIES}
+    kept = {name: p for name, old in olds.items() if (p := _password_in(old.get("DATABASE_URL")))}
+    roles = await apply_database_roles(
+        database_url=database_url, namespace=namespace, prefix=prefix, passwords=kept
     )
-    try:
-        for name in IDENTITIES:
-            old = _read_env(env_dir / f"{name}.env") if env_dir else {}
-            amqp_user = f"{prefix}-{name}"
-            amqp_password = _password_in(old.get("AMQP_URL")) or secrets.token_urlsafe(24)
-            api.put_user(amqp_user, amqp_password)
-            api.put_permissions(vhost, amqp_user, wanted[name])
+    result: dict[str, Credentials] = {}
+    for name in IDENTITIES:
+        amqp_user = f"{prefix}-{name}"
+        amqp_password = _password_in(olds[name].get("AMQP_URL")) or secrets.token_urlsafe(24)
+        api.put_user(amqp_user, amqp_password)
+        api.put_permissions(vhost, amqp_user, wanted[name])
+        creds = Credentials(
+            name, amqp_user, amqp_password, _with_credentials(amqp_url, amqp_user, amqp_password)
+        )
+        if name in roles:
+            role, db_password, url = roles[name]
             creds = Credentials(
-                name, amqp_user, amqp_password, _with_credentials(amqp_url, amqp_user, amqp_password)
+                **{**creds.__dict__, "db_role": role, "db_password": db_password, "database_url": url}
             )
-            if name in (*WORKERS, AUDITOR):  # portal and office publishers have no database
-                role = f"{db_prefix}_{name}"
-                db_password = _password_in(old.get("DATABASE_URL")) or secrets.token_urlsafe(24)
-                await postgres.apply_role(connection, name, role, db_password, emits=name in emitters)
-                creds = Credentials(
-                    **{**creds.__dict__, "db_role": role, "db_password": db_password,
-                       "database_url": _db_url(database_url, role, db_password)}
-                )  # fmt: skip
-            if env_dir is not None:
-                _write_env(env_dir / f"{name}.env", creds.env())
-            result[name] = creds
+        if env_dir is not None:
+            _write_env(env_dir / f"{name}.env", creds.env())
+        result[name] = creds
+    return result
+
+
+async def database_auth_warnings(database_url: str, roles: dict[str, Credentials]) -> list[str]:
+    """What makes the roles' passwords meaningless on this server, in sentences for the operator: a role
+    that got in with a wrong password, and the `trust` lines of pg_hba.conf (when readable)."""
+    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    let_in = [
+        c.db_role for c in roles.values() if c.db_role and await postgres.accepts_any_password(dsn, c.db_role)
+    ]
+    if not let_in:
+        return []
+    connection = await asyncpg.connect(dsn)
+    try:
+        rules = await postgres.trust_rules(connection)
     finally:
         await connection.close()
-    return result
+    warning = (
+        f"WARNING: the PostgreSQL server accepted role(s) {', '.join(let_in)} with a WRONG password: it "
+        "does not check passwords for them (a `trust` rule in pg_hba.conf), so their passwords protect "
+        "nothing and any local user can connect as any role. For a deployment, require "
+        "`scram-sha-256` for these roles in pg_hba.conf and reload PostgreSQL (docs/security.md)."
+    )
+    return [warning] + [f"WARNING: pg_hba.conf trusts without a password: {rule}" for rule in rules]
 
 
 async def drop(
@@ -155,7 +196,7 @@ async def drop(
         make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
     )
     try:
-        for name in (*WORKERS, AUDITOR):
+        for name in DATABASE_IDENTITIES:
             role = f"{role_prefix(prefix)}_{name}"
             if await postgres.drop_role(connection, role):
                 removed.append(f"postgresql role {role}")

@@ -8,9 +8,13 @@ Read from the code (the handlers, stores and the shared runtime):
   auditor         SELECT on all four schemas (`apptctl reconcile`, `apptctl status`), nothing else, and
                   BYPASSRLS: the workers' roles see one tenant per transaction (row-level security,
                   migration 0007), the auditor every tenant
-  all three       messaging.inbox (claim: INSERT, and SELECT for ON CONFLICT / RETURNING); those that
-                  publish events (contracts/asyncapi.py PUBLISHERS) also messaging.outbox (written with the
-                  change; the relay selects with FOR UPDATE, marks, purges) and its id sequence
+  each worker     its own inbox partition `messaging.<worker>_inbox` (claim: INSERT, and SELECT for
+                  RETURNING); those that publish events (contracts/asyncapi.py PUBLISHERS) also its own
+                  outbox partition `messaging.<worker>_outbox` (INSERT, written with the change), the id
+                  sequence, and EXECUTE on its own relay functions `messaging.<worker>_outbox_*` (claim,
+                  mark, purge, backlog: SECURITY DEFINER, bound to its partition, every tenant). Never the
+                  parents `messaging.inbox` / `messaging.outbox`, nor another worker's partition or
+                  functions (migration 0008), so it cannot read, write or claim another worker's rows.
 "Owns" is every table of the schema with SELECT, INSERT, UPDATE, DELETE (no TRUNCATE, no DDL): a table a
 later migration adds to a worker's own schema is covered by re-running `apptctl security apply`.
 Passwords are sent as SCRAM-SHA-256 verifiers, so the plain password is never in a statement (and so never
@@ -37,14 +41,26 @@ READS: dict[str, dict[str, tuple[str, ...]]] = {
     "modify_handler": {},
     "portal_sync": {},
 }
-INBOX = {"messaging.inbox": ("SELECT", "INSERT")}
-OUTBOX = {"messaging.outbox": OWN}
 OUTBOX_SEQUENCE = "messaging.outbox_id_seq"
+# The relay's functions per worker (migration 0008), with their argument types.
+RELAY_FUNCTIONS = {
+    "outbox_claim": "(integer, interval)",
+    "outbox_mark": "(uuid[])",
+    "outbox_purge": "(interval)",
+    "outbox_backlog": "()",
+}
 
 
 def uses(worker: str, emits: bool) -> dict[str, tuple[str, ...]]:
     """Tables outside its own schema a worker uses, and how; `emits`: it publishes events (an outbox)."""
-    return {**READS[worker], **INBOX, **(OUTBOX if emits else {})}
+    inbox = {f"messaging.{worker}_inbox": ("SELECT", "INSERT")}
+    outbox = {f"messaging.{worker}_outbox": ("INSERT",)} if emits else {}
+    return {**READS[worker], **inbox, **outbox}
+
+
+def relay_functions(worker: str) -> list[str]:
+    """The relay functions of `worker`, as GRANT EXECUTE names them."""
+    return [f"messaging.{_ident(f'{worker}_{name}')}{args}" for name, args in RELAY_FUNCTIONS.items()]
 
 
 SCHEMAS = ("scheduling", "policy", "portal", "messaging")
@@ -98,6 +114,9 @@ async def apply_role(
                 f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {_ident(schema)} FROM {_ident(role)}"
             )
             await connection.execute(f"REVOKE ALL ON SCHEMA {_ident(schema)} FROM {_ident(role)}")
+            await connection.execute(
+                f"REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {_ident(schema)} FROM {_ident(role)}"
+            )
         if worker == AUDITOR:
             for schema in SCHEMAS:
                 await connection.execute(f"GRANT USAGE ON SCHEMA {_ident(schema)} TO {_ident(role)}")
@@ -115,6 +134,8 @@ async def apply_role(
             await connection.execute(f"GRANT {', '.join(privileges)} ON {_table(table)} TO {_ident(role)}")
         if emits:
             await connection.execute(f"GRANT USAGE ON SEQUENCE {_table(OUTBOX_SEQUENCE)} TO {_ident(role)}")
+            for function in relay_functions(worker):
+                await connection.execute(f"GRANT EXECUTE ON FUNCTION {function} TO {_ident(role)}")
 
 
 async def drop_role(connection: asyncpg.Connection, role: str) -> bool:
@@ -125,3 +146,32 @@ async def drop_role(connection: asyncpg.Connection, role: str) -> bool:
     await connection.execute(f"DROP OWNED BY {_ident(role)}")
     await connection.execute(f"DROP ROLE {_ident(role)}")
     return True
+
+
+async def accepts_any_password(dsn: str, role: str) -> bool:
+    """Does the server let `role` in with a password that is not its own (a `trust` rule in pg_hba.conf
+    for this host)? `dsn`: any URL of the server; its user and password are replaced."""
+    wrong = f"not-the-password-{secrets.token_hex(8)}"
+    try:
+        connection = await asyncpg.connect(dsn, user=role, password=wrong, timeout=10)
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
+        return False
+    await connection.close()
+    return True
+
+
+async def trust_rules(connection: asyncpg.Connection) -> list[str]:
+    """The pg_hba.conf lines that let anyone in without a password (`trust`), as `line N: ...`; empty when
+    there are none or the connected role may not read pg_hba_file_rules (superusers only, by default)."""
+    try:
+        rows = await connection.fetch(
+            "SELECT line_number, type, database, user_name, address FROM pg_hba_file_rules "
+            "WHERE auth_method = 'trust' ORDER BY line_number"
+        )
+    except asyncpg.InsufficientPrivilegeError:
+        return []
+    return [
+        f"line {r['line_number']}: {r['type']} {','.join(r['database'] or [])} "
+        f"{','.join(r['user_name'] or [])} {r['address'] or ''}".rstrip()
+        for r in rows
+    ]

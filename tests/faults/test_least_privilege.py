@@ -76,17 +76,22 @@ async def test_database_roles_may_use_only_their_own_tables(credentials, setting
             "UPDATE portal.appointments SET version = 0",
             "SELECT 1 FROM portal.requests",
             "DELETE FROM messaging.inbox",
+            # another worker's inbox and outbox, or the shared parents (migration 0008)
+            "SELECT 1 FROM messaging.outbox",
+            "SELECT 1 FROM messaging.policy_gate_inbox",
+            "SELECT 1 FROM messaging.policy_gate_outbox",
         ],
         "auditor": [
             "UPDATE portal.appointments SET version = 0",
-            "INSERT INTO messaging.inbox (consumer, message_id) VALUES ('x', gen_random_uuid())",
+            "INSERT INTO messaging.inbox (consumer, tenant_id, message_id)"
+            " VALUES ('x', 'x', gen_random_uuid())",
             "DELETE FROM policy.decisions",
         ],
     }
     allowed = {
-        "portal_sync": ["SELECT 1 FROM portal.appointments", "SELECT 1 FROM messaging.inbox"],
+        "portal_sync": ["SELECT 1 FROM portal.appointments", "SELECT 1 FROM messaging.portal_sync_inbox"],
         "policy_gate": ["SELECT 1 FROM scheduling.appointments", "SELECT 1 FROM policy.decisions"],
-        "modify_handler": ["SELECT 1 FROM scheduling.jobs", "SELECT 1 FROM messaging.outbox"],
+        "modify_handler": ["SELECT 1 FROM scheduling.jobs", "SELECT 1 FROM messaging.modify_handler_inbox"],
         "auditor": [
             f"SELECT 1 FROM {s}.{t}"
             for s, t in (

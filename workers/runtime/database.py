@@ -117,7 +117,8 @@ class UnitOfWork:
     """Holds one connection in one transaction. `emit` queues events in the outbox of that transaction.
 
     `claim=(consumer, message_id)` records the message in the inbox as the transaction's first
-    statement; `claimed` is then False for a duplicate (the caller skips it; nothing was written).
+    statement (in the consumer's own partition, with the transaction's tenant); `claimed` is then False
+    for a duplicate (the caller skips it; nothing was written).
     """
 
     def __init__(
@@ -194,11 +195,15 @@ class UnitOfWork:
             await driver.execute(begin)
             return True
         consumer, message_id = self._claim
+        # The claim carries the transaction's tenant ('' without one: only the owner may write that).
+        tenant = self._tenant or ""
         if _SAFE_NAME.match(consumer):
-            status = await driver.execute(f"{begin};{inbox.claim_sql(consumer, UUID(str(message_id)))}")
+            status = await driver.execute(
+                f"{begin};{inbox.claim_sql(consumer, tenant, UUID(str(message_id)))}"
+            )
             return status != "INSERT 0 0"
         await driver.execute(begin)
-        return await inbox.claim_on(driver, consumer, message_id)
+        return await inbox.claim_on(driver, consumer, tenant, message_id)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -18,13 +18,9 @@ from sqlalchemy.engine import make_url
 
 from workers.runtime.broker import Broker
 from workers.runtime.metrics import WorkerMetrics
+from workers.runtime.outbox import relay_call
 
 log = structlog.get_logger(__name__)
-
-_OUTBOX_LAG = """
-SELECT count(*), COALESCE(extract(epoch FROM now() - min(created_at)), 0)::float8
-FROM messaging.outbox WHERE published_at IS NULL AND producer = $1
-"""
 
 
 @dataclass
@@ -109,7 +105,10 @@ class HealthMonitor:
         if self._producer is None:
             await self._connection.fetchval("SELECT 1")
             return
-        backlog, oldest_age_s = await self._connection.fetchrow(_OUTBOX_LAG, self._producer)
+        # Every tenant's unpublished rows: through the worker's own backlog function (migration 0008).
+        backlog, oldest_age_s = await self._connection.fetchrow(
+            f"SELECT * FROM {relay_call(self._producer, 'backlog')}"
+        )
         self._metrics.outbox(int(backlog), float(oldest_age_s))
 
     def _set_database(self, ok: bool, error: str | None, now: datetime) -> None:

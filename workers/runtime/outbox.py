@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts.decoding import encode
 from contracts.envelope import Envelope
-from infra.db.tables import outbox
+from infra.db.tables import OUTBOXES, WORKERS, outbox, outbox_function, outbox_table
 from infra.topology import REPLY_ROLE
 from workers.runtime import database
 from workers.runtime.broker import amqp_properties, headers_for
@@ -43,17 +43,6 @@ log = structlog.get_logger(__name__)
 # other code paths); the relays listen on their producer's own channel, which `write` notifies, so a
 # commit wakes only the relay that has something to publish.
 NOTIFY_CHANNEL = "outbox"
-
-# The columns after `id` are OutboxRow's fields, in its order.
-_CLAIM_BATCH = """
-SELECT id, message_id, exchange_role, routing_key, message_type, correlation_id, tenant_id, headers, body
-FROM messaging.outbox
-WHERE published_at IS NULL AND producer = $1 AND created_at < now() - $3::interval
-ORDER BY id
-LIMIT $2
-FOR UPDATE SKIP LOCKED
-"""
-_PURGE = "DELETE FROM messaging.outbox WHERE producer = $1 AND published_at < now() - $2::interval"
 
 
 def _headers(value: dict | str) -> dict:
@@ -99,6 +88,15 @@ def _text(value: str) -> str:
     return f"convert_from('\\x{value.encode().hex()}','UTF8')"
 
 
+def relay_call(producer: str, operation: str, arguments: str = "") -> str:
+    """A call of the relay's `operation` (claim, mark, purge, backlog) on `producer`'s rows of every
+    tenant (migration 0008): a worker's role may only call its own worker's functions, which take no
+    producer name; `arguments` are the rest, already SQL (placeholders or safe literals)."""
+    name, leading = outbox_function(producer, operation)
+    values = [_text(value) for value in leading] + ([arguments] if arguments else [])
+    return f"{name}({','.join(values)})"
+
+
 def write_script(producer: str, rows: list[OutboxRow], *, notify: bool = True) -> str:
     """SQL that inserts the rows and, with `notify`, wakes the producer's relay (delivered at commit),
     to run in the caller's transaction as part of one simple-query round trip (the unit of work adds
@@ -112,7 +110,7 @@ def write_script(producer: str, rows: list[OutboxRow], *, notify: bool = True) -
         for m, r, k, t, c, tn, h, b in rows
     )
     script = (
-        "INSERT INTO messaging.outbox (message_id,producer,exchange_role,routing_key,message_type,"
+        f"INSERT INTO {outbox_table(producer)} (message_id,producer,exchange_role,routing_key,message_type,"
         f"correlation_id,tenant_id,headers,body) VALUES {values}"
     )
     return f"{script};SELECT pg_notify({_text(channel_of(producer))},'')" if notify else script
@@ -121,7 +119,7 @@ def write_script(producer: str, rows: list[OutboxRow], *, notify: bool = True) -
 async def add(connection: AsyncConnection, message: Envelope, *, producer: str) -> None:
     """One row through SQLAlchemy, on a connection whose transaction the caller holds."""
     await connection.execute(
-        insert(outbox).values(
+        insert(OUTBOXES[producer] if producer in WORKERS else outbox).values(
             message_id=message.message_id,
             producer=producer,
             exchange_role=message.exchange_role,
@@ -212,6 +210,9 @@ class OutboxRelay:
         self._producer = producer
         self._dsn = asyncpg_dsn(database_url)
         self._batch_size = batch_size
+        # The columns after `id` are OutboxRow's fields, in its order.
+        self._claim_batch = f"SELECT * FROM {relay_call(producer, 'claim', '$1, $2')}"
+        self._purge = f"SELECT {relay_call(producer, 'purge', '$1')}"
         self._poll_interval = poll_interval_s
         self._retention = timedelta(seconds=retention_s)
         self._grace = timedelta(seconds=grace_s)
@@ -262,27 +263,24 @@ class OutboxRelay:
         """
         grace = timedelta(0) if all_ages else self._grace
         async with database.UnitOfWork(self._engine, self._producer) as uow:
-            records = await uow.driver.fetch(_CLAIM_BATCH, self._producer, self._batch_size, grace)
+            records = await uow.driver.fetch(self._claim_batch, self._batch_size, grace)
             if not records:
                 return 0
             rows = [OutboxRow(*r[1:])._replace(headers=_headers(r["headers"])) for r in records]
             results = await _publish_rows(self._broker, self._producer, rows)
             fault_point(FaultPoint.RELAY_AFTER_PUBLISH)
-            confirmed = [r["id"] for r, result in zip(records, results, strict=True) if result is None]
+            confirmed = [r.message_id for r, result in zip(rows, results, strict=True) if result is None]
             if confirmed:
-                # Integers from the database, inlined: the UPDATE and the COMMIT in one round trip.
-                ids = ",".join(str(int(i)) for i in confirmed)
-                await uow.commit_with(
-                    f"UPDATE messaging.outbox SET published_at = now() WHERE id = ANY('{{{ids}}}'::bigint[])"
-                )
+                # UUIDs, inlined in canonical form: the mark and the COMMIT in one round trip.
+                await uow.commit_with(f"SELECT {relay_call(self._producer, 'mark', _uuid_array(confirmed))}")
         self.published_total += len(confirmed)
         return len(confirmed)
 
     async def purge_published(self) -> int:
         async with database.UnitOfWork(self._engine, self._producer) as uow:
-            status = await uow.driver.execute(_PURGE, self._producer, self._retention)
+            purged = await uow.driver.fetchval(self._purge, self._retention)
             await uow.commit()
-        return int(status.rsplit(" ", 1)[-1] or 0)
+        return int(purged or 0)
 
     def _on_notify(self) -> None:
         self._notified = True
@@ -440,9 +438,7 @@ class DirectPublisher:
             return True
         try:
             await database.execute_alone(
-                self._engine,
-                "UPDATE messaging.outbox SET published_at = now() "
-                f"WHERE message_id = ANY({_uuid_array(ids)}) AND published_at IS NULL",
+                self._engine, f"SELECT {relay_call(self._producer, 'mark', _uuid_array(ids))}"
             )
         except Exception as exc:
             log.warning("outbox.mark_failed", events=len(ids), error=repr(exc)[:300])
