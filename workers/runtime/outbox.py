@@ -13,6 +13,10 @@ Two ways out, one guarantee (a committed row is published at least once, marked 
 
 A crash between commit and publish leaves the rows to the relay; a crash between publish and mark (or a
 direct publish racing the relay) publishes twice: consumers dedupe on message_id.
+
+A worker writes into its own partition (`messaging.<worker>_outbox`, migration 0008), one tenant per
+transaction (row-level security); the relay's claim, mark, purge and backlog cross tenants only through
+that worker's own functions (`relay_call`).
 """
 
 import asyncio
