@@ -19,6 +19,7 @@ from infra import security
 from infra.db.tables import SCHEMAS, WORKERS
 from infra.security import postgres
 from tests.factories import modify_rejected, modify_requested
+from tests.faults.harness import fault_run
 from workers.runtime.broker import Broker
 from workers.runtime.database import UnitOfWork, create_engine
 from workers.runtime.outbox import OutboxRelay, asyncpg_dsn
@@ -281,6 +282,24 @@ async def channel_of_events(settings, topology):
     await queue.bind(topology.exchange("events"), routing_key="#")
     yield queue
     await connection.close()
+
+
+async def test_the_pipeline_runs_two_tenants_on_the_worker_roles_with_the_relay_publishing_everything(
+    roles, settings, topology, tmp_path
+):
+    """Every worker on its own database role (the broker as the tests' user: these walls are the
+    database's), with direct publishing off so each worker's relay publishes every tenant's events
+    through its own functions, woken by NOTIFY: every request of both tenants ends as it must."""
+
+    def worker_env(worker: str, start: int) -> dict[str, str]:
+        return {"DATABASE_URL": roles[worker].url, "APPT_OUTBOX_DIRECT": "false"}
+
+    async with fault_run(
+        "db_roles", settings, topology, tmp_path, requests=40, seed=19, tenants=2, env_for=worker_env
+    ) as run:
+        await run.publish_requests(2.0)
+        report = await run.settle(timeout_s=90)
+        run.assert_clean(report)
 
 
 # --- 2. row-level security has no side doors --------------------------------------------------------
