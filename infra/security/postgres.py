@@ -155,7 +155,9 @@ async def accepts_any_password(dsn: str, role: str) -> bool:
     try:
         connection = await asyncpg.connect(dsn, user=role, password=wrong, timeout=10)
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
-        return False
+        return False  # refused: the server checks (or rejects) this role
+    except (OSError, TimeoutError, asyncpg.PostgresError):
+        return False  # cannot tell from here (SSL required, ...): no claim either way
     await connection.close()
     return True
 
