@@ -422,7 +422,8 @@ def security_apply(
 ) -> None:
     """Create or update one RabbitMQ user per worker (and for portal and office publishers), allowed only
     its own queue and the exchanges it publishes to, and one PostgreSQL role per worker with grants only on
-    the tables it uses. Idempotent; passwords already in --env-dir are kept. Passwords are never printed."""
+    the tables it uses. Idempotent; passwords already in --env-dir are kept. Passwords are never printed.
+    Ends with a WARNING when PostgreSQL lets the roles in without their password (`trust`)."""
     from infra import security
 
     settings = Settings()
