@@ -477,6 +477,13 @@ async def test_the_cli_prints_the_warning(database_url, settings):
         assert "WARNING: the PostgreSQL server accepted role(s)" in err.decode()
         assert "scram-sha-256" in err.decode()
     finally:
+        # the database roles first: they outlive a broker that fails the rest
+        admin = await asyncpg.connect(asyncpg_dsn(database_url))
+        try:
+            for name in security.plan.DATABASE_IDENTITIES:
+                await postgres.drop_role(admin, f"{security.plan.role_prefix(settings.namespace)}_{name}")
+        finally:
+            await admin.close()
         await security.drop(
             management_url=settings.rabbitmq_management_url,
             database_url=database_url,
