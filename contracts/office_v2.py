@@ -90,6 +90,27 @@ class CancelSettings(Strict):
         return self
 
 
+class RateLimitSettings(Strict):
+    """How many modify requests the gate takes before refusing them as `rate_limited` (business layer only;
+    null keeps the default, see docs/policy.md)."""
+
+    tenant_per_minute: int | None = Field(
+        default=None, ge=1, le=600_000, description="Sustained requests per minute for the whole business."
+    )
+    tenant_burst: int | None = Field(
+        default=None, ge=1, le=100_000, description="Requests the business may send at once after a lull."
+    )
+    requester_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=6_000,
+        description="Requests per minute, sustained, from one customer or contact.",
+    )
+    requester_burst: int | None = Field(
+        default=None, ge=1, le=1_000, description="Requests one customer or contact may send at once."
+    )
+
+
 class SettingsLayer(Strict):
     feature_enabled: bool | None = None
     blocking_statuses: list[AppointmentStatus] | None = Field(
@@ -97,6 +118,9 @@ class SettingsLayer(Strict):
     )
     reschedule: RescheduleSettings = Field(default_factory=RescheduleSettings)
     cancel: CancelSettings = Field(default_factory=CancelSettings)
+    rate_limits: RateLimitSettings | None = Field(
+        default=None, description="Request rate limits; only the business layer may set them."
+    )
 
     @model_validator(mode="after")
     def _canceled_always_blocks(self) -> "SettingsLayer":
@@ -114,6 +138,12 @@ class PortalSettingsV2Payload(Strict):
         description="Increases with every change of this layer; older ones are ignored."
     )
     changed_by: EntityId
+
+    @model_validator(mode="after")
+    def _rate_limits_are_business_wide(self) -> "PortalSettingsV2Payload":
+        if self.settings.rate_limits is not None and self.scope.level is not ScopeLevel.BUSINESS:
+            raise ValueError("rate_limits can only be set on the business layer")
+        return self
 
 
 class PortalSettingsUpdatedV2(Envelope):

@@ -27,6 +27,7 @@ class RejectionCode(StrEnum):
     CANCEL_REASON_NOT_ALLOWED = "cancel_reason_not_allowed"
     OFFICE_DECLINED = "office_declined"
     APPOINTMENT_VERSION_STALE = "appointment_version_stale"
+    RATE_LIMITED = "rate_limited"  # too many requests from this customer or business; refused unread
 
 
 class PendingCode(StrEnum):
@@ -103,6 +104,10 @@ CUSTOMER_TEXT: dict[str, str] = {
     ),
     RejectionCode.APPOINTMENT_VERSION_STALE: (
         "Your appointment was updated since you opened it, so nothing was changed. Please review it and "
+        "try again."
+    ),
+    RejectionCode.RATE_LIMITED: (
+        "We received too many requests in a short time, so nothing was changed. Please wait a minute and "
         "try again."
     ),
     FailureCode.TIME_NO_LONGER_AVAILABLE: (

@@ -31,6 +31,12 @@ from workers.runtime.worker import Worker
 # inherit this environment) use the development keyring.
 if not os.environ.get("APPT_PORTAL_KEYS"):
     os.environ.setdefault("APPT_PORTAL_KEYS_FILE", str(DEV_PORTAL_KEYS_FILE))
+# The suite sends many requests per customer and tenant within seconds (isolation, faults, scenarios): the
+# gate's default rate limits are lifted here; tests of the limits set a business's own in its settings layer.
+for _name in ("APPT_RATE_TENANT_PER_MINUTE", "APPT_RATE_REQUESTER_PER_MINUTE"):
+    os.environ.setdefault(_name, "600000")
+for _name in ("APPT_RATE_TENANT_BURST", "APPT_RATE_REQUESTER_BURST"):
+    os.environ.setdefault(_name, "100000")
 DEFAULTS = Settings()
 # Generation speed depends on how busy the machine is, which says nothing about the code under test.
 hypothesis_settings.register_profile("appt", suppress_health_check=[HealthCheck.too_slow], deadline=None)

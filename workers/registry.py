@@ -7,7 +7,7 @@ def worker_spec(name: str) -> WorkerSpec:
     if name == "policy_gate":
         from workers.policy_gate.handlers import HANDLERS
 
-        return WorkerSpec("policy_gate", HANDLERS, emits_events=True)
+        return WorkerSpec("policy_gate", HANDLERS, emits_events=True, tenant_lanes=True)
     if name == "modify_handler":
         from workers.modify_handler.handlers import HANDLERS
 
@@ -15,7 +15,8 @@ def worker_spec(name: str) -> WorkerSpec:
     if name == "portal_sync":
         from workers.portal_sync.handlers import HANDLERS
 
-        return WorkerSpec("portal_sync", HANDLERS, emits_events=True)  # the live feed
+        # The live feed; a flood's refusals reach it too.
+        return WorkerSpec("portal_sync", HANDLERS, emits_events=True, tenant_lanes=True)
     raise KeyError(f"unknown worker {name!r}; choose one of policy_gate, modify_handler, portal_sync")
 
 

@@ -27,6 +27,8 @@ from contracts.office_v2 import (
 from contracts.portal_v1 import ModifyChange, ModifyRequested
 from contracts.reasons import RejectionCode, customer_text
 from workers.policy_gate import offering, store
+from workers.policy_gate.admission import ADMISSION
+from workers.policy_gate.limits import Refusal
 from workers.policy_gate.rules import Decision, Outcome, decide
 from workers.policy_gate.settings import resolve
 from workers.runtime.database import UnitOfWork
@@ -68,8 +70,58 @@ def _rejection(
     )
 
 
+def rate_limited(refusal: Refusal) -> Decision:
+    # The level that set the limit is not known here without a read: "business" when the business may set
+    # it; docs/policy.md says the defaults apply where it sets none.
+    return Decision(
+        Outcome.REJECTED,
+        f"{refusal.scope.value}_rate_limit",
+        setting=refusal.setting,
+        setting_level=ScopeLevel.BUSINESS.value,
+        reason_code=RejectionCode.RATE_LIMITED.value,
+        reason_text=customer_text(RejectionCode.RATE_LIMITED),
+    )
+
+
+async def refuse_rate_limited(message: ModifyRequested, uow: UnitOfWork, refusal: Refusal) -> None:
+    """Over a limit: record the refusal by request id and tell the portal, reading nothing else."""
+    request = message.payload
+    decision = rate_limited(refusal)
+    decided_at = await store.record_refusal(
+        uow.driver,
+        tenant_id=message.tenant_id,
+        request_id=message.correlation_id,
+        message_id=message.message_id,
+        appointment_id=request.appointment_id,
+        requester_id=request.requester_id,
+        change=request.change.model_dump(mode="json"),
+        decision=decision,
+    )
+    if decided_at is None:
+        log.info("gate.request_already_decided")
+        return
+    log.info("gate.rate_limited", scope=refusal.scope.value, retry_after_s=round(refusal.retry_after_s, 2))
+    await uow.emit(
+        _rejection(
+            message,
+            decided_at,
+            request_id=message.correlation_id,
+            appointment_id=request.appointment_id,
+            action=request.change.action,
+            code=decision.reason_code or "",
+            text=decision.reason_text or "",
+        )
+    )
+
+
 async def decide_modify_request(message: ModifyRequested, uow: UnitOfWork) -> None:
     request = message.payload
+    # Limits first, from memory (the tenant's limits are read at most every LIMITS_TTL_S): a refused
+    # request costs one insert and its event, however many arrive.
+    refusal = await ADMISSION.check(uow, message.tenant_id, request.requester_id)
+    if refusal is not None:
+        await refuse_rate_limited(message, uow, refusal)
+        return
     facts, layers = await store.load_facts_and_layers(uow, message.tenant_id, request.appointment_id)
     now = await uow.now()
     decision: Decision = decide(
@@ -183,6 +235,9 @@ async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> N
 
 async def update_settings_layer(message: PortalSettingsUpdatedV2, uow: UnitOfWork) -> None:
     p = message.payload
+    if p.scope.level is ScopeLevel.BUSINESS:
+        # Read again at the next request (this replica); the layer may not apply (an older version).
+        ADMISSION.forget(message.tenant_id)
     applied = await store.save_layer(
         uow.connection,
         message.tenant_id,
@@ -212,6 +267,7 @@ def business_layer_from_v1(message: PortalSettingsUpdated) -> SettingsLayer:
 
 
 async def update_portal_settings_v1(message: PortalSettingsUpdated, uow: UnitOfWork) -> None:
+    ADMISSION.forget(message.tenant_id)
     applied = await store.save_layer(
         uow.connection,
         message.tenant_id,

@@ -172,6 +172,20 @@ async def save_layer(
     return True
 
 
+_BUSINESS_RATE_LIMITS = """
+SELECT settings->'rate_limits' FROM policy.settings_layers
+ WHERE tenant_id = $1 AND level = 'business' AND scope_key = ''
+"""
+
+
+async def load_business_rate_limits(driver: asyncpg.Connection, tenant_id: str) -> dict:
+    """The rate limits the business layer sets (field -> value; empty when it sets none)."""
+    stored = await driver.fetchval(_BUSINESS_RATE_LIMITS, tenant_id)
+    if stored is None:
+        return {}
+    return json.loads(stored) if isinstance(stored, str) else dict(stored)
+
+
 _RECORD_DECISION = """
 INSERT INTO policy.decisions (tenant_id, request_id, message_id, appointment_id, requester_id, change, action,
                               outcome, rule, setting, setting_level, reason_code, reason_text,
@@ -215,6 +229,46 @@ async def record_decision(
         decided_at,
     )
     return stored is not None
+
+
+_RECORD_REFUSAL = """
+INSERT INTO policy.decisions (tenant_id, request_id, message_id, appointment_id, requester_id, change, action,
+                              outcome, rule, setting, setting_level, reason_code, reason_text,
+                              decided_on_version, decided_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'rejected', $8, $9, $10, $11, $12, NULL, now())
+ON CONFLICT DO NOTHING
+RETURNING decided_at
+"""
+
+
+async def record_refusal(
+    driver: asyncpg.Connection,
+    *,
+    tenant_id: str,
+    request_id: str,
+    message_id,
+    appointment_id: str,
+    requester_id: str,
+    change: dict,
+    decision: Decision,
+) -> datetime | None:
+    """A refusal decided without reading anything (rate limits), stored by request id in one statement
+    that also reads the clock: when it was decided, or None when the request was already decided."""
+    return await driver.fetchval(
+        _RECORD_REFUSAL,
+        tenant_id,
+        request_id,
+        message_id,
+        appointment_id,
+        requester_id,
+        json.dumps(change),
+        change["action"],
+        decision.rule,
+        decision.setting,
+        decision.setting_level,
+        decision.reason_code,
+        decision.reason_text,
+    )
 
 
 async def lock_pending_approval(connection: AsyncConnection, tenant_id: str, request_id: str):

@@ -34,6 +34,7 @@ from contracts.signing import SignatureRefused, Verified
 from workers.runtime.broker import Broker
 from workers.runtime.database import UnitOfWork
 from workers.runtime.errors import is_conflict, is_transient
+from workers.runtime.fairness import LanesClosed, TenantLanes
 from workers.runtime.faults import FaultPoint, fault_point
 from workers.runtime.metrics import UNDECODED, WorkerMetrics
 from workers.runtime.outbox import DirectPublisher
@@ -102,20 +103,24 @@ class QueueConsumer:
         signatures: SignaturePolicy | None = None,
         dead_letter_exchange: str | None = None,
         publisher: DirectPublisher | None = None,
+        fair_window: int = 0,
     ) -> None:
         """Without `delayed_retry`, transient failures are retried in place for up to
         `transient_retry_budget_s`, then handed back to the broker (a topology without delay queues).
         With `signatures`, portal messages must carry a good signature (checked before parsing).
         `dead_letter_exchange`: where this consumer publishes dead letters (the worker's own; by default
         the topology's shared one). `publisher`: publishes a delivery's events right after its commit
-        (without one, the relay publishes them when the commit's NOTIFY wakes it)."""
+        (without one, the relay publishes them when the commit's NOTIFY wakes it).
+        `fair_window` > 0: hold up to that many deliveries and handle at most `prefetch` at once, tenants
+        taking turns (workers/runtime/fairness.py)."""
         self.name = name
         self._queue_name = queue_name
         self._dead_letter_key = dead_letter_routing_key
         self._handlers = dict(handlers)
         self._engine = engine
         self._broker = broker
-        self._prefetch = prefetch
+        self._prefetch = fair_window or prefetch
+        self._lanes = TenantLanes(prefetch) if fair_window else None
         self._retry_delay = transient_retry_delay_s
         self._retry_budget = transient_retry_budget_s
         self._delayed = delayed_retry
@@ -176,6 +181,8 @@ class QueueConsumer:
         would otherwise wait for a reconnect that may never come.
         """
         self._stopping = True
+        if self._lanes is not None:
+            self._lanes.close()  # deliveries not started yet go back to the queue at once
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         if self._queue is not None and self._consumer_tag is not None:
@@ -253,6 +260,19 @@ class QueueConsumer:
             correlation_id=decoded.correlation_id,
             tenant_id=decoded.tenant_id,
         )
+        if self._lanes is None:
+            return await self._deliver(incoming, decoded, handler)
+        try:
+            async with self._lanes.turn(decoded.tenant_id):
+                return await self._deliver(incoming, decoded, handler)
+        except LanesClosed:
+            await self._nack_requeue(incoming)
+            return "requeued", decoded.type, None
+
+    async def _deliver(
+        self, incoming: AbstractIncomingMessage, decoded: Envelope, handler: Handler
+    ) -> tuple[str, str, float | None]:
+        """Handle a decoded delivery, then ack it (or retry it later, or dead-letter it)."""
         failed_before = self._failed_deliveries(incoming)
         if failed_before:
             structlog.contextvars.bind_contextvars(attempt=failed_before + 1)

@@ -39,6 +39,8 @@ class WorkerSpec:
     name: str
     handlers: Mapping[type[Envelope], Handler]
     emits_events: bool = True
+    # Deliveries take turns by tenant (APPT_FAIR_WINDOW in hand): for the stages a tenant's flood reaches.
+    tenant_lanes: bool = False
 
 
 class Worker:
@@ -86,6 +88,7 @@ class Worker:
             signatures=self._signature_policy(spec, settings),
             dead_letter_exchange=self.topology.own_exchange(DEAD_LETTER_ROLE, spec.name),
             publisher=self.publisher,
+            fair_window=settings.fair_window if spec.tenant_lanes else 0,
         )
         self.relay = (
             OutboxRelay(
