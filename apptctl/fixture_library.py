@@ -44,6 +44,7 @@ from contracts.office_v2 import (
     Permission,
     PortalSettingsUpdatedV2,
     PortalSettingsV2Payload,
+    RateLimitSettings,
     RescheduleSettings,
     ScopeLevel,
     SettingsLayer,
@@ -188,6 +189,7 @@ def settings_layer(
     reschedule: dict | None = None,
     cancel: dict | None = None,
     version: int = 1,
+    rate_limits: dict | None = None,
 ) -> PortalSettingsUpdatedV2:
     """A business layer that turns self-service on and allows both actions, with overrides."""
     return PortalSettingsUpdatedV2(
@@ -200,6 +202,7 @@ def settings_layer(
                     **{"confirmed": ALLOW, "unconfirmed": ALLOW, **(reschedule or {})}
                 ),
                 cancel=CancelSettings(**{"confirmed": ALLOW, "unconfirmed": ALLOW, **(cancel or {})}),
+                rate_limits=RateLimitSettings(**rate_limits) if rate_limits else None,
             ),
             settings_version=version,
             changed_by="admin-1",
@@ -430,6 +433,22 @@ def _rejection_sets(anchor: datetime) -> dict[RejectionCode, RejectionSet]:
             booking(t, a, window=_window(a, 8)).model_copy(update={"correlation_id": "office-move-apt-1"})
         ],
         expected_version=1,
+    )
+    add(
+        C.RATE_LIMITED,
+        "the customer already sent one request (refused: no reason given) and the business allows one a "
+        "minute",
+        lambda t: [
+            settings_layer(
+                t,
+                a,
+                cancel={"reason_required": True},
+                rate_limits={"requester_burst": 1, "requester_per_minute": 1},
+            ),
+            booking(t, a),
+            request(t, a, "req-rate-limited-first", Cancel()),
+        ],
+        move,
     )
     return sets
 

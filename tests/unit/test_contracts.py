@@ -561,6 +561,7 @@ def test_reason_codes_are_stable() -> None:
         "cancel_reason_not_allowed",
         "office_declined",
         "appointment_version_stale",
+        "rate_limited",
     ]
     assert [str(c) for c in PendingCode] == ["awaiting_office_approval"]
     assert [str(c) for c in FailureCode] == [

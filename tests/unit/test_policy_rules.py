@@ -1469,7 +1469,10 @@ def test_rule_precedence(
 
 # --- customer sentences --------------------------------------------------------------------------
 
-GATE_CODES = {code for code in RejectionCode if code is not RejectionCode.OFFICE_DECLINED}
+# The rules' codes: the office declines, and rate limits refuse before the rules run (limits.py).
+GATE_CODES = {
+    code for code in RejectionCode if code not in (RejectionCode.OFFICE_DECLINED, RejectionCode.RATE_LIMITED)
+}
 
 
 def one_decision_per_code() -> list[Decision]:

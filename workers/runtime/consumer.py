@@ -15,6 +15,7 @@ Ack happens only after the transaction committed, on the channel that delivered 
 """
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -260,19 +261,6 @@ class QueueConsumer:
             correlation_id=decoded.correlation_id,
             tenant_id=decoded.tenant_id,
         )
-        if self._lanes is None:
-            return await self._deliver(incoming, decoded, handler)
-        try:
-            async with self._lanes.turn(decoded.tenant_id):
-                return await self._deliver(incoming, decoded, handler)
-        except LanesClosed:
-            await self._nack_requeue(incoming)
-            return "requeued", decoded.type, None
-
-    async def _deliver(
-        self, incoming: AbstractIncomingMessage, decoded: Envelope, handler: Handler
-    ) -> tuple[str, str, float | None]:
-        """Handle a decoded delivery, then ack it (or retry it later, or dead-letter it)."""
         failed_before = self._failed_deliveries(incoming)
         if failed_before:
             structlog.contextvars.bind_contextvars(attempt=failed_before + 1)
@@ -281,6 +269,9 @@ class QueueConsumer:
             outcome = await self._handle_with_retries(decoded, handler)
         except TransientRetryBudgetExhausted as exc:
             return await self._retry_later(incoming, failed_before, str(exc)), decoded.type, None
+        except LanesClosed:  # draining before its turn came: back to the queue, untouched
+            await self._nack_requeue(incoming)
+            return "requeued", decoded.type, None
         except Exception as exc:
             log.exception("message.handler_error", error=repr(exc))
             outcome = await self._dead_letter(
@@ -333,13 +324,17 @@ class QueueConsumer:
     async def _handle_once(self, message: Envelope, handler: Handler) -> str:
         # The inbox claim is the transaction's first statement, sent with its BEGIN.
         publisher = self._publisher
-        async with UnitOfWork(
-            self._engine,
-            self.name,
-            claim=(self.name, message.message_id),
-            tenant=message.tenant_id,
-            notify=publisher is None,
-        ) as uow:
+        # With tenant lanes, a transaction waits for its tenant's turn; the publish below does not hold it.
+        async with (
+            self._lanes.turn(message.tenant_id) if self._lanes is not None else contextlib.nullcontext(),
+            UnitOfWork(
+                self._engine,
+                self.name,
+                claim=(self.name, message.message_id),
+                tenant=message.tenant_id,
+                notify=publisher is None,
+            ) as uow,
+        ):
             if not uow.claimed:
                 return "duplicate"
             await handler(message, uow)

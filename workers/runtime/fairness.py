@@ -9,8 +9,11 @@ the prefetch did before.
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class LanesClosed(Exception):
@@ -102,3 +105,22 @@ class TenantLanes:
                 waiter.set_result(None)
                 return
         self._busy -= 1
+
+
+def take_in_turn(items: list[T], limit: int, key: Callable[[T], str]) -> tuple[list[T], list[T]]:
+    """Up to `limit` items taken one per key in turn (each key's items in their order), and the rest in
+    their original order: a burst in which a tenant with one item waiting is not behind another's thousand."""
+    if len(items) <= limit:
+        return list(items), []
+    lanes: dict[str, deque[int]] = {}
+    for index, item in enumerate(items):
+        lanes.setdefault(key(item), deque()).append(index)
+    taken: list[int] = []
+    turns = deque(lanes.values())
+    while len(taken) < limit:
+        lane = turns.popleft()
+        taken.append(lane.popleft())
+        if lane:
+            turns.append(lane)
+    chosen = set(taken)
+    return [items[i] for i in taken], [item for i, item in enumerate(items) if i not in chosen]

@@ -40,6 +40,7 @@ from infra.db.tables import OUTBOXES, WORKERS, outbox, outbox_function, outbox_t
 from infra.topology import REPLY_ROLE
 from workers.runtime import database
 from workers.runtime.broker import amqp_properties, headers_for
+from workers.runtime.fairness import take_in_turn
 from workers.runtime.faults import FaultPoint, fault_point
 
 log = structlog.get_logger(__name__)
@@ -311,6 +312,10 @@ class OutboxRelay:
                         await connection.close(timeout=2)
 
 
+def _tenant_of(row: OutboxRow) -> str:
+    return row.tenant_id
+
+
 class DirectPublisher:
     """Publishes the outbox rows consumers' transactions just committed, right after the commits, from
     the bytes the units of work still hold, and marks the confirmed ones published so the relay never
@@ -350,6 +355,7 @@ class DirectPublisher:
         self._mark_interval = mark_interval_s
         self._retry_interval = retry_interval_s
         self._queued: list[OutboxRow] = []
+        self._waiting: dict[str, int] = {}  # tenant -> its rows queued or awaiting their confirms
         self._publishing = 0  # rows of the burst awaiting their confirms
         self._room = asyncio.Event()
         self._room.set()
@@ -361,11 +367,15 @@ class DirectPublisher:
         self.left_to_relay = 0
 
     async def submit(self, rows: Sequence[OutboxRow]) -> None:
-        """Queue committed rows for the next burst; first wait while `max_pending` rows are ahead."""
-        while self.pending >= self._max_pending and not self._stopping:
+        """Queue committed rows for the next burst; first wait while `max_pending` rows are ahead and some
+        of them are this tenant's (a tenant with nothing waiting is not held back by another's flood)."""
+        tenant = rows[0].tenant_id if rows else ""
+        while self.pending >= self._max_pending and self._waiting.get(tenant) and not self._stopping:
             self._room.clear()
             await self._room.wait()
         self._queued.extend(rows)
+        for row in rows:
+            self._waiting[row.tenant_id] = self._waiting.get(row.tenant_id, 0) + 1
         self._to_publish.set()
 
     @property
@@ -406,7 +416,8 @@ class DirectPublisher:
 
     async def publish_queued(self) -> int:
         """One burst: up to `burst` queued rows at once, confirms awaited together; how many confirmed."""
-        rows, self._queued = self._queued[: self._burst], self._queued[self._burst :]
+        # Tenants in turn: the next burst holds every waiting tenant's oldest rows, not one tenant's backlog.
+        rows, self._queued = take_in_turn(self._queued, self._burst, _tenant_of)
         if not self._queued:
             self._to_publish.clear()
         if not rows:
@@ -416,6 +427,10 @@ class DirectPublisher:
             results = await _publish_rows(self._broker, self._producer, rows)
         finally:
             self._publishing = 0
+            for row in rows:
+                left = self._waiting.pop(row.tenant_id, 0) - 1
+                if left > 0:
+                    self._waiting[row.tenant_id] = left
             self._room.set()
         fault_point(FaultPoint.AFTER_PUBLISH)
         confirmed = [row.message_id for row, result in zip(rows, results, strict=True) if result is None]
