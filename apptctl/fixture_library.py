@@ -270,6 +270,8 @@ class RejectionSet:
     request: ModifyRequested
     office_change: list[Envelope] = field(default_factory=list)
     decision: ApprovalDecided | None = None
+    # The customer's earlier requests, each with the code it is rejected with.
+    earlier: list[tuple[ModifyRequested, RejectionCode]] = field(default_factory=list)
 
 
 def _rejection_sets(anchor: datetime) -> dict[RejectionCode, RejectionSet]:
@@ -288,6 +290,7 @@ def _rejection_sets(anchor: datetime) -> dict[RejectionCode, RejectionSet]:
         setup: Callable[[str], list[Envelope]],
         change,
         office_change: Callable[[str], list[Envelope]] | None = None,
+        earlier: Callable[[str], list[tuple[ModifyRequested, RejectionCode]]] | None = None,
         **request_kwargs,
     ) -> None:
         tenant = f"rej-{code.value.replace('_', '-')}"
@@ -298,7 +301,9 @@ def _rejection_sets(anchor: datetime) -> dict[RejectionCode, RejectionSet]:
             else None
         )
         changes = office_change(tenant) if office_change else []
-        sets[code] = RejectionSet(title, setup(tenant), req, changes, decision)
+        sets[code] = RejectionSet(
+            title, setup(tenant), req, changes, decision, earlier(tenant) if earlier else []
+        )
 
     add(
         C.APPOINTMENT_NOT_FOUND,
@@ -446,9 +451,9 @@ def _rejection_sets(anchor: datetime) -> dict[RejectionCode, RejectionSet]:
                 rate_limits={"requester_burst": 1, "requester_per_minute": 1},
             ),
             booking(t, a),
-            request(t, a, "req-rate-limited-first", Cancel()),
         ],
         move,
+        earlier=lambda t: [(request(t, a, "req-rate-limited-first", Cancel()), C.CANCEL_REASON_REQUIRED)],
     )
     return sets
 
@@ -461,6 +466,18 @@ def rejections(anchor: datetime = LIBRARY_ANCHOR) -> Files:
         if item.office_change:
             files[f"{base}/015-office-change.json"] = _file(
                 f"{base}/015", item.office_change, anchor, _describe_setup
+            )
+        if item.earlier:
+            codes = {m.correlation_id: c for m, c in item.earlier}
+            files[f"{base}/016-earlier-requests.json"] = _file(
+                f"{base}/016",
+                [m for m, _ in item.earlier],
+                anchor,
+                lambda m: "the customer's earlier request",
+                lambda m, codes=codes: {
+                    "request_status": "rejected",
+                    "reason_code": codes[m.correlation_id].value,
+                },
             )
         files[f"{base}/020-request.json"] = _file(
             f"{base}/020",

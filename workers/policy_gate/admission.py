@@ -9,13 +9,14 @@ from workers.runtime.database import UnitOfWork
 from workers.runtime.settings import Settings
 
 # How long a tenant's limits are believed before the business layer is read again. The replica that applies
-# a settings change knows at once; other replicas within this time.
+# a settings change knows at once (from the message it applied); other replicas within this time.
 LIMITS_TTL_S = 30.0
 
 
 @dataclass
 class _Cached:
     limits: RateLimits
+    settings_version: int  # of the business layer they came from (0: none)
     loaded_at: float
 
 
@@ -40,19 +41,22 @@ class Admission:
             )
         return self._defaults
 
-    def learn(self, tenant_id: str, business_rate_limits: dict | None, now: float | None = None) -> None:
-        """The business layer's rate limits (as stored), just read or just applied."""
-        limits = self.defaults.overlaid(**(business_rate_limits or {}))
-        self._limits[tenant_id] = _Cached(limits, time.monotonic() if now is None else now)
-
-    def forget(self, tenant_id: str) -> None:
-        """The business layer changed: read it again when the tenant's next request comes."""
-        self._limits.pop(tenant_id, None)
+    def learn(self, tenant_id: str, rate_limits: dict | None, settings_version: int, now: float) -> None:
+        """The business layer's rate limits (as stored) at `settings_version`, just read or just applied; an
+        older version than the one known is ignored (a read that raced a change)."""
+        known = self._limits.get(tenant_id)
+        if known is not None and known.settings_version > settings_version:
+            known.loaded_at = now
+            return
+        self._limits[tenant_id] = _Cached(
+            self.defaults.overlaid(**(rate_limits or {})), settings_version, now
+        )
 
     async def limits_for(self, uow: UnitOfWork, tenant_id: str, now: float) -> RateLimits:
         cached = self._limits.get(tenant_id)
         if cached is None or now - cached.loaded_at > LIMITS_TTL_S:
-            self.learn(tenant_id, await store.load_business_rate_limits(uow.driver, tenant_id), now)
+            rate_limits, version = await store.load_business_rate_limits(uow.driver, tenant_id)
+            self.learn(tenant_id, rate_limits, version, now)
             cached = self._limits[tenant_id]
         return cached.limits
 

@@ -1,5 +1,7 @@
 """policy_gate handlers: decide modify requests, keep settings layers current, settle office approvals."""
 
+import time
+
 import structlog
 from pydantic import TypeAdapter
 
@@ -235,9 +237,6 @@ async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> N
 
 async def update_settings_layer(message: PortalSettingsUpdatedV2, uow: UnitOfWork) -> None:
     p = message.payload
-    if p.scope.level is ScopeLevel.BUSINESS:
-        # Read again at the next request (this replica); the layer may not apply (an older version).
-        ADMISSION.forget(message.tenant_id)
     applied = await store.save_layer(
         uow.connection,
         message.tenant_id,
@@ -248,6 +247,15 @@ async def update_settings_layer(message: PortalSettingsUpdatedV2, uow: UnitOfWor
         message_id=message.message_id,
     )
     log.info("gate.settings", applied=applied, level=p.scope.level.value, settings_version=p.settings_version)
+    if applied and p.scope.level is ScopeLevel.BUSINESS:
+        # This replica's next request uses them (others within admission.LIMITS_TTL_S).
+        limits = p.settings.rate_limits
+        ADMISSION.learn(
+            message.tenant_id,
+            limits.model_dump(exclude_none=True) if limits else None,
+            p.settings_version,
+            time.monotonic(),
+        )
     if applied:
         await offering.follow_scope(uow, message, p.scope.level, p.scope.key)
 
@@ -267,7 +275,6 @@ def business_layer_from_v1(message: PortalSettingsUpdated) -> SettingsLayer:
 
 
 async def update_portal_settings_v1(message: PortalSettingsUpdated, uow: UnitOfWork) -> None:
-    ADMISSION.forget(message.tenant_id)
     applied = await store.save_layer(
         uow.connection,
         message.tenant_id,
@@ -280,7 +287,8 @@ async def update_portal_settings_v1(message: PortalSettingsUpdated, uow: UnitOfW
     log.info(
         "gate.settings", applied=applied, level="business", settings_version=message.payload.settings_version
     )
-    if applied:
+    if applied:  # a version 1 business layer sets no rate limits: the defaults apply
+        ADMISSION.learn(message.tenant_id, None, message.payload.settings_version, time.monotonic())
         await offering.follow_scope(uow, message, ScopeLevel.BUSINESS, None)
 
 

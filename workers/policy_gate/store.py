@@ -173,17 +173,21 @@ async def save_layer(
 
 
 _BUSINESS_RATE_LIMITS = """
-SELECT settings->'rate_limits' FROM policy.settings_layers
+SELECT settings->'rate_limits', settings_version FROM policy.settings_layers
  WHERE tenant_id = $1 AND level = 'business' AND scope_key = ''
 """
 
 
-async def load_business_rate_limits(driver: asyncpg.Connection, tenant_id: str) -> dict:
-    """The rate limits the business layer sets (field -> value; empty when it sets none)."""
-    stored = await driver.fetchval(_BUSINESS_RATE_LIMITS, tenant_id)
+async def load_business_rate_limits(driver: asyncpg.Connection, tenant_id: str) -> tuple[dict, int]:
+    """The rate limits the business layer sets (field -> value; empty when it sets none) and its version
+    (0 without a business layer)."""
+    row = await driver.fetchrow(_BUSINESS_RATE_LIMITS, tenant_id)
+    if row is None:
+        return {}, 0
+    stored, version = row
     if stored is None:
-        return {}
-    return json.loads(stored) if isinstance(stored, str) else dict(stored)
+        return {}, version
+    return (json.loads(stored) if isinstance(stored, str) else dict(stored)), version
 
 
 _RECORD_DECISION = """
