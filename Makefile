@@ -9,7 +9,7 @@ ifeq ($(strip $(APPT_PORTAL_KEYS)),)
 export APPT_PORTAL_KEYS_FILE ?= $(CURDIR)/infra/dev/portal-keys.json
 endif
 
-.PHONY: venv services migrate topology demo run test lint format asyncapi clean bench bench-quick bench-scale \
+.PHONY: venv services migrate topology demo run test lint format asyncapi clean bench bench-quick bench-scale bench-flood \
 	soak test-restarts faults-report
 
 $(STAMP): pyproject.toml
@@ -59,6 +59,13 @@ bench-quick: venv services
 # 1 vs 2 replicas per stage, and the gate's decision time with 1k vs 1M appointments (docs/scaling.md).
 bench-scale: venv services
 	$(BIN)/python -m bench --scale --quick
+
+# One tenant floods (10,000 signed requests) while another's customers reschedule: prints the flood rate, the
+# victim's p50/p95/p99 and the refused count, with tenant lanes and limits, then for plain FIFO workers.
+FLOOD ?= 10000
+bench-flood: venv services
+	APPT_FLOOD_REQUESTS=$(FLOOD) APPT_FLOOD_CONTROL=1 $(BIN)/pytest -s -q -o timeout=3600 -k starve \
+		tests/e2e/test_fairness.py
 
 # The fault suite (tests/faults, docs/reliability.md) at 10x its CI size: ~20,000 requests.
 # APPT_FAULTS_SCALE sets another size; the last run's numbers land in build/faults/.

@@ -16,6 +16,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import text
 
 from apptctl import readstore
@@ -205,13 +206,13 @@ async def _victim_latencies(broker, engine, flood_tenant: str, victim: str, sett
                 )
             ).all()
         )
-    if os.environ.get("APPT_FLOOD_DEBUG"):
-        for r in rows:
+    if os.environ.get("APPT_FLOOD_DEBUG"):  # where each victim's time went: gate decision, then final
+        for r in sorted(rows, key=lambda r: sent_at[r.request_id]):
+            sent = sent_at[r.request_id]
             print(
                 r.request_id,
-                sent_at[r.request_id].time(),
-                (gate[r.request_id] - sent_at[r.request_id]).total_seconds(),
-                (r.updated_at - sent_at[r.request_id]).total_seconds(),
+                (gate[r.request_id] - sent).total_seconds(),
+                (r.updated_at - sent).total_seconds(),
             )
 
     async def flood_done() -> list | None:
@@ -220,8 +221,10 @@ async def _victim_latencies(broker, engine, flood_tenant: str, victim: str, sett
 
     flood_rows = await wait_until(flood_done, 600, interval_s=0.5)
     assert flood_rows, "the flood was not answered in full"
+    answered_s = time.monotonic() - started
     figures = {
         "flood_requests": FLOOD,
+        "flood_answered_s": round(answered_s, 1),
         "flood_rate_per_s": round(FLOOD / flood_s),
         "victim_p50_s": round(_percentile(latencies, 50), 3),
         "victim_p95_s": round(_percentile(latencies, 95), 3),
@@ -291,14 +294,19 @@ async def _flood_with_lanes_and_limits(broker, engine, settings) -> None:
     figures = await _victim_latencies(broker, engine, flood_tenant, victim, settings)
 
     assert figures["victim_statuses"] == ["completed"]
-    assert figures["refused_rate_limited"] >= FLOOD * 0.8
+    # The flood's tenant gets its burst (20) and 10 a second for as long as the gate took to answer it.
+    admitted = FLOOD - figures["refused_rate_limited"]
+    assert 20 <= admitted <= 20 + 10 * figures["flood_answered_s"] + 10, figures
     assert figures["victim_p95_s"] < 1.0, figures
 
 
 async def test_without_tenant_lanes_the_same_flood_starves_the_victim(
     settings, topology, broker, engine, tmp_path
 ):
-    """The control: plain FIFO workers (APPT_FAIR_WINDOW=0), no limits on the flood's tenant."""
+    """The control (`make bench-flood`): plain FIFO workers (APPT_FAIR_WINDOW=0), no limits on the flood's
+    tenant; shows what the lanes and limits are for."""
+    if not os.environ.get("APPT_FLOOD_CONTROL"):
+        pytest.skip("the FIFO control runs in `make bench-flood` (APPT_FLOOD_CONTROL=1)")
     group = await _start_processes(settings, topology, tmp_path, APPT_FAIR_WINDOW="0")
     try:
         flood_tenant, victim = unique_tenant("flood"), unique_tenant("victim")

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     prefetch: int = Field(default=32, ge=1, le=1000, alias="APPT_PREFETCH")
     # Workers with tenant lanes (policy_gate, portal_sync) hold up to this many deliveries and handle at most
     # APPT_PREFETCH of them at once, taking tenants in turn (workers/runtime/fairness.py). 0: plain FIFO.
-    fair_window: int = Field(default=10_000, ge=0, le=60_000, alias="APPT_FAIR_WINDOW")
+    fair_window: int = Field(default=2000, ge=0, le=60_000, alias="APPT_FAIR_WINDOW")
     # The gate's default request rate limits (a business's settings layer may set its own; docs/policy.md).
     rate_tenant_per_minute: int = Field(default=3000, ge=1, alias="APPT_RATE_TENANT_PER_MINUTE")
     rate_tenant_burst: int = Field(default=300, ge=1, alias="APPT_RATE_TENANT_BURST")
