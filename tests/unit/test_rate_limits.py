@@ -159,3 +159,15 @@ async def test_a_cancelled_waiter_does_not_lose_a_slot_and_closing_turns_away_th
     with pytest.raises(LanesClosed):
         async with lanes.turn("b"):
             pass
+
+
+def test_the_gate_keeps_the_newest_business_limits_it_has_seen():
+    from workers.policy_gate.admission import Admission
+
+    admission = Admission(defaults=LIMITS)
+    admission.learn("t", {"requester_burst": 1}, settings_version=2, now=0.0)
+    # A request's read that started before version 2 was applied must not bring version 1's limits back.
+    admission.learn("t", {"requester_burst": 9}, settings_version=1, now=1.0)
+    assert admission.known("t") == LIMITS.overlaid(requester_burst=1)
+    admission.learn("t", None, settings_version=3, now=2.0)  # a version 1 message: the defaults again
+    assert admission.known("t") == LIMITS

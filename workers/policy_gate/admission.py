@@ -52,6 +52,10 @@ class Admission:
             self.defaults.overlaid(**(rate_limits or {})), settings_version, now
         )
 
+    def known(self, tenant_id: str) -> RateLimits | None:
+        cached = self._limits.get(tenant_id)
+        return cached.limits if cached else None
+
     async def limits_for(self, uow: UnitOfWork, tenant_id: str, now: float) -> RateLimits:
         cached = self._limits.get(tenant_id)
         if cached is None or now - cached.loaded_at > LIMITS_TTL_S:
