@@ -33,7 +33,7 @@ from contracts.reasons import DeadLetterReason
 from contracts.signing import SignatureRefused, Verified
 from workers.runtime.broker import Broker
 from workers.runtime.database import UnitOfWork
-from workers.runtime.errors import is_conflict, is_transient
+from workers.runtime.errors import DeadLetter, is_conflict, is_transient
 from workers.runtime.faults import FaultPoint, fault_point
 from workers.runtime.metrics import UNDECODED, WorkerMetrics
 from workers.runtime.outbox import DirectPublisher
@@ -261,6 +261,9 @@ class QueueConsumer:
             outcome = await self._handle_with_retries(decoded, handler)
         except TransientRetryBudgetExhausted as exc:
             return await self._retry_later(incoming, failed_before, str(exc)), decoded.type, None
+        except DeadLetter as exc:
+            log.warning("message.refused_by_handler", reason=exc.reason, detail=exc.detail)
+            return await self._dead_letter(incoming, exc.reason, exc.detail), decoded.type, None
         except Exception as exc:
             log.exception("message.handler_error", error=repr(exc))
             outcome = await self._dead_letter(
