@@ -352,7 +352,8 @@ def _message(cls: type[Envelope], schemas: dict[str, dict], topology: Topology) 
         "title": _title(cls),
         "summary": cls.summary,
         "description": (
-            f"Published by {' and '.join(publishers_of(type_))} to `{topology.exchange(cls.exchange_role)}` with routing key "
+            f"Published by {' and '.join(publishers_of(type_))} to "
+            f"`{topology.exchange(cls.exchange_role)}` with routing key "
             f"`{cls.routing_key}`. AMQP properties: content_type `{CONTENT_TYPE}`, delivery_mode 2 "
             "(persistent), message_id = `message_id`, correlation_id = `correlation_id`, "
             "type = `type` (a mismatch is dead-lettered as `properties_mismatch`), app_id = `producer`, "
