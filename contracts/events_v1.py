@@ -110,6 +110,12 @@ class AppointmentCanceled(Envelope):
 class AppointmentUpdatedPayload(Strict):
     appointment: AppointmentSnapshot
     initiated_by: Initiator
+    based_on_version: Version | None = Field(
+        default=None,
+        description="The appointment version the office's record was built on (a version 1 record: the "
+        "version its previous record produced); null for a new booking. A customer change at a later "
+        "version was known to the record only if this is at or past it.",
+    )
 
 
 class AppointmentUpdated(Envelope):

@@ -15,7 +15,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from apptctl import readstore
+from apptctl import readstore, reconcile
 from apptctl.scenario_runner import publish_all, wait_until
 from contracts.common import Confirmation
 from contracts.office_v2 import CancelSettings, RescheduleSettings, SettingsLayer
@@ -137,6 +137,22 @@ async def test_a_record_built_before_a_customer_move_never_undoes_it(world: Worl
     print(f"\ntwo writers: {ROUNDS} rounds")
     for (kind, gap), counts in sorted(tally.items()):
         print(f"  {kind} office record {gap:+d} ms after the request: {dict(counts)}")
+    await assert_no_lost_update(world)
+
+
+async def assert_no_lost_update(world: World) -> None:
+    """`apptctl reconcile` over the tenant: no completed request's effect is gone (and the schedule and
+    the read store agree)."""
+    report = await reconcile.check(
+        world.engine, tenants=[world.tenant], dead_letters=[], dead_letters_required=False
+    )
+    assert not report.violations_of(
+        reconcile.Kind.LOST_UPDATE,
+        reconcile.Kind.READ_STORE_DIVERGED,
+        reconcile.Kind.READ_STORE_BEHIND,
+        reconcile.Kind.UNEXPLAINED_CHANGE,
+        reconcile.Kind.OUTCOME_MISMATCH,
+    ), report.violations[:5]
 
 
 async def test_a_record_that_knew_of_the_move_changes_it_on_purpose(world: World):
@@ -160,6 +176,7 @@ async def test_a_record_that_knew_of_the_move_changes_it_on_purpose(world: World
     assert (answer.status, answer.reason_code) == ("ignored", "older_revision")
     row, view = await settled_view(world, "apt-1")
     assert row.window_start == OLD.start == view.window_start
+    await assert_no_lost_update(world)  # moved back on purpose: no lost update
 
 
 async def test_a_version_1_record_applies_once_it_agrees_with_the_customer_change(world: World):
@@ -184,6 +201,7 @@ async def test_a_version_1_record_applies_once_it_agrees_with_the_customer_chang
     assert (await office_answer(world, again.message_id)).status == "applied"
     row, view = await settled_view(world, "apt-1")
     assert (row.window_start, view.window_start, row.version) == (OLD.start, OLD.start, 4)
+    await assert_no_lost_update(world)
 
 
 async def test_every_office_message_gets_an_outcome(world: World):

@@ -134,7 +134,13 @@ async def record_office_appointment(
             producer=PRODUCER,
             occurred_at=now,
             payload=AppointmentUpdatedPayload(
-                appointment=appointment.snapshot(), initiated_by=Initiator.OFFICE
+                appointment=appointment.snapshot(),
+                initiated_by=Initiator.OFFICE,
+                based_on_version=(
+                    payload.based_on_version
+                    if versioned
+                    else (previous.office_version if previous is not None else None)
+                ),
             ),
         )
     )
