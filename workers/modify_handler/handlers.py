@@ -108,16 +108,20 @@ async def record_office_appointment(
     versioned = isinstance(message, AppointmentRecordedV2)
     previous = await repository.lock_appointment(uow.driver, message.tenant_id, payload.appointment_id)
     recorded = repository.office_state(message.tenant_id, payload, previous.version + 1 if previous else 1)
-    refusal = domain.judge_office_record(
+    not_applied = domain.judge_office_record(
         previous,
         recorded,
         based_on_version=payload.based_on_version if versioned else None,
         office_revision=payload.office_revision if versioned else None,
     )
-    if refusal is not None:
+    if not_applied is not None:
         assert previous is not None
-        log.info("schedule.office_record_not_applied", reason_code=refusal.value, version=previous.version)
-        await _office_outcome(message, uow, now, payload.appointment_id, refusal, current=previous.snapshot())
+        log.info(
+            "schedule.office_record_not_applied", reason_code=not_applied.value, version=previous.version
+        )
+        await _office_outcome(
+            message, uow, now, payload.appointment_id, not_applied, current=previous.snapshot()
+        )
         return
     new_job = await repository.ensure_job(conn, message.tenant_id, payload.job_id, payload.customer_id)
     holds, changed_places = await places.follow_office_record(conn, previous, recorded)
