@@ -10,14 +10,14 @@
 - `policy.decisions.producer`: a request id belongs to the tenant and the portal that sent it first.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-06
 """
 
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
