@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -452,6 +452,19 @@ rounds = st.lists(st.lists(step, min_size=1, max_size=3), min_size=1, max_size=8
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(initial=st.sets(st.integers(0, 2)), steps=rounds)
+@example(  # two records of a new appointment at once: both used to book it and take a place
+    initial={0}, steps=[[("office", "apt-0", 0, AppointmentStatus.SCHEDULED)] * 2]
+)
+@example(  # bookings before the window, then the window with a move into it at the same time
+    initial=set(),
+    steps=[
+        [
+            ("office", "apt-0", 0, AppointmentStatus.SCHEDULED),
+            ("office", "apt-1", 1, AppointmentStatus.SCHEDULED),
+        ],
+        [("places", None, 0, 1), ("move", "apt-1", 0, None)],
+    ],
+)
 async def test_capacity_accounting_never_depends_on_arrival_order(wide_engine, initial, steps):
     tenant = unique_tenant()
     try:

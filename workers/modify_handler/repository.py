@@ -44,6 +44,15 @@ SELECT tenant_id, appointment_id, job_id, customer_id, business_unit, job_type, 
 """
 
 
+_GUARD_APPOINTMENT_ID = "SELECT pg_advisory_xact_lock(hashtext('appointment:' || $1 || ':' || $2))"
+
+
+async def guard_appointment_id(driver: asyncpg.Connection, tenant_id: str, appointment_id: str) -> None:
+    """Until commit, the only office record of this appointment in flight. A row lock cannot serialize
+    two records of an appointment that does not exist yet: both would book it and take its place twice."""
+    await driver.execute(_GUARD_APPOINTMENT_ID, tenant_id, appointment_id)
+
+
 async def lock_appointment(
     driver: asyncpg.Connection, tenant_id: str, appointment_id: str
 ) -> Appointment | None:
