@@ -2,11 +2,12 @@
 
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from infra.db.tables import portal_appointments, portal_jobs, portal_requests
+from infra.db.tables import portal_appointments, portal_jobs, portal_office_outcomes, portal_requests
 
 
 @dataclass(frozen=True)
@@ -169,3 +170,37 @@ async def settings_version(
 
     async with engine.connect() as conn:
         return await layer_version(conn, tenant_id, level, key)
+
+
+@dataclass(frozen=True)
+class OfficeOutcomeView:
+    """What became of one office message (portal.office_outcomes)."""
+
+    office_message_id: UUID
+    message_type: str
+    status: str
+    subject: str | None
+    reason_code: str | None
+    reason_text: str | None
+    current_state: dict | None
+
+
+async def office_outcome(
+    engine: AsyncEngine, tenant_id: str, office_message_id: UUID
+) -> OfficeOutcomeView | None:
+    t = portal_office_outcomes
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    t.c.office_message_id,
+                    t.c.message_type,
+                    t.c.status,
+                    t.c.subject,
+                    t.c.reason_code,
+                    t.c.reason_text,
+                    t.c.current_state,
+                ).where(t.c.tenant_id == tenant_id, t.c.office_message_id == office_message_id)
+            )
+        ).first()
+        return None if row is None else OfficeOutcomeView(*row)

@@ -150,6 +150,7 @@ class Event:
     initiated_by: str | None = None
     appointment: AppointmentState | None = None
     job: JobState | None = None
+    based_on_version: int | None = None  # an office record's: the version it was built on
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,7 @@ class Kind(StrEnum):
     OUTBOX_STUCK = "outbox_stuck"
     EVENT_NOT_CONSUMED = "event_not_consumed"
     CAPACITY_MISMATCH = "capacity_mismatch"
+    LOST_UPDATE = "lost_update"
 
 
 @dataclass(frozen=True)
@@ -773,6 +775,61 @@ def _check_outbox(facts: Facts, ctx: _Context) -> list[Violation]:
     return violations
 
 
+def _undone(effect: Event, truth: AppointmentState) -> bool:
+    """Is what the customer's request did gone from the schedule (its window, or its cancel)?"""
+    done = effect.appointment
+    assert done is not None
+    if effect.type == CANCELED:
+        return truth.status != "canceled"
+    return (truth.window_start, truth.window_end) != (done.window_start, done.window_end)
+
+
+def _knew_of(later: Event, version: int) -> bool:
+    """A later change that explains a customer's change being gone: another customer change, or an
+    office record built on (at or past) the customer's version: a deliberate change."""
+    if later.type in EFFECTS and later.request_id is not None:
+        return True
+    return later.based_on_version is not None and later.based_on_version >= version
+
+
+def check_lost_updates(facts: Facts, ctx: "_Context") -> list[Violation]:
+    """A completed request whose effect is gone from the schedule, with no later deliberate change that
+    explains it: a lost update (an office record that did not know of it put the old state back).
+    Only where the history after the effect is still in the outbox."""
+    truth = {(a.tenant_id, a.appointment_id): a for a in facts.truth_appointments}
+    history: dict[Key, list[Event]] = defaultdict(list)
+    for event in facts.events:
+        if event.appointment is not None:
+            history[(event.tenant_id, event.appointment.appointment_id)].append(event)
+    violations = []
+    for key, events in history.items():
+        current = truth.get(key)
+        if current is None:
+            continue
+        events = sorted(events, key=lambda e: e.appointment.version)  # type: ignore[union-attr]
+        for n, effect in enumerate(events):
+            if effect.type not in EFFECTS or effect.request_id is None or effect.initiated_by != "customer":
+                continue
+            version = effect.appointment.version  # type: ignore[union-attr]
+            if current.version == version or not _undone(effect, current):
+                continue
+            later = events[n + 1 :]
+            if current.version > max(e.appointment.version for e in events):  # type: ignore[union-attr]
+                continue  # the change that undid it is not in the history (yet): UNEXPLAINED_CHANGE's
+            if any(_knew_of(e, version) for e in later):
+                continue
+            violations.append(
+                Violation(
+                    Kind.LOST_UPDATE,
+                    key[0],
+                    f"appointment {key[1]}",
+                    f"request {effect.request_id} completed at v{version}, undone by v{current.version} "
+                    "with no later change that knew of it",
+                )
+            )
+    return violations
+
+
 def check_capacity(facts: Facts) -> list[Violation]:
     """Capacity accounting: a slot's `booked` equals the active appointments holding it, never above its
     capacity. `gather` reads scheduling.capacity_windows; None (tests' hand-made facts) means not checked."""
@@ -820,6 +877,7 @@ def reconcile(facts: Facts, *, grace_s: float = 0.0, retention_s: float = 3600.0
     appointment_violations, appointments = _check_appointments(facts, ctx, applied_reschedules)
     job_violations, jobs = _check_jobs(facts, ctx)
     violations += appointment_violations + job_violations + _check_outbox(facts, ctx) + check_capacity(facts)
+    violations += check_lost_updates(facts, ctx)
     dead_letter_counts = None
     if facts.dead_letters is not None:
         dead_letter_counts = {}
@@ -957,6 +1015,7 @@ def event_from_row(row: Any) -> Event:
             action={RESCHEDULED: "reschedule", CANCELED: "cancel"}.get(kind),
             initiated_by=payload.get("initiated_by"),
             appointment=snapshot,
+            based_on_version=payload.get("based_on_version"),
         )
     if kind == JOB_CHANGED:
         return Event(

@@ -11,7 +11,15 @@ from pydantic.json_schema import models_json_schema
 
 from contracts.decoding import CONTENT_TYPE, MAX_MESSAGE_BYTES
 from contracts.envelope import Envelope
-from contracts.reasons import CUSTOMER_TEXT, DeadLetterReason, FailureCode, RejectionCode, customer_text
+from contracts.reasons import (
+    CUSTOMER_TEXT,
+    OFFICE_TEXT,
+    DeadLetterReason,
+    FailureCode,
+    OfficeOutcomeCode,
+    RejectionCode,
+    customer_text,
+)
 from contracts.registry import MESSAGE_CLASSES, type_name
 from contracts.signing import KEY_ID_HEADER, PORTAL_ROLE, SIGNATURE_HEADER, SIGNED_AT_HEADER
 from infra.topology import DEAD_LETTER_ROLE, DEFAULT_NAMESPACE, DELIVERY_LIMIT, QueueSpec, Topology, build
@@ -46,7 +54,16 @@ PUBLISHERS: dict[str, str] = {
     "office.project.recorded": "office",
     "project.updated": "modify_handler",
     "modify.outcome": "portal_sync",
+    "office.outcome": "modify_handler",
 }
+# Message types a second worker publishes too: the office's outcomes of settings and approvals come
+# from the gate, those of appointment records, capacity and projects from the scheduling worker.
+ALSO_PUBLISHED_BY: dict[str, tuple[str, ...]] = {"office.outcome": ("policy_gate",)}
+
+
+def publishers_of(type_: str) -> tuple[str, ...]:
+    return (PUBLISHERS[type_], *ALSO_PUBLISHED_BY.get(type_, ()))
+
 
 ACTORS: dict[str, str] = {
     "portal": "A customer portal (external): publishes the customer's modify requests.",
@@ -66,6 +83,12 @@ DEAD_LETTER_TEXT: dict[str, str] = {
     DeadLetterReason.PROPERTIES_MISMATCH: "The AMQP `type` property contradicts the body's `type`.",
     DeadLetterReason.UNEXPECTED_MESSAGE_TYPE: "A valid message reached a worker that has no handler for it.",
     DeadLetterReason.HANDLER_ERROR: "The worker failed on the message with an error that is not transient.",
+    DeadLetterReason.REQUEST_ID_REUSED: (
+        "policy_gate: a `modify.requested` whose request id (correlation_id) already names a different "
+        "request of the tenant (another change, appointment, requester or portal). Nothing changed. "
+        "Never replay it: send the new request under a new request id. An identical re-send is no dead "
+        "letter: it is acknowledged and changes nothing."
+    ),
     DeadLetterReason.DELIVERY_LIMIT_EXCEEDED: (
         f"Reserved. A message redelivered more than {DELIVERY_LIMIT} times is dead-lettered by the "
         "broker itself, which sets RabbitMQ's `x-death` / `x-first-death-reason` headers instead."
@@ -329,7 +352,8 @@ def _message(cls: type[Envelope], schemas: dict[str, dict], topology: Topology) 
         "title": _title(cls),
         "summary": cls.summary,
         "description": (
-            f"Published by {PUBLISHERS[type_]} to `{topology.exchange(cls.exchange_role)}` with routing key "
+            f"Published by {' and '.join(publishers_of(type_))} to "
+            f"`{topology.exchange(cls.exchange_role)}` with routing key "
             f"`{cls.routing_key}`. AMQP properties: content_type `{CONTENT_TYPE}`, delivery_mode 2 "
             "(persistent), message_id = `message_id`, correlation_id = `correlation_id`, "
             "type = `type` (a mismatch is dead-lettered as `properties_mismatch`), app_id = `producer`, "
@@ -442,14 +466,14 @@ def _operation(action: str, channel: str, messages: list[str], summary: str, des
 def _operations(topology: Topology) -> dict:
     operations: dict[str, dict] = {}
     for cls in MESSAGE_CLASSES:
-        publisher = PUBLISHERS[type_name(cls)]
-        operations[f"{publisher}_send_{operation_subject(cls)}"] = _operation(
-            "send",
-            channel_id(cls.exchange_role, cls.routing_key),
-            [message_key(cls)],
-            cls.summary,
-            f"{ACTORS[publisher]} Publishes to `{topology.exchange(cls.exchange_role)}`.",
-        )
+        for publisher in publishers_of(type_name(cls)):
+            operations[f"{publisher}_send_{operation_subject(cls)}"] = _operation(
+                "send",
+                channel_id(cls.exchange_role, cls.routing_key),
+                [message_key(cls)],
+                cls.summary,
+                f"{ACTORS[publisher]} Publishes to `{topology.exchange(cls.exchange_role)}`.",
+            )
     receives = sorted(
         ((queue, bound, cls) for cls in MESSAGE_CLASSES for queue, bound in consumers(topology, cls)),
         key=lambda item: topology.queues.index(item[0]),  # grouped by worker, registry order within
@@ -491,6 +515,11 @@ def _reason_codes() -> dict:
         "FailureCode": {
             "description": "`reason_code` of `modify.failed`: approved but could not be applied.",
             "codes": {str(code): outcome(code) for code in FailureCode},
+        },
+        "OfficeOutcomeCode": {
+            "description": "`reason_code` of `office.outcome`: why an office message was ignored "
+            "(older_revision) or refused (any other code); an applied one has none.",
+            "codes": {str(code): {"description": OFFICE_TEXT[code]} for code in OfficeOutcomeCode},
         },
         "DeadLetterReason": {
             "description": "`x-dead-letter-reason` header of dead letters.",

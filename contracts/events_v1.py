@@ -2,11 +2,13 @@
 
 from enum import StrEnum
 from typing import ClassVar, Literal
+from uuid import UUID
 
 from pydantic import Field
 
 from contracts.common import AppointmentSnapshot, ArrivalWindow, JobStatus, ModifyAction
 from contracts.envelope import Envelope, Strict
+from contracts.reasons import OFFICE_TEXT, OfficeOutcomeCode
 from contracts.types import EntityId, LongText, ShortText, Slug, Timestamp, Version
 
 
@@ -108,6 +110,12 @@ class AppointmentCanceled(Envelope):
 class AppointmentUpdatedPayload(Strict):
     appointment: AppointmentSnapshot
     initiated_by: Initiator
+    based_on_version: Version | None = Field(
+        default=None,
+        description="The appointment version the office's record was built on (a version 1 record: the "
+        "version its previous record produced); null for a new booking. A customer change at a later "
+        "version was known to the record only if this is at or past it.",
+    )
 
 
 class AppointmentUpdated(Envelope):
@@ -244,3 +252,77 @@ class ProjectUpdated(Envelope):
     type: Literal["project.updated"] = "project.updated"
     schema_version: Literal[1] = 1
     payload: ProjectUpdatedPayload
+
+
+class OfficeOutcomeStatus(StrEnum):
+    APPLIED = "applied"
+    IGNORED = "ignored"  # an older revision (or settings/capacity version) than one already applied
+    REFUSED = "refused"  # nothing changed, for the reason given
+
+
+class OfficeOutcomePayload(Strict):
+    office_message_id: UUID = Field(description="The `message_id` of the office message this answers.")
+    message_type: Slug = Field(description="Its type, e.g. office.appointment.recorded.")
+    schema_version: int = Field(ge=1, description="Its schema version.")
+    status: OfficeOutcomeStatus
+    subject: EntityId | None = Field(
+        default=None,
+        description="What it was about: the appointment id, the request id of an approval, the business "
+        "unit of a capacity change, the settings scope's key (null for the business level).",
+    )
+    reason_code: Slug | None = Field(
+        default=None, description="Why not applied: a code from contracts.reasons.OfficeOutcomeCode."
+    )
+    reason: LongText | None = Field(default=None, description="Why not applied, as a sentence.")
+    current: AppointmentSnapshot | None = Field(
+        default=None,
+        description="For an appointment record: the appointment as it stands after this message (for a "
+        "refused one, the state to rebuild the record on; its `version` is the `based_on_version` to send).",
+    )
+
+
+class OfficeOutcome(Envelope):
+    exchange_role: ClassVar[str] = "events"
+    routing_key: ClassVar[str] = "office.outcome"
+    summary: ClassVar[str] = (
+        "What became of an office message (appointment record, settings, capacity, approval): applied, "
+        "ignored as older, or refused with a reason. Its correlation id is the office message's."
+    )
+
+    type: Literal["office.outcome"] = "office.outcome"
+    schema_version: Literal[1] = 1
+    payload: OfficeOutcomePayload
+
+
+def office_outcome(
+    cause: Envelope,
+    occurred_at,
+    subject: str | None,
+    code: str | None,
+    *,
+    producer: str,
+    current: AppointmentSnapshot | None = None,
+) -> OfficeOutcome:
+    """The answer to an office message: applied when there is no code, ignored for an older revision,
+    refused for any other code (with its sentence from contracts.reasons.OFFICE_TEXT)."""
+    if code is None:
+        status = OfficeOutcomeStatus.APPLIED
+    elif code == OfficeOutcomeCode.OLDER_REVISION:
+        status = OfficeOutcomeStatus.IGNORED
+    else:
+        status = OfficeOutcomeStatus.REFUSED
+    return OfficeOutcome.follow(
+        cause,
+        producer=producer,
+        occurred_at=occurred_at,
+        payload=OfficeOutcomePayload(
+            office_message_id=cause.message_id,
+            message_type=cause.type,
+            schema_version=cause.schema_version,
+            status=status,
+            subject=subject,
+            reason_code=None if code is None else str(code),
+            reason=None if code is None else OFFICE_TEXT[code],
+            current=current,
+        ),
+    )

@@ -1,6 +1,6 @@
-"""Office settings messages, schema version 2: layered self-service settings (business and overrides).
+"""Office messages, schema version 2: layered self-service settings, and versioned appointment records.
 
-One message sets one layer. A layer only says what it overrides: a field left null is inherited from
+Settings: one message sets one layer. A layer only says what it overrides: a field left null is inherited from
 the less specific layer. Precedence, most specific first: project > job type > business unit > business.
 """
 
@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from contracts.common import AppointmentStatus
 from contracts.envelope import Envelope, Strict
+from contracts.office_v1 import AppointmentRecordedPayload
 from contracts.types import EntityId, ShortText, Slug, Version
 
 MAX_NOTICE_HOURS = 24 * 60
@@ -156,3 +157,34 @@ class PortalSettingsUpdatedV2(Envelope):
     type: Literal["office.portal_settings.updated"] = "office.portal_settings.updated"
     schema_version: Literal[2] = 2
     payload: PortalSettingsV2Payload
+
+
+class AppointmentRecordedV2Payload(AppointmentRecordedPayload):
+    """The office's full state of an appointment, saying which state of ours it was built on."""
+
+    based_on_version: Version | None = Field(
+        description=(
+            "Our appointment version the office built this record on (the `version` of the last "
+            "`appointment.*` event it saw for the appointment); null for a new booking. A record built "
+            "before a customer's change that it would undo is refused as `stale_record` "
+            "(docs/scheduling.md)."
+        )
+    )
+    office_revision: Version = Field(
+        description=(
+            "The office's own revision of this appointment, increasing with every record it sends; a "
+            "record with a revision not above the last applied one is ignored as `older_revision`."
+        )
+    )
+
+
+class AppointmentRecordedV2(Envelope):
+    exchange_role: ClassVar[str] = "office"
+    routing_key: ClassVar[str] = "office.appointment.recorded"
+    summary: ClassVar[str] = (
+        "The office booked an appointment or changed one (full state), built on a known version of ours."
+    )
+
+    type: Literal["office.appointment.recorded"] = "office.appointment.recorded"
+    schema_version: Literal[2] = 2
+    payload: AppointmentRecordedV2Payload

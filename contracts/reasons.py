@@ -44,6 +44,35 @@ class FailureCode(StrEnum):
     TIME_NO_LONGER_AVAILABLE = "time_no_longer_available"
 
 
+class OfficeOutcomeCode(StrEnum):
+    """Why an office message was ignored or refused (`office.outcome`); applied ones carry none."""
+
+    OLDER_REVISION = "older_revision"  # ignored: a newer revision (or settings/capacity version) was applied
+    STALE_RECORD = "stale_record"  # refused: built before a customer's change that it would undo
+    UNKNOWN_VERSION = "unknown_version"  # refused: built on a version of ours that never existed
+    APPROVAL_NOT_PENDING = "approval_not_pending"  # refused: the request is not waiting for the office
+
+
+OFFICE_TEXT: dict[str, str] = {
+    OfficeOutcomeCode.OLDER_REVISION: (
+        "A newer change of the same thing was already applied; this one changed nothing."
+    ),
+    OfficeOutcomeCode.STALE_RECORD: (
+        "The customer changed the appointment after the state this record was built on, and the record "
+        "would undo that change; nothing was changed. Rebuild the record on the current state "
+        "(`current`) and send it again."
+    ),
+    OfficeOutcomeCode.UNKNOWN_VERSION: (
+        "The record says it was built on an appointment version that does not exist yet; nothing was "
+        "changed. Send it again built on the current state (`current`)."
+    ),
+    OfficeOutcomeCode.APPROVAL_NOT_PENDING: (
+        "The request is not waiting for the office's approval (unknown, or already settled); nothing "
+        "was changed."
+    ),
+}
+
+
 class DeadLetterReason(StrEnum):
     """Why a message could not be processed at all; set in the `x-dead-letter-reason` header."""
 
@@ -56,6 +85,8 @@ class DeadLetterReason(StrEnum):
     PROPERTIES_MISMATCH = "properties_mismatch"
     UNEXPECTED_MESSAGE_TYPE = "unexpected_message_type"
     HANDLER_ERROR = "handler_error"
+    # A portal request reusing a known request id (same tenant and producer) for a different change.
+    REQUEST_ID_REUSED = "request_id_reused"
     DELIVERY_LIMIT_EXCEEDED = "delivery_limit_exceeded"
     RETRIES_EXHAUSTED = "retries_exhausted"  # still failing transiently after every delayed retry
     # Portal messages must be signed (contracts/signing.py); checked before the body is parsed.

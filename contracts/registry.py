@@ -11,6 +11,7 @@ from contracts.events_v1 import (
     ModifyAwaitingApproval,
     ModifyFailed,
     ModifyRejected,
+    OfficeOutcome,
     ProjectUpdated,
 )
 from contracts.feed_v1 import PortalViewChanged
@@ -22,12 +23,13 @@ from contracts.office_v1 import (
     PortalSettingsUpdated,
     ProjectRecorded,
 )
-from contracts.office_v2 import PortalSettingsUpdatedV2
+from contracts.office_v2 import AppointmentRecordedV2, PortalSettingsUpdatedV2
 from contracts.portal_v1 import ModifyRequested
 
 MESSAGE_CLASSES: tuple[type[Envelope], ...] = (
     ModifyRequested,
     AppointmentRecorded,
+    AppointmentRecordedV2,
     PortalSettingsUpdated,
     PortalSettingsUpdatedV2,
     ApprovalDecided,
@@ -46,6 +48,7 @@ MESSAGE_CLASSES: tuple[type[Envelope], ...] = (
     PortalViewChanged,
     ProjectRecorded,
     ProjectUpdated,
+    OfficeOutcome,
 )
 
 

@@ -40,8 +40,10 @@ from contracts.events_v1 import (
     ModifyRejectedPayload,
     OfferedAction,
     OfferSegment,
+    OfficeOutcome,
     ProjectUpdated,
     ProjectUpdatedPayload,
+    office_outcome,
 )
 from contracts.feed_v1 import PortalViewChanged, PortalViewChangedPayload, ViewKind
 from contracts.internal_v1 import ModifyApproved, ModifyApprovedPayload, RefreshOffers, RefreshOffersPayload
@@ -60,7 +62,14 @@ from contracts.office_v1 import (
     ProjectRecorded,
     ProjectRecordedPayload,
 )
-from contracts.office_v2 import PortalSettingsUpdatedV2, PortalSettingsV2Payload, SettingsLayer, SettingsScope
+from contracts.office_v2 import (
+    AppointmentRecordedV2,
+    AppointmentRecordedV2Payload,
+    PortalSettingsUpdatedV2,
+    PortalSettingsV2Payload,
+    SettingsLayer,
+    SettingsScope,
+)
 from contracts.portal_v1 import (
     Cancel,
     ModifyChange,
@@ -172,22 +181,39 @@ def appointment_recorded(
     confirmation: Confirmation = Confirmation.UNCONFIRMED,
     change_id: str = "office-change-1",
     occurred_at: datetime | None = None,
-) -> AppointmentRecorded:
-    """The office's full state of an appointment; a scheduled, unconfirmed one a week ahead by default."""
-    return AppointmentRecorded(
-        **_envelope(tenant, change_id, "office", occurred_at, None),
-        payload=AppointmentRecordedPayload(
-            appointment_id=appointment_id,
-            job_id=job_id,
-            customer_id=customer_id,
-            business_unit=business_unit,
-            job_type=job_type,
-            project=project,
-            window=window or arrival_window(),
-            status=status,
-            confirmation=confirmation,
-        ),
+    zone: str | None = None,
+    office_revision: int | None = None,
+    based_on_version: int | None = None,
+) -> AppointmentRecorded | AppointmentRecordedV2:
+    """The office's full state of an appointment; a scheduled, unconfirmed one a week ahead by default.
+    With an `office_revision`, a versioned (schema version 2) record built on `based_on_version`."""
+    fields = dict(
+        appointment_id=appointment_id,
+        job_id=job_id,
+        customer_id=customer_id,
+        business_unit=business_unit,
+        job_type=job_type,
+        project=project,
+        window=window or arrival_window(),
+        status=status,
+        confirmation=confirmation,
+        zone=zone,
     )
+    envelope = _envelope(tenant, change_id, "office", occurred_at, None)
+    if office_revision is not None:
+        return AppointmentRecordedV2(
+            **envelope,
+            payload=AppointmentRecordedV2Payload(
+                **fields, office_revision=office_revision, based_on_version=based_on_version
+            ),
+        )
+    return AppointmentRecorded(**envelope, payload=AppointmentRecordedPayload(**fields))
+
+
+def office_outcome_event(cause: Envelope | None = None, code: str | None = None) -> OfficeOutcome:
+    """modify_handler's answer to an office record (applied by default)."""
+    cause = cause or appointment_recorded()
+    return office_outcome(cause, now(), APPOINTMENT_ID, code, producer="modify_handler")
 
 
 def capacity_updated(
@@ -625,6 +651,8 @@ def one_of_each() -> list[Envelope]:
         project_recorded(),
         project_updated(),
         modify_outcome(),
+        appointment_recorded(office_revision=1, based_on_version=None),
+        office_outcome_event(),
     ]
     by_class = {type(message): message for message in built}
     return [by_class[cls] for cls in MESSAGE_CLASSES]

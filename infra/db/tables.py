@@ -94,6 +94,11 @@ appointments = Table(
     Column("customer_reschedules", Integer, nullable=False, server_default=text("0")),
     Column("zone", ID, nullable=False, server_default=text("''")),
     Column("holds_place", Boolean, nullable=False, server_default=text("false")),
+    # Versioned office writes (migration 0009, docs/scheduling.md): the office's last applied revision,
+    # the version its last record produced, and the version the last customer change produced.
+    Column("office_revision", BigInteger),
+    Column("office_version", BigInteger),
+    Column("customer_version", BigInteger),
     PrimaryKeyConstraint("tenant_id", "appointment_id"),
     ForeignKeyConstraint(["tenant_id", "job_id"], ["scheduling.jobs.tenant_id", "scheduling.jobs.job_id"]),
     CheckConstraint("window_end > window_start", name="appointment_window_ordered"),
@@ -182,6 +187,7 @@ decisions = Table(
     Column("setting_level", String(16)),
     Column("office_decided_by", ID),
     Column("office_decided_at", DateTime(timezone=True)),
+    Column("producer", String(64)),  # the portal that sent the request (migration 0009)
     PrimaryKeyConstraint("tenant_id", "request_id"),
     CheckConstraint("outcome IN ('approved','rejected','needs_approval')", name="decision_outcome_known"),
     schema="policy",
@@ -321,6 +327,38 @@ portal_audit_trail = Table(
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("tenant_id", "message_id"),
     Index("audit_trail_by_appointment", "tenant_id", "appointment_id", "occurred_at"),
+    # One line per fact, whatever message carried it (migration 0009).
+    Index(
+        "audit_trail_by_meaning",
+        "tenant_id",
+        "appointment_id",
+        "entry",
+        text("COALESCE(request_id, '')"),
+        text("COALESCE(version, -1)"),
+        unique=True,
+    ),
+    schema="portal",
+)
+
+# What became of each office message (migration 0009): the office integrator's read model.
+portal_office_outcomes = Table(
+    "office_outcomes",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("office_message_id", UUID(as_uuid=True), nullable=False),
+    Column("correlation_id", ID, nullable=False),
+    Column("message_type", String(64), nullable=False),
+    Column("schema_version", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("subject", ID),
+    Column("reason_code", String(64)),
+    Column("reason_text", String(1000)),
+    Column("current_state", JSONB),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("tenant_id", "office_message_id"),
+    CheckConstraint("status IN ('applied','ignored','refused')", name="office_outcome_status_known"),
+    Index("office_outcomes_by_subject", "tenant_id", "subject", "occurred_at"),
     schema="portal",
 )
 

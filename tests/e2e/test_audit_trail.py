@@ -88,3 +88,72 @@ async def test_apptctl_audit_prints_the_story_and_refuses_an_unknown_appointment
         timeout=60,
     )
     assert missing.returncode == 1 and "no audit trail" in missing.stderr
+
+
+async def test_facts_carried_again_under_new_message_ids_add_nothing(world: World, workers):
+    """What a relay, a bridge or a replayed copy can produce: every request and result event of a story
+    sent again with new message ids. The audit trail and the rest of the read store stay as they were."""
+    import uuid
+
+    from sqlalchemy import text
+
+    from apptctl.scenario_runner import publish_all
+    from contracts.decoding import decode
+
+    broker = world.broker
+    channel = await broker.connection.channel()
+    tap = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await tap.bind(broker.topology.exchange("events"), "#")
+    await tap.bind(broker.topology.exchange("requests"), "modify.requested")
+
+    await world.settings({"settings": everything(ALLOW, max_customer_reschedules=1)})
+    await world.book("apt-1")
+    _, moved = await world.ask("apt-1", f.reschedule(f.arrival_window(9)))
+    _, refused = await world.ask("apt-1", f.reschedule(f.arrival_window(10)))
+    _, canceled = await world.ask("apt-1", f.cancel("moving away"))
+    assert (moved.status, refused.status, canceled.status) == ("completed", "rejected", "completed")
+
+    async def story_told():
+        return len(await readstore.audit_trail(world.engine, world.tenant, "apt-1")) >= 7
+
+    assert await wait_until(story_told, 15)
+
+    async def read_store() -> dict:
+        async with world.engine.connect() as conn:
+            return {
+                table: sorted(
+                    map(
+                        tuple,
+                        (
+                            await conn.execute(
+                                text(f"SELECT * FROM {table} WHERE tenant_id = :t"), dict(t=world.tenant)
+                            )
+                        ).all(),
+                    ),
+                    key=repr,
+                )
+                for table in (
+                    "portal.audit_trail",
+                    "portal.appointments",
+                    "portal.jobs",
+                    "portal.requests",
+                    "portal.office_outcomes",
+                )
+            }
+
+    before = await read_store()
+    carried = []
+    while (message := await tap.get(no_ack=True, fail=False)) is not None:
+        decoded = decode(message.body, content_type=message.content_type, property_type=message.type)
+        if getattr(decoded, "tenant_id", None) == world.tenant:
+            carried.append(decoded.model_copy(update={"message_id": uuid.uuid4()}))
+    await channel.close()
+    assert len([m for m in carried if m.type.startswith("appointment.")]) >= 3
+    handled_before = sum(workers["portal_sync"].consumer.counts.values())
+    await publish_all(broker, carried)
+
+    async def all_handled():
+        return sum(workers["portal_sync"].consumer.counts.values()) >= handled_before + len(carried)
+
+    assert await wait_until(all_handled, 30)
+    assert await read_store() == before

@@ -343,6 +343,9 @@ SEED = (
     " VALUES ($1, 'bu', '', now() + interval '5 days', now() + interval '5 days 2 hours', 2, 1)",
     "INSERT INTO portal.audit_trail (tenant_id, message_id, appointment_id, occurred_at, entry, actor)"
     " VALUES ($1, gen_random_uuid(), 'a-1', now(), 'requested', 'c-1')",
+    "INSERT INTO portal.office_outcomes (tenant_id, office_message_id, correlation_id, message_type,"
+    " schema_version, status, occurred_at)"
+    " VALUES ($1, gen_random_uuid(), 'c-1', 'office.appointment.recorded', 2, 'applied', now())",
     "INSERT INTO messaging.inbox (consumer, tenant_id, message_id)"
     " SELECT w, $1, gen_random_uuid() FROM unnest($2::text[]) w",
     "INSERT INTO messaging.outbox (message_id, producer, exchange_role, routing_key, message_type,"

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from contracts.decoding import decode_or_raise
-from contracts.events_v1 import AppointmentOfferChanged
+from contracts.events_v1 import AppointmentOfferChanged, OfficeOutcome
 from contracts.internal_v1 import RefreshOffers
 from infra.db.tables import outbox
 from tests import factories as f
@@ -95,6 +95,9 @@ async def test_a_scope_no_larger_than_a_chunk_is_refreshed_in_the_settings_chang
         assert await schedule.handle(booking) == "handled"
 
     assert await gate.handle(f.settings_layer_updated(tenant=tenant)) == "handled"
-    batch = await emitted(engine, tenant, set())
+    emitted_now = await emitted(engine, tenant, set())
+    # The office hears that its settings change applied; the rest is the offers it changed.
+    assert [m.payload.status for m in emitted_now if isinstance(m, OfficeOutcome)] == ["applied"]
+    batch = [m for m in emitted_now if not isinstance(m, OfficeOutcome)]
     assert sorted(m.payload.appointment_id for m in batch) == ["apt-0", "apt-1"]
     assert all(isinstance(m, AppointmentOfferChanged) for m in batch)

@@ -153,6 +153,16 @@ class World:
             RequestRow(T, request_id, appointment_id, action, status, reason, LONG_AGO)
         )
 
+    def office_record(self, appointment_id: str, based_on: int | None, **fields) -> None:
+        """The office records the appointment (its `fields` changed), built on version `based_on`."""
+        current = self.truth[appointment_id]
+        new = replace(current, version=current.version + 1, **fields)
+        self._set(new)
+        self._event(
+            "modify_handler", "appointment.updated", f"office-{new.version}", initiated_by="office",
+            appointment=new, based_on_version=based_on,
+        )  # fmt: skip
+
     def job(self, job_id: str = "job-1", active: int = 1) -> None:
         job = JobState(T, job_id, "cust-1", "scheduled", 1, active, LONG_AGO)
         self.facts.truth_jobs.append(job)
@@ -461,3 +471,44 @@ def _corruptions(world: World):
 def test_every_single_corruption_of_a_consistent_world_is_caught(requests):
     for what, corrupted in _corruptions(build(requests)):
         assert reconcile(corrupted).violations, what
+
+
+# --- lost updates: a completed request's effect gone with no later change that knew of it -------------
+
+
+def moved_then_office(based_on: int | None, *, back: bool, action: str = "reschedule") -> World:
+    world = one_appointment_world("applied", action)  # the customer's change is version 2
+    booked = World()
+    booked.book("apt-1")
+    original = booked.truth["apt-1"]
+    fields = dict(confirmation="unconfirmed")
+    if back:
+        fields |= dict(window_start=original.window_start, window_end=original.window_end, status="scheduled")
+    world.office_record("apt-1", based_on, **fields)
+    return world
+
+
+@pytest.mark.parametrize("action", ["reschedule", "cancel"])
+def test_an_office_record_that_did_not_know_of_a_completed_change_and_undid_it_is_a_lost_update(action):
+    report = reconcile(moved_then_office(1, back=True, action=action).facts)
+    (found,) = report.violations_of(Kind.LOST_UPDATE)
+    assert "request req-1 completed at v2, undone by v3" in found.detail
+    assert verdict_of(report).cls is RequestClass.APPLIED  # the request did complete: its effect is lost
+
+
+@pytest.mark.parametrize(
+    ("based_on", "back"),
+    [
+        pytest.param(2, True, id="built-on-the-customer-change: deliberate"),
+        pytest.param(1, False, id="did-not-know-but-left-the-change-alone"),
+        pytest.param(None, False, id="version-1-record-that-agrees"),
+    ],
+)
+def test_a_later_change_that_knew_of_it_or_left_it_alone_is_no_lost_update(based_on, back):
+    assert not reconcile(moved_then_office(based_on, back=back).facts).violations_of(Kind.LOST_UPDATE)
+
+
+def test_a_later_customer_change_explains_an_earlier_one_being_gone():
+    world = one_appointment_world("applied")
+    world.request("req-2", "apt-1", "reschedule", "applied")  # moves it on again: req-1's window is gone
+    assert not reconcile(world.facts).violations_of(Kind.LOST_UPDATE)

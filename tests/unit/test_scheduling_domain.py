@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts.common import AppointmentSnapshot, AppointmentStatus, ArrivalWindow, Confirmation, JobStatus
-from contracts.reasons import FailureCode
+from contracts.reasons import FailureCode, OfficeOutcomeCode
 from workers.modify_handler.domain import (
     ACTIVE_STATUSES,
     Appointment,
@@ -16,6 +16,7 @@ from workers.modify_handler.domain import (
     cancel,
     check_unchanged,
     job_status,
+    judge_office_record,
     reschedule,
 )
 
@@ -155,8 +156,10 @@ def test_snapshot_carries_the_appointment_state() -> None:
     expected = {
         f.name: getattr(appt, f.name)
         for f in dataclasses.fields(Appointment)
-        # the snapshot is what portals see; the tenant is the envelope's, the place is scheduling's own
-        if f.name not in ("tenant_id", "zone", "holds_place")
+        # the snapshot is what portals see; the tenant is the envelope's, the place and the two writers'
+        # bookkeeping are scheduling's own
+        if f.name
+        not in ("tenant_id", "zone", "holds_place", "office_revision", "office_version", "customer_version")
     }
     assert snapshot.model_dump() == {
         **expected,
@@ -250,3 +253,68 @@ def test_job_is_canceled_exactly_when_every_appointment_is(
     current: JobStatus, statuses: list[AppointmentStatus]
 ) -> None:
     assert (job_status(current, statuses) is JobStatus.CANCELED) == all(s is CANCELED for s in statuses)
+
+
+# --- two writers: the office's versioned records ----------------------------------------------------
+
+# The customer moved the appointment (version 5); the office's last record produced version 4.
+MOVED_BY_CUSTOMER = dict(
+    window=NEW_WINDOW, version=5, office_version=4, customer_version=5, office_revision=7
+)
+
+
+def judge(current, recorded, *, based_on=None, revision=None):
+    return judge_office_record(current, recorded, based_on_version=based_on, office_revision=revision)
+
+
+def test_a_new_booking_always_applies() -> None:
+    assert judge(None, appointment(), based_on=None, revision=1) is None
+    assert judge(None, appointment()) is None
+
+
+@pytest.mark.parametrize("revision", [6, 7])
+def test_a_revision_not_above_the_applied_one_is_ignored(revision: int) -> None:
+    current = appointment(**MOVED_BY_CUSTOMER)
+    assert judge(current, appointment(window=NEW_WINDOW), based_on=5, revision=revision) == (
+        OfficeOutcomeCode.OLDER_REVISION
+    )
+
+
+def test_a_record_built_before_the_customer_move_that_puts_the_old_window_back_is_refused() -> None:
+    current = appointment(**MOVED_BY_CUSTOMER)
+    stale = appointment(window=CURRENT_WINDOW, confirmation=Confirmation.CONFIRMED)
+    assert judge(current, stale, based_on=4, revision=8) == OfficeOutcomeCode.STALE_RECORD
+    # The same record sent as version 1: read as built on the previous office record's state (4).
+    assert judge(current, stale) == OfficeOutcomeCode.STALE_RECORD
+
+
+def test_a_stale_record_that_leaves_the_customer_change_as_it_is_applies() -> None:
+    current = appointment(**MOVED_BY_CUSTOMER)
+    confirms = appointment(window=NEW_WINDOW, confirmation=Confirmation.CONFIRMED)
+    assert judge(current, confirms, based_on=4, revision=8) is None
+    assert judge(current, confirms) is None
+
+
+def test_a_record_that_knew_of_the_customer_change_may_undo_it_on_purpose() -> None:
+    current = appointment(**MOVED_BY_CUSTOMER)
+    assert judge(current, appointment(window=CURRENT_WINDOW), based_on=5, revision=8) is None
+    # version 1: after an office record that produced a version at or past the customer's change
+    acknowledged = appointment(**{**MOVED_BY_CUSTOMER, "office_version": 6, "version": 6})
+    assert judge(acknowledged, appointment(window=CURRENT_WINDOW)) is None
+
+
+def test_a_record_cannot_bring_back_an_appointment_the_customer_canceled() -> None:
+    current = appointment(status=CANCELED, version=5, office_version=4, customer_version=5)
+    assert judge(current, appointment(status=SCHEDULED)) == OfficeOutcomeCode.STALE_RECORD
+    assert judge(current, appointment(status=CANCELED, confirmation=Confirmation.CONFIRMED)) is None
+
+
+def test_a_record_built_on_a_version_that_does_not_exist_is_refused() -> None:
+    current = appointment(version=3)
+    assert judge(current, appointment(), based_on=9, revision=1) == OfficeOutcomeCode.UNKNOWN_VERSION
+
+
+def test_without_a_customer_change_every_record_applies_as_before() -> None:
+    current = appointment(version=6, office_version=6)
+    assert judge(current, appointment(window=NEW_WINDOW)) is None
+    assert judge(current, appointment(window=NEW_WINDOW), based_on=2, revision=3) is None

@@ -4,7 +4,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from contracts.common import AppointmentSnapshot, AppointmentStatus, ArrivalWindow, Confirmation, JobStatus
-from contracts.reasons import FailureCode
+from contracts.reasons import FailureCode, OfficeOutcomeCode
 
 # Appointments that still hold the job open.
 ACTIVE_STATUSES = frozenset(
@@ -27,6 +27,9 @@ class Appointment:
     version: int
     zone: str = ""  # the zone or technician group whose capacity it uses; '' = the whole unit
     holds_place: bool = False  # counted in its arrival window's bookings
+    office_revision: int | None = None  # the office's last applied revision (versioned records)
+    office_version: int | None = None  # the version the last applied office record produced
+    customer_version: int | None = None  # the version the last customer change produced
 
     @property
     def is_active(self) -> bool:
@@ -71,6 +74,47 @@ def cancel(appointment: Appointment) -> Appointment | Failure:
     if appointment.status is not AppointmentStatus.SCHEDULED:
         return Failure(FailureCode.APPOINTMENT_CHANGED)
     return replace(appointment, status=AppointmentStatus.CANCELED, version=appointment.version + 1)
+
+
+# --- the office's records: versioned writes ------------------------------------------------------
+
+
+def undoes_customer_change(current: Appointment, recorded: Appointment) -> bool:
+    """Would the record put back what a customer changed: the window they moved to, or a cancel?"""
+    if recorded.window != current.window:
+        return True
+    return current.status is AppointmentStatus.CANCELED and recorded.status is not AppointmentStatus.CANCELED
+
+
+def judge_office_record(
+    current: Appointment | None,
+    recorded: Appointment,
+    *,
+    based_on_version: int | None,
+    office_revision: int | None,
+) -> OfficeOutcomeCode | None:
+    """Whether an office record applies (None) or why not (docs/scheduling.md, "Two writers").
+
+    A revision not above the last applied one is older: ignored. The record is built on
+    `based_on_version` (version 2) or, for a version 1 record, on the state the previous office record
+    produced. Built before the last customer change, it applies only if it leaves that change as the
+    customer left it; otherwise it is refused as stale, and the customer's change stands."""
+    if current is None:
+        return None
+    if (
+        office_revision is not None
+        and current.office_revision is not None
+        and office_revision <= current.office_revision
+    ):
+        return OfficeOutcomeCode.OLDER_REVISION
+    if based_on_version is not None and based_on_version > current.version:
+        return OfficeOutcomeCode.UNKNOWN_VERSION
+    # A version 2 record always carries a revision; a version 1 record carries neither.
+    base = based_on_version if office_revision is not None else current.office_version
+    knew_of_customer = current.customer_version is None or (base or 0) >= current.customer_version
+    if not knew_of_customer and undoes_customer_change(current, recorded):
+        return OfficeOutcomeCode.STALE_RECORD
+    return None
 
 
 # --- capacity: places in arrival windows ---------------------------------------------------------

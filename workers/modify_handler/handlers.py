@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import structlog
 
-from contracts.common import JobStatus
+from contracts.common import AppointmentSnapshot, JobStatus
 from contracts.envelope import Envelope
 from contracts.events_v1 import (
     AppointmentCanceled,
@@ -22,11 +22,13 @@ from contracts.events_v1 import (
     ModifyFailedPayload,
     ProjectUpdated,
     ProjectUpdatedPayload,
+    office_outcome,
 )
 from contracts.internal_v1 import ModifyApproved
 from contracts.office_v1 import AppointmentRecorded, CapacityUpdated, ProjectRecorded
+from contracts.office_v2 import AppointmentRecordedV2
 from contracts.portal_v1 import Reschedule
-from contracts.reasons import FailureCode, customer_text
+from contracts.reasons import FailureCode, OfficeOutcomeCode, customer_text
 from workers.modify_handler import domain, places, repository
 from workers.modify_handler.domain import Appointment, Failure
 from workers.runtime.database import UnitOfWork
@@ -62,7 +64,7 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
         changed_places = await places.free_place(conn, current)
         result = replace(result, holds_place=False)
     await repository.save_appointment(
-        uow.driver, result, customer_reschedule=isinstance(request.change, Reschedule)
+        uow.driver, result, customer_reschedule=isinstance(request.change, Reschedule), by_customer=True
     )
     event: Envelope
     if isinstance(request.change, Reschedule):
@@ -95,16 +97,41 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
     log.info("schedule.applied", action=request.change.action, version=result.version)
 
 
-async def record_office_appointment(message: AppointmentRecorded, uow: UnitOfWork) -> None:
+async def record_office_appointment(
+    message: AppointmentRecorded | AppointmentRecordedV2, uow: UnitOfWork
+) -> None:
+    """Apply the office's record unless it is older than one applied or would undo a customer's change
+    it did not know of (domain.judge_office_record); answer with an `office.outcome` either way."""
     payload = message.payload
     conn = uow.connection
     now = await uow.now()
-    new_job = await repository.ensure_job(conn, message.tenant_id, payload.job_id, payload.customer_id)
+    versioned = isinstance(message, AppointmentRecordedV2)
+    await repository.guard_appointment_id(uow.driver, message.tenant_id, payload.appointment_id)
     previous = await repository.lock_appointment(uow.driver, message.tenant_id, payload.appointment_id)
     recorded = repository.office_state(message.tenant_id, payload, previous.version + 1 if previous else 1)
+    not_applied = domain.judge_office_record(
+        previous,
+        recorded,
+        based_on_version=payload.based_on_version if versioned else None,
+        office_revision=payload.office_revision if versioned else None,
+    )
+    if not_applied is not None:
+        assert previous is not None
+        log.info(
+            "schedule.office_record_not_applied", reason_code=not_applied.value, version=previous.version
+        )
+        await _office_outcome(
+            message, uow, now, payload.appointment_id, not_applied, current=previous.snapshot()
+        )
+        return
+    new_job = await repository.ensure_job(conn, message.tenant_id, payload.job_id, payload.customer_id)
     holds, changed_places = await places.follow_office_record(conn, previous, recorded)
     appointment = await repository.record_office_appointment(
-        conn, message.tenant_id, payload, holds_place=holds
+        conn,
+        message.tenant_id,
+        payload,
+        holds_place=holds,
+        office_revision=payload.office_revision if versioned else None,
     )
     await uow.emit(
         AppointmentUpdated.follow(
@@ -112,7 +139,13 @@ async def record_office_appointment(message: AppointmentRecorded, uow: UnitOfWor
             producer=PRODUCER,
             occurred_at=now,
             payload=AppointmentUpdatedPayload(
-                appointment=appointment.snapshot(), initiated_by=Initiator.OFFICE
+                appointment=appointment.snapshot(),
+                initiated_by=Initiator.OFFICE,
+                based_on_version=(
+                    payload.based_on_version
+                    if versioned
+                    else (previous.office_version if previous is not None else None)
+                ),
             ),
         )
     )
@@ -123,7 +156,21 @@ async def record_office_appointment(message: AppointmentRecorded, uow: UnitOfWor
         or previous.is_active != appointment.is_active
     )
     await _follow_job_status(message, uow, appointment, now, announce=new_job, count_changed=count_changed)
+    await _office_outcome(message, uow, now, payload.appointment_id, None, current=appointment.snapshot())
     log.info("schedule.office_recorded", version=appointment.version, holds_place=holds)
+
+
+async def _office_outcome(
+    message: Envelope,
+    uow: UnitOfWork,
+    now,
+    subject: str | None,
+    code: OfficeOutcomeCode | None,
+    *,
+    current: AppointmentSnapshot | None = None,
+) -> None:
+    """Tell the office what became of its message: applied (no code), ignored as older, or refused."""
+    await uow.emit(office_outcome(message, now, subject, code, producer=PRODUCER, current=current))
 
 
 async def record_office_project(message: ProjectRecorded, uow: UnitOfWork) -> None:
@@ -146,6 +193,7 @@ async def record_office_project(message: ProjectRecorded, uow: UnitOfWork) -> No
             ),
         )
     )
+    await _office_outcome(message, uow, now, project.project_id, None)
     log.info("schedule.project_recorded", project_id=project.project_id, locked=project.portal_locked)
 
 
@@ -161,6 +209,9 @@ async def set_office_capacity(message: CapacityUpdated, uow: UnitOfWork) -> None
         payload.capacity_version,
     )
     await _announce_places(message, uow, changed, now)
+    # Nothing changed only when every window was already set by a newer capacity message.
+    code = None if changed else OfficeOutcomeCode.OLDER_REVISION
+    await _office_outcome(message, uow, now, payload.business_unit, code)
     log.info("schedule.capacity_set", windows=len(payload.windows), changed=len(changed))
 
 
@@ -241,6 +292,7 @@ async def _fail(message: ModifyApproved, uow: UnitOfWork, code: FailureCode, now
 HANDLERS = {
     ModifyApproved: apply_approved_change,
     AppointmentRecorded: record_office_appointment,
+    AppointmentRecordedV2: record_office_appointment,
     CapacityUpdated: set_office_capacity,
     ProjectRecorded: record_office_project,
 }

@@ -4,16 +4,22 @@ Rows are locked in start order (`lock_places`), so two moves crossing the same w
 directions wait for each other instead of deadlocking; the rules are the pure ones in `domain`, and
 the table's CHECK (booked <= capacity) refuses any write that would overbook behind their back.
 A business unit (zone) with no capacity windows at all does not manage capacity: any window goes.
+
+Whether a unit manages capacity, and which appointments hold places, must not depend on the order in
+which bookings and capacity arrive: every change of an appointment's place holds a shared advisory lock
+on its unit (zone) until commit, and setting places holds it exclusively, then counts the appointments
+already in a window that did not hold a place there (booked before the window existed).
 """
 
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, exists, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.common import ArrivalWindow
+from infra.db.tables import appointments
 from infra.db.tables import capacity_windows as windows
 from workers.modify_handler import domain
 from workers.modify_handler.domain import Appointment, Failure, Place
@@ -35,13 +41,30 @@ def _key(tenant_id: str, business_unit: str, zone: str):
     )
 
 
+_UNIT_KEY = "hashtext('capacity:' || :tenant || ':' || :unit || ':' || :zone)"
+_UNIT_LOCK = {
+    False: text(f"SELECT pg_advisory_xact_lock_shared({_UNIT_KEY})"),
+    True: text(f"SELECT pg_advisory_xact_lock({_UNIT_KEY})"),
+}
+
+
+async def guard_unit(
+    conn: AsyncConnection, tenant_id: str, business_unit: str, zone: str, *, exclusive: bool = False
+) -> None:
+    """Until commit: shared by every change of a place in the unit (zone), exclusive while its places are
+    set, so a booking never decides "no capacity here" while windows are being created unseen."""
+    await conn.execute(_UNIT_LOCK[exclusive], dict(tenant=tenant_id, unit=business_unit, zone=zone))
+
+
 async def unit_uses_capacity(conn: AsyncConnection, tenant_id: str, business_unit: str, zone: str) -> bool:
+    await guard_unit(conn, tenant_id, business_unit, zone)
     return bool((await conn.execute(select(exists().where(_key(tenant_id, business_unit, zone))))).scalar())
 
 
 async def lock_places(
     conn: AsyncConnection, tenant_id: str, business_unit: str, zone: str, starts: list[datetime]
 ) -> dict[datetime, Place]:
+    await guard_unit(conn, tenant_id, business_unit, zone)
     rows = await conn.execute(
         select(windows)
         .where(_key(tenant_id, business_unit, zone), windows.c.starts_at.in_(sorted(set(starts))))
@@ -153,6 +176,7 @@ async def set_places(
     (nobody loses an appointment); customers see no free place until enough are freed."""
     if not settings:
         return []
+    await guard_unit(conn, tenant_id, business_unit, zone, exclusive=True)
     statement = insert(windows).values(
         [
             dict(
@@ -181,13 +205,43 @@ async def set_places(
         },
         where=windows.c.capacity_version < ex.capacity_version,
     ).returning(windows)
-    rows = await conn.execute(statement)
-    return [
-        ChangedPlace(
-            business_unit,
-            zone,
-            Place(ArrivalWindow(start=r.starts_at, end=r.ends_at), r.places, r.capacity, r.booked),
-            r.version,
-        )
+    rows = list(await conn.execute(statement))
+    found = {
+        r.starts_at: Place(ArrivalWindow(start=r.starts_at, end=r.ends_at), r.places, r.capacity, r.booked)
         for r in rows
-    ]
+    }
+    versions = {r.starts_at: r.version for r in rows}
+    for start, count in (await _count_earlier_bookings(conn, tenant_id, business_unit, zone, found)).items():
+        place = found[start]
+        booked = place.booked + count
+        found[start] = replace(place, booked=booked, capacity=max(place.places, booked))
+        versions[start] = (await save_place(conn, tenant_id, business_unit, zone, found[start])).version
+    return [ChangedPlace(business_unit, zone, found[start], versions[start]) for start in sorted(found)]
+
+
+async def _count_earlier_bookings(
+    conn: AsyncConnection, tenant_id: str, business_unit: str, zone: str, found: dict[datetime, Place]
+) -> dict[datetime, int]:
+    """Appointments in exactly one of these windows that hold no place (booked before the window
+    existed, or before its end was set as it is now) now hold one: how many per window start."""
+    if not found:
+        return {}
+    rows = await conn.execute(
+        update(appointments)
+        .where(
+            appointments.c.tenant_id == tenant_id,
+            appointments.c.business_unit == business_unit,
+            appointments.c.zone == zone,
+            ~appointments.c.holds_place,
+            appointments.c.status != "canceled",
+            tuple_(appointments.c.window_start, appointments.c.window_end).in_(
+                [(place.window.start, place.window.end) for place in found.values()]
+            ),
+        )
+        .values(holds_place=True)
+        .returning(appointments.c.window_start)
+    )
+    counts: dict[datetime, int] = {}
+    for (start,) in rows:
+        counts[start] = counts.get(start, 0) + 1
+    return counts

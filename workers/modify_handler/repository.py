@@ -28,16 +28,29 @@ def _to_domain(row) -> Appointment:
         version=row["version"],
         zone=row["zone"],
         holds_place=row["holds_place"],
+        office_revision=row["office_revision"],
+        office_version=row["office_version"],
+        customer_version=row["customer_version"],
     )
 
 
 # The hot statements of an approval, prepared on the driver (the unit of work's asyncpg connection).
 _LOCK_APPOINTMENT = """
 SELECT tenant_id, appointment_id, job_id, customer_id, business_unit, job_type, project_id, window_start,
-       window_end, status, confirmation, version, zone, holds_place
+       window_end, status, confirmation, version, zone, holds_place, office_revision, office_version,
+       customer_version
   FROM scheduling.appointments WHERE tenant_id = $1 AND appointment_id = $2
    FOR UPDATE
 """
+
+
+_GUARD_APPOINTMENT_ID = "SELECT pg_advisory_xact_lock(hashtext('appointment:' || $1 || ':' || $2))"
+
+
+async def guard_appointment_id(driver: asyncpg.Connection, tenant_id: str, appointment_id: str) -> None:
+    """Until commit, the only office record of this appointment in flight. A row lock cannot serialize
+    two records of an appointment that does not exist yet: both would book it and take its place twice."""
+    await driver.execute(_GUARD_APPOINTMENT_ID, tenant_id, appointment_id)
 
 
 async def lock_appointment(
@@ -50,15 +63,21 @@ async def lock_appointment(
 _SAVE_APPOINTMENT = """
 UPDATE scheduling.appointments
    SET window_start = $3, window_end = $4, status = $5, confirmation = $6, version = $7, holds_place = $8,
-       updated_at = now(), customer_reschedules = customer_reschedules + $9
+       updated_at = now(), customer_reschedules = customer_reschedules + $9,
+       customer_version = CASE WHEN $10 THEN $7 ELSE customer_version END
  WHERE tenant_id = $1 AND appointment_id = $2
 """
 
 
 async def save_appointment(
-    driver: asyncpg.Connection, appointment: Appointment, *, customer_reschedule: bool = False
+    driver: asyncpg.Connection,
+    appointment: Appointment,
+    *,
+    customer_reschedule: bool = False,
+    by_customer: bool = False,
 ) -> None:
-    """Write the appointment's new state; a customer's reschedule also counts toward their limit."""
+    """Write the appointment's new state; a customer's reschedule also counts toward their limit, and a
+    customer's change is remembered as the version an office record must have known of to undo it."""
     await driver.execute(
         _SAVE_APPOINTMENT,
         appointment.tenant_id,
@@ -70,6 +89,7 @@ async def save_appointment(
         appointment.version,
         appointment.holds_place,
         1 if customer_reschedule else 0,
+        by_customer,
     )
 
 
@@ -130,9 +150,15 @@ def office_state(tenant_id: str, payload: AppointmentRecordedPayload, version: i
 
 
 async def record_office_appointment(
-    conn: AsyncConnection, tenant_id: str, payload: AppointmentRecordedPayload, *, holds_place: bool
+    conn: AsyncConnection,
+    tenant_id: str,
+    payload: AppointmentRecordedPayload,
+    *,
+    holds_place: bool,
+    office_revision: int | None,
 ) -> Appointment:
-    """Insert or overwrite the appointment with the office's state; bumps its version."""
+    """Insert or overwrite the appointment with the office's state; bumps its version, and remembers it
+    as the version the office's last record produced (with the record's revision, if it has one)."""
     values = dict(
         tenant_id=tenant_id,
         appointment_id=payload.appointment_id,
@@ -148,12 +174,18 @@ async def record_office_appointment(
         zone=payload.zone or "",
         holds_place=holds_place,
     )
-    statement = insert(appointments).values(**values, version=1)
+    statement = insert(appointments).values(
+        **values, version=1, office_version=1, office_revision=office_revision
+    )
     statement = statement.on_conflict_do_update(
         index_elements=[appointments.c.tenant_id, appointments.c.appointment_id],
         set_={
             **{k: statement.excluded[k] for k in values if k not in ("tenant_id", "appointment_id")},
             "version": appointments.c.version + 1,
+            "office_version": appointments.c.version + 1,
+            "office_revision": func.coalesce(
+                statement.excluded.office_revision, appointments.c.office_revision
+            ),
             "updated_at": func.now(),
         },
     ).returning(*appointments.c)

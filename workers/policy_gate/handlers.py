@@ -15,6 +15,7 @@ from contracts.events_v1 import (
     ModifyRejected,
     ModifyRejectedPayload,
     ProjectUpdated,
+    office_outcome,
 )
 from contracts.internal_v1 import ModifyApproved, ModifyApprovedPayload, RefreshOffers
 from contracts.office_v1 import ApprovalDecided, PortalSettingsUpdated
@@ -27,13 +28,14 @@ from contracts.office_v2 import (
     SettingsScope,
 )
 from contracts.portal_v1 import ModifyChange, ModifyRequested
-from contracts.reasons import RejectionCode, customer_text
+from contracts.reasons import DeadLetterReason, OfficeOutcomeCode, RejectionCode, customer_text
 from workers.policy_gate import offering, store
 from workers.policy_gate.admission import ADMISSION
 from workers.policy_gate.limits import Refusal
 from workers.policy_gate.rules import Decision, Outcome, decide
 from workers.policy_gate.settings import resolve
 from workers.runtime.database import UnitOfWork
+from workers.runtime.errors import DeadLetter
 
 log = structlog.get_logger(__name__)
 PRODUCER = "policy_gate"
@@ -98,9 +100,10 @@ async def refuse_rate_limited(message: ModifyRequested, uow: UnitOfWork, refusal
         requester_id=request.requester_id,
         change=request.change.model_dump(mode="json"),
         decision=decision,
+        producer=message.producer,
     )
     if decided_at is None:
-        log.info("gate.request_already_decided")
+        await _already_decided(message, uow)
         return
     log.info("gate.rate_limited", scope=refusal.scope.value, retry_after_s=round(refusal.retry_after_s, 2))
     await uow.emit(
@@ -114,6 +117,31 @@ async def refuse_rate_limited(message: ModifyRequested, uow: UnitOfWork, refusal
             text=decision.reason_text or "",
         )
     )
+
+
+async def _already_decided(message: ModifyRequested, uow: UnitOfWork) -> None:
+    """The request id is known: a re-send is a no-op (the first decision stands and its events went out);
+    a different request under it is dead-lettered where an operator sees it, changing nothing."""
+    request = message.payload
+    same = await store.same_request(
+        uow.driver,
+        tenant_id=message.tenant_id,
+        request_id=message.correlation_id,
+        producer=message.producer,
+        appointment_id=request.appointment_id,
+        requester_id=request.requester_id,
+        change=request.change.model_dump(mode="json"),
+    )
+    if not same:
+        # A request id means one request (of one portal): a different change under a known id, or
+        # another portal's id, changes nothing.
+        raise DeadLetter(
+            DeadLetterReason.REQUEST_ID_REUSED,
+            f"request id {message.correlation_id} already names a different request of this tenant "
+            "(another change, appointment, requester or portal); nothing was changed: send the new "
+            "request with a new request id",
+        )
+    log.info("gate.request_already_decided")
 
 
 async def decide_modify_request(message: ModifyRequested, uow: UnitOfWork) -> None:
@@ -145,10 +173,10 @@ async def decide_modify_request(message: ModifyRequested, uow: UnitOfWork) -> No
         decision=decision,
         decided_on_version=facts.version if facts else None,
         decided_at=now,
+        producer=message.producer,
     )
     if not first_time:
-        # The portal re-sent a request it already sent: the first decision stands and its events went out.
-        log.info("gate.request_already_decided")
+        await _already_decided(message, uow)
         return
     log.info(
         "gate.decided",
@@ -202,6 +230,11 @@ async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> N
     pending = await store.lock_pending_approval(conn, message.tenant_id, decision.request_id)
     if pending is None:
         log.info("gate.approval_not_pending", request_id=decision.request_id)
+        await uow.emit(
+            office_outcome(
+                message, now, decision.request_id, OfficeOutcomeCode.APPROVAL_NOT_PENDING, producer=PRODUCER
+            )
+        )
         return
     ids = dict(request_id=pending.request_id, appointment_id=pending.appointment_id)
     change = CHANGE_ADAPTER.validate_python(pending.change)
@@ -233,6 +266,7 @@ async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> N
     )
     log.info("gate.office_decided", request_id=pending.request_id, approved=decision.approved)
     await uow.emit(result)
+    await uow.emit(office_outcome(message, now, pending.request_id, None, producer=PRODUCER))
 
 
 async def update_settings_layer(message: PortalSettingsUpdatedV2, uow: UnitOfWork) -> None:
@@ -247,6 +281,7 @@ async def update_settings_layer(message: PortalSettingsUpdatedV2, uow: UnitOfWor
         message_id=message.message_id,
     )
     log.info("gate.settings", applied=applied, level=p.scope.level.value, settings_version=p.settings_version)
+    await _settings_outcome(message, uow, p.scope.key, applied)
     if applied and p.scope.level is ScopeLevel.BUSINESS:
         # This replica's next request uses them (others within admission.LIMITS_TTL_S).
         limits = p.settings.rate_limits
@@ -258,6 +293,11 @@ async def update_settings_layer(message: PortalSettingsUpdatedV2, uow: UnitOfWor
         )
     if applied:
         await offering.follow_scope(uow, message, p.scope.level, p.scope.key)
+
+
+async def _settings_outcome(message: Envelope, uow: UnitOfWork, subject: str | None, applied: bool) -> None:
+    code = None if applied else OfficeOutcomeCode.OLDER_REVISION
+    await uow.emit(office_outcome(message, await uow.now(), subject, code, producer=PRODUCER))
 
 
 def business_layer_from_v1(message: PortalSettingsUpdated) -> SettingsLayer:
@@ -287,6 +327,7 @@ async def update_portal_settings_v1(message: PortalSettingsUpdated, uow: UnitOfW
     log.info(
         "gate.settings", applied=applied, level="business", settings_version=message.payload.settings_version
     )
+    await _settings_outcome(message, uow, None, applied)
     if applied:  # a version 1 business layer sets no rate limits: the defaults apply
         ADMISSION.learn(message.tenant_id, None, message.payload.settings_version, time.monotonic())
         await offering.follow_scope(uow, message, ScopeLevel.BUSINESS, None)

@@ -193,11 +193,39 @@ async def load_business_rate_limits(driver: asyncpg.Connection, tenant_id: str) 
 _RECORD_DECISION = """
 INSERT INTO policy.decisions (tenant_id, request_id, message_id, appointment_id, requester_id, change, action,
                               outcome, rule, setting, setting_level, reason_code, reason_text,
-                              decided_on_version, decided_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                              decided_on_version, decided_at, producer)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 ON CONFLICT DO NOTHING
 RETURNING request_id
 """
+_DECIDED_REQUEST = """
+SELECT producer, appointment_id, requester_id, change FROM policy.decisions
+ WHERE tenant_id = $1 AND request_id = $2
+"""
+
+
+async def same_request(
+    driver: asyncpg.Connection,
+    *,
+    tenant_id: str,
+    request_id: str,
+    producer: str,
+    appointment_id: str,
+    requester_id: str,
+    change: dict,
+) -> bool:
+    """Is the decided request with this id the same request (same portal, appointment, requester and
+    change)? A request id means one request: anything else reusing it is refused."""
+    row = await driver.fetchrow(_DECIDED_REQUEST, tenant_id, request_id)
+    if row is None:
+        return False
+    stored_change = row["change"] if isinstance(row["change"], dict) else json.loads(row["change"])
+    return (
+        row["producer"] in (None, producer)  # decided before producers were recorded
+        and row["appointment_id"] == appointment_id
+        and row["requester_id"] == requester_id
+        and stored_change == change
+    )
 
 
 async def record_decision(
@@ -212,8 +240,9 @@ async def record_decision(
     decision: Decision,
     decided_on_version: int | None,
     decided_at: datetime,
+    producer: str,
 ) -> bool:
-    """Store the decision by request id; False when this request was already decided (a re-sent request)."""
+    """Store the decision by request id; False when this request id was already decided."""
     stored = await driver.fetchval(
         _RECORD_DECISION,
         tenant_id,
@@ -231,6 +260,7 @@ async def record_decision(
         decision.reason_text,
         decided_on_version,
         decided_at,
+        producer,
     )
     return stored is not None
 
@@ -238,8 +268,8 @@ async def record_decision(
 _RECORD_REFUSAL = """
 INSERT INTO policy.decisions (tenant_id, request_id, message_id, appointment_id, requester_id, change, action,
                               outcome, rule, setting, setting_level, reason_code, reason_text,
-                              decided_on_version, decided_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'rejected', $8, $9, $10, $11, $12, NULL, now())
+                              decided_on_version, decided_at, producer)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'rejected', $8, $9, $10, $11, $12, NULL, now(), $13)
 ON CONFLICT DO NOTHING
 RETURNING decided_at
 """
@@ -255,6 +285,7 @@ async def record_refusal(
     requester_id: str,
     change: dict,
     decision: Decision,
+    producer: str,
 ) -> datetime | None:
     """A refusal decided without reading anything (rate limits), stored by request id in one statement
     that also reads the clock: when it was decided, or None when the request was already decided."""
@@ -272,6 +303,7 @@ async def record_refusal(
         decision.setting_level,
         decision.reason_code,
         decision.reason_text,
+        producer,
     )
 
 

@@ -13,6 +13,7 @@ from contracts.events_v1 import (
     ModifyAwaitingApproval,
     ModifyFailed,
     ModifyRejected,
+    OfficeOutcome,
     ProjectUpdated,
 )
 from contracts.feed_v1 import PortalViewChangedPayload
@@ -58,10 +59,12 @@ async def project_event(message: Envelope, uow: UnitOfWork) -> None:
     job = projection.job_row(message)
     if job is not None and wrote(await store.upsert_job(conn, message.tenant_id, job)):
         changed.append(feed.job_changed(job))
-    audit = projection.audit_entry(message)
-    if audit is not None:
-        await store.append_audit(conn, message.tenant_id, audit)
+    office = projection.office_outcome_row(message)
+    if office is not None:
+        written = await store.record_office_outcome(conn, message.tenant_id, office)
+        log.info("portal.office_outcome", status=office["status"], written=written)
     outcome = projection.request_outcome(message)
+    recorded = None
     if outcome is not None:
         requested_at = message.occurred_at if isinstance(message, ModifyRequested) else None
         recorded = await store.record_request(conn, message.tenant_id, outcome, requested_at)
@@ -100,6 +103,11 @@ async def project_event(message: Envelope, uow: UnitOfWork) -> None:
                     ),
                 )
             )
+    audit = projection.audit_entry(message)
+    # A request's own line only when this is the first sighting of the request: a re-sent or reused
+    # request id writes nothing (the gate dead-letters a reused one).
+    if audit is not None and (recorded is not None or not isinstance(message, ModifyRequested)):
+        await store.append_audit(conn, message.tenant_id, audit)
     if changed:
         now = await uow.now()
         for payload in changed:
@@ -119,6 +127,7 @@ HANDLERS = {
         JobStatusChanged,
         AppointmentOfferChanged,
         CapacityWindowChanged,
+        OfficeOutcome,
         ProjectUpdated,  # nothing of its own in the read store; the offers it changes arrive as events
     )
 }

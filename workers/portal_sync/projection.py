@@ -17,6 +17,7 @@ from contracts.events_v1 import (
     ModifyAwaitingApproval,
     ModifyFailed,
     ModifyRejected,
+    OfficeOutcome,
 )
 from contracts.portal_v1 import ModifyRequested, Reschedule
 
@@ -208,6 +209,25 @@ def audit_entry(event) -> dict | None:
                 version=snapshot.version,
             )
     return None
+
+
+def office_outcome_row(event) -> dict | None:
+    """What became of an office message, as the office integrator reads it (portal.office_outcomes)."""
+    if not isinstance(event, OfficeOutcome):
+        return None
+    p = event.payload
+    return dict(
+        office_message_id=p.office_message_id,
+        correlation_id=event.correlation_id,
+        message_type=p.message_type,
+        schema_version=p.schema_version,
+        status=p.status.value,
+        subject=p.subject,
+        reason_code=p.reason_code,
+        reason_text=p.reason,
+        current_state=None if p.current is None else p.current.model_dump(mode="json"),
+        occurred_at=event.occurred_at,
+    )
 
 
 def merge_request(current_status: str | None, incoming: RequestOutcome) -> str | None:

@@ -20,6 +20,7 @@ from infra.db.tables import (
     portal_audit_trail,
     portal_available_windows,
     portal_jobs,
+    portal_office_outcomes,
 )
 from workers.portal_sync.projection import TERMINAL_REQUEST_STATUSES, RequestOutcome
 
@@ -101,7 +102,8 @@ def _append_sql(columns: tuple[str, ...]) -> tuple[str, tuple[bool, ...]]:
 
 
 async def append_audit(driver: asyncpg.Connection, tenant_id: str, entry: dict) -> None:
-    """Add a line to the audit trail; a redelivered event adds nothing (keyed by its message id)."""
+    """Add a line to the audit trail; a fact already there adds nothing, whatever message id carries it
+    again (keyed by its message id and by its meaning: appointment, entry kind, request, version)."""
     sql, json_columns = _append_sql(tuple(entry))
     await driver.execute(sql, *_values(entry, json_columns, tenant_id))
 
@@ -122,11 +124,12 @@ _OUTCOME_SET = (
     "status = EXCLUDED.status, reason_code = EXCLUDED.reason_code, reason_text = EXCLUDED.reason_text, "
 )
 _RECORD_BY_STATUS = {
-    # Pending never overwrites an outcome: it only fills in the request's own details.
+    # Pending never overwrites an outcome: it only fills in the request's own details, once (a request
+    # id re-sent or reused later changes nothing: its first sighting stands).
     "pending": _RECORD_REQUEST.format(
         set="requester_id = EXCLUDED.requester_id, requested_at = EXCLUDED.requested_at, "
         "reply_to = EXCLUDED.reply_to",
-        where="",
+        where="WHERE t.requested_at IS NULL",
     ),
     "awaiting_approval": _RECORD_REQUEST.format(
         set=_OUTCOME_SET + "updated_at = now()", where="WHERE t.status = 'pending'"
@@ -193,3 +196,32 @@ async def claim_reply(driver: asyncpg.Connection, tenant_id: str, request_id: st
     """The request's final outcome, if it has one and names a reply queue not yet answered; marks it
     answered in the same transaction, so the reply goes out once whichever event came last."""
     return await driver.fetchrow(_CLAIM_REPLY, tenant_id, request_id)
+
+
+_RECORD_OFFICE_OUTCOME = f"""
+INSERT INTO {portal_office_outcomes.fullname} (tenant_id, office_message_id, correlation_id, message_type,
+       schema_version, status, subject, reason_code, reason_text, current_state, occurred_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT DO NOTHING
+RETURNING now()
+"""
+
+
+async def record_office_outcome(driver: asyncpg.Connection, tenant_id: str, row: dict) -> bool:
+    """What became of an office message, once (one outcome per office message: a repeat adds nothing)."""
+    current = row["current_state"]
+    written = await driver.fetchval(
+        _RECORD_OFFICE_OUTCOME,
+        tenant_id,
+        row["office_message_id"],
+        row["correlation_id"],
+        row["message_type"],
+        row["schema_version"],
+        row["status"],
+        row["subject"],
+        row["reason_code"],
+        row["reason_text"],
+        None if current is None else json.dumps(current),
+        row["occurred_at"],
+    )
+    return written is not None

@@ -34,7 +34,7 @@ from contracts.reasons import DeadLetterReason
 from contracts.signing import SignatureRefused, Verified
 from workers.runtime.broker import Broker
 from workers.runtime.database import UnitOfWork
-from workers.runtime.errors import is_conflict, is_transient
+from workers.runtime.errors import DeadLetter, is_conflict, is_transient
 from workers.runtime.fairness import LanesClosed, TenantLanes
 from workers.runtime.faults import FaultPoint, fault_point
 from workers.runtime.metrics import UNDECODED, WorkerMetrics
@@ -272,6 +272,9 @@ class QueueConsumer:
         except LanesClosed:  # draining before its turn came: back to the queue, untouched
             await self._nack_requeue(incoming)
             return "requeued", decoded.type, None
+        except DeadLetter as exc:
+            log.warning("message.refused_by_handler", reason=exc.reason, detail=exc.detail)
+            return await self._dead_letter(incoming, exc.reason, exc.detail), decoded.type, None
         except Exception as exc:
             log.exception("message.handler_error", error=repr(exc))
             outcome = await self._dead_letter(

@@ -13,6 +13,16 @@ CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
 UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "55P03"})
 
 
+class DeadLetter(Exception):
+    """A handler's verdict that the message must not be processed at all (e.g. a reused request id):
+    the transaction is rolled back and the message dead-lettered with this reason, never retried."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
 def sqlstate(error: BaseException) -> str | None:
     orig = getattr(error, "orig", None)
     for candidate in (error, orig, getattr(orig, "__cause__", None)):
