@@ -10,7 +10,7 @@ export APPT_PORTAL_KEYS_FILE ?= $(CURDIR)/infra/dev/portal-keys.json
 endif
 
 .PHONY: venv services migrate topology demo run test lint format asyncapi clean bench bench-quick bench-scale bench-flood \
-	soak test-restarts faults-report
+	soak test-restarts faults-report openapi portal chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ demo: venv services
 run: migrate topology
 	$(BIN)/apptctl run
 
-test: venv services
+test: venv services chromium
 	$(BIN)/pytest
 
 lint: venv
@@ -48,6 +48,22 @@ format: venv
 
 asyncapi: venv
 	$(BIN)/python -m contracts.asyncapi
+
+# The portal HTTP API's committed OpenAPI document (portal_api/openapi.json; a test fails when stale).
+openapi: venv
+	$(BIN)/python -m portal_api.openapi
+
+# Debian's Chromium for the browser tests (tests/browser); Playwright never downloads a browser here.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# The reference Customer Portal and office board with the four industry stories seeded; Ctrl-C stops all.
+PORTAL_PORT ?= 8000
+portal: venv services
+	APPT_API_KEYS_FILE=$${APPT_API_KEYS_FILE:-$(CURDIR)/infra/dev/api-keys.json} \
+		$(BIN)/python -m portal_api.devserver --port $(PORTAL_PORT)
 
 # End-to-end throughput/latency against a bare relay (docs/benchmarks.md); own database and namespace.
 bench: venv services

@@ -440,6 +440,14 @@ def security_apply(
     for name, creds in created.items():
         role = f", postgresql role {creds.db_role}" if creds.db_role else ""
         typer.echo(f"{name}: rabbitmq user {creds.amqp_user}{role}")
+    # The portal HTTP API's roles: the read-only portal reader, and the API's idempotency writer.
+    api_roles = asyncio.run(
+        security.apply_api_roles(
+            database_url=settings.database_url, namespace=settings.namespace, env_dir=env_dir, prefix=prefix
+        )
+    )
+    for name, creds in api_roles.items():
+        typer.echo(f"{name}: postgresql role {creds.db_role}")
     if env_dir is not None:
         typer.echo(f"credentials written to {env_dir}/<name>.env (mode 0600)")
     # Per-role passwords mean nothing on a server that does not ask for them: say so loudly.
@@ -461,6 +469,11 @@ def security_drop(
             database_url=settings.database_url,
             namespace=settings.namespace,
             prefix=prefix,
+        )
+    )
+    removed += asyncio.run(
+        security.drop_api_roles(
+            database_url=settings.database_url, namespace=settings.namespace, prefix=prefix
         )
     )
     typer.echo("\n".join(removed) or "nothing to remove")

@@ -132,6 +132,7 @@ SUBSCRIPTIONS: dict[str, tuple[Binding, ...]] = {
     "portal_sync": (
         Binding("requests", "modify.requested"),
         Binding("events", "#"),
+        Binding("office", "office.capacity.updated"),  # only the business unit's time zone (issue 13)
     ),
 }
 

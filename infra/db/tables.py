@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 metadata = MetaData()
 
-SCHEMAS = ("scheduling", "policy", "portal", "messaging")
+SCHEMAS = ("scheduling", "policy", "portal", "messaging", "portal_api")
 
 ID = String(64)
 APPOINTMENT_STATUSES = "('scheduled','dispatched','working','done','canceled')"
@@ -360,6 +360,35 @@ portal_office_outcomes = Table(
     CheckConstraint("status IN ('applied','ignored','refused')", name="office_outcome_status_known"),
     Index("office_outcomes_by_subject", "tenant_id", "subject", "occurred_at"),
     schema="portal",
+)
+
+# Each business unit's IANA time zone (from the office's capacity settings), for local times.
+portal_business_units = Table(
+    "business_units",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("business_unit", ID, nullable=False),
+    Column("time_zone", ID, nullable=False),
+    Column("capacity_version", BigInteger, nullable=False),
+    _now(),
+    PrimaryKeyConstraint("tenant_id", "business_unit"),
+    schema="portal",
+)
+
+# --- portal_api: the HTTP API's idempotency record (one row per request id) ----------------------
+api_requests = Table(
+    "requests",
+    metadata,
+    Column("tenant_id", ID, nullable=False),
+    Column("request_id", ID, nullable=False),
+    Column("customer_id", ID, nullable=False),
+    Column("appointment_id", ID, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("body_sha256", String(64), nullable=False),
+    Column("message_id", UUID(as_uuid=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("tenant_id", "request_id"),
+    schema="portal_api",
 )
 
 # --- messaging: inbox (dedupe) and outbox (events committed with the change) ----------------------

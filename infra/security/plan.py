@@ -203,3 +203,44 @@ async def drop(
     finally:
         await connection.close()
     return removed
+
+
+# --- The portal HTTP API's database roles (issue 13): kept apart from the workers' identities ---------
+async def apply_api_roles(
+    *, database_url: str, namespace: str, env_dir: Path | None = None, prefix: str | None = None
+) -> dict[str, Credentials]:
+    """Create or update the portal reader role and the API's role (postgres.API_ROLES); database only, no
+    broker user. Writes `env_dir/<name>.env` with DATABASE_URL if given; passwords there are kept."""
+    db_prefix = role_prefix(prefix or namespace)
+    result: dict[str, Credentials] = {}
+    connection = await asyncpg.connect(
+        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        for name in postgres.API_ROLES:
+            old = _read_env(env_dir / f"{name}.env") if env_dir else {}
+            role = f"{db_prefix}_{name}"
+            password = _password_in(old.get("DATABASE_URL")) or secrets.token_urlsafe(24)
+            await postgres.apply_api_role(connection, name, role, password)
+            url = _db_url(database_url, role, password)
+            if env_dir is not None:
+                _write_env(env_dir / f"{name}.env", {"DATABASE_URL": url})
+            result[name] = Credentials(name, "", "", "", role, password, url)
+    finally:
+        await connection.close()
+    return result
+
+
+async def drop_api_roles(*, database_url: str, namespace: str, prefix: str | None = None) -> list[str]:
+    removed = []
+    connection = await asyncpg.connect(
+        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        for name in postgres.API_ROLES:
+            role = f"{role_prefix(prefix or namespace)}_{name}"
+            if await postgres.drop_role(connection, role):
+                removed.append(f"postgresql role {role}")
+    finally:
+        await connection.close()
+    return removed

@@ -177,3 +177,44 @@ async def trust_rules(connection: asyncpg.Connection) -> list[str]:
         f"{','.join(r['user_name'] or [])} {r['address'] or ''}".rstrip()
         for r in rows
     ]
+
+
+# --- The portal HTTP API's roles (issue 13): not workers, no broker user -------------------------------
+# portal_reader  the portal reader role: SELECT on the read store (portal.*, its views included) and on
+#                the API's request records, under row-level security (NOBYPASSRLS): a transaction sees
+#                the tenant it set in `appt.tenant_id`, nothing else. For the API's reads, and for portal
+#                teams that read the read store directly.
+# portal_api     the API's one write: its idempotency record (portal_api.requests), SELECT and INSERT.
+PORTAL_READER = "portal_reader"
+PORTAL_API = "portal_api"
+API_ROLES: dict[str, dict[str, tuple[str, ...]]] = {
+    PORTAL_READER: {"portal.*": ("SELECT",), "portal_api.requests": ("SELECT",)},
+    PORTAL_API: {"portal_api.requests": ("SELECT", "INSERT")},
+}
+API_SCHEMAS = ("portal", "portal_api")
+
+
+async def apply_api_role(connection: asyncpg.Connection, name: str, role: str, password: str) -> None:
+    """Create or update one of the API's roles with exactly its grants (see API_ROLES)."""
+    exists = await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+    verifier = scram_verifier(password).replace("'", "''")
+    verb = "ALTER" if exists else "CREATE"
+    await connection.execute(
+        f"{verb} ROLE {_ident(role)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS "
+        f"PASSWORD '{verifier}'"
+    )
+    database = await connection.fetchval("SELECT current_database()")
+    async with connection.transaction():
+        await connection.execute(f"GRANT CONNECT ON DATABASE {_ident(database)} TO {_ident(role)}")
+        for schema in (*SCHEMAS, *API_SCHEMAS):
+            if not await connection.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+                continue
+            await connection.execute(
+                f"REVOKE ALL ON ALL TABLES IN SCHEMA {_ident(schema)} FROM {_ident(role)}"
+            )
+            await connection.execute(f"REVOKE ALL ON SCHEMA {_ident(schema)} FROM {_ident(role)}")
+        for target, privileges in API_ROLES[name].items():
+            schema, table = target.split(".")
+            await connection.execute(f"GRANT USAGE ON SCHEMA {_ident(schema)} TO {_ident(role)}")
+            where = f"ALL TABLES IN SCHEMA {_ident(schema)}" if table == "*" else _table(target)
+            await connection.execute(f"GRANT {', '.join(privileges)} ON {where} TO {_ident(role)}")

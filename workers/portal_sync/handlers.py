@@ -17,6 +17,7 @@ from contracts.events_v1 import (
     ProjectUpdated,
 )
 from contracts.feed_v1 import PortalViewChangedPayload
+from contracts.office_v1 import CapacityUpdated
 from contracts.portal_v1 import ModifyOutcome, ModifyOutcomePayload, ModifyRequested
 from workers.portal_sync import feed, projection, store
 from workers.runtime.database import UnitOfWork
@@ -56,6 +57,9 @@ async def project_event(message: Envelope, uow: UnitOfWork) -> None:
         log.info("portal.available_window", free=window["free"], version=window["version"], written=written)
         if written:
             changed.append(feed.availability_changed(window))
+    unit = projection.business_unit_row(message)
+    if unit is not None:
+        wrote(await store.upsert_business_unit(conn, message.tenant_id, unit))
     job = projection.job_row(message)
     if job is not None and wrote(await store.upsert_job(conn, message.tenant_id, job)):
         changed.append(feed.job_changed(job))
@@ -128,6 +132,7 @@ HANDLERS = {
         AppointmentOfferChanged,
         CapacityWindowChanged,
         OfficeOutcome,
+        CapacityUpdated,  # only the business unit's time zone; the windows arrive as events
         ProjectUpdated,  # nothing of its own in the read store; the offers it changes arrive as events
     )
 }

@@ -19,6 +19,7 @@ from contracts.events_v1 import (
     ModifyRejected,
     OfficeOutcome,
 )
+from contracts.office_v1 import CapacityUpdated
 from contracts.portal_v1 import ModifyRequested, Reschedule
 
 TERMINAL_REQUEST_STATUSES = frozenset({"rejected", "completed", "failed"})
@@ -36,6 +37,14 @@ class RequestOutcome:
     reason_text: str | None = None
     requester_id: str | None = None
     reply_to: str | None = None
+
+
+def business_unit_row(event) -> dict | None:
+    """The business unit's time zone, from the office's capacity settings (given in its local time)."""
+    if isinstance(event, CapacityUpdated):
+        p = event.payload
+        return dict(business_unit=p.business_unit, time_zone=p.timezone, capacity_version=p.capacity_version)
+    return None
 
 
 def appointment_row(snapshot: AppointmentSnapshot) -> dict:

@@ -19,6 +19,7 @@ from infra.db.tables import (
     portal_appointments,
     portal_audit_trail,
     portal_available_windows,
+    portal_business_units,
     portal_jobs,
     portal_office_outcomes,
 )
@@ -32,6 +33,7 @@ _TABLES = {
         portal_appointment_offers,
         portal_available_windows,
         portal_audit_trail,
+        portal_business_units,
     )
 }
 
@@ -73,6 +75,10 @@ async def _upsert_if_newer(
     feed event that announces it); None when not."""
     sql, json_columns = _upsert_sql(table.fullname, tuple(row), version)
     return await driver.fetchval(sql, *_values(row, json_columns, tenant_id))
+
+
+async def upsert_business_unit(driver: asyncpg.Connection, tenant_id: str, row: dict) -> datetime | None:
+    return await _upsert_if_newer(driver, portal_business_units, tenant_id, row, "capacity_version")
 
 
 async def upsert_appointment(driver: asyncpg.Connection, tenant_id: str, row: dict) -> datetime | None:

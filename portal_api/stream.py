@@ -1,0 +1,221 @@
+"""The live feed inside the API: one exclusive queue on the feed exchange per process, fanned out to
+Server-Sent Events streams (per customer, or per business for office keys) and to long-polls waiting for
+a request's outcome; on reconnect, what a stream missed is replayed from the read store's row times."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from portal_api.reads import tenant_transaction
+from workers.runtime.broker import Broker
+
+log = structlog.get_logger(__name__)
+
+# Rows commit out of order: a row written 2 s before another may commit after it. Replaying from a
+# little before the last event's time sends a few events twice (harmless: each names a view and its
+# version to re-read) so that none is lost.
+REPLAY_SLACK_US = 5_000_000
+SUBSCRIBER_BUFFER = 1000
+FEED_PRODUCER = "portal_sync"
+
+
+def cursor(instant: datetime) -> int:
+    """An event id: microseconds since the Unix epoch of the row's change."""
+    return int(instant.timestamp() * 1_000_000)
+
+
+def from_cursor(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1_000_000, UTC)
+
+
+@dataclass(frozen=True)
+class FeedEvent:
+    event_id: int
+    tenant_id: str
+    data: dict
+
+    def sse(self, kind: str = "view_changed") -> str:
+        return f"id: {self.event_id}\nevent: {kind}\ndata: {json.dumps(self.data, separators=(',', ':'))}\n\n"
+
+
+@dataclass(eq=False)
+class Subscription:
+    tenant_id: str
+    customer_id: str | None  # None: the whole business (office)
+    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(SUBSCRIBER_BUFFER))
+    overflowed: bool = False
+
+    def wants(self, event: FeedEvent) -> bool:
+        return event.tenant_id == self.tenant_id and (
+            self.customer_id is None or event.data.get("customer_id") == self.customer_id
+        )
+
+
+class FeedHub:
+    """Consumes the feed exchange (all tenants: `#`) on an exclusive, auto-deleted queue of its own."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        self._subscriptions: set[Subscription] = set()
+        self._request_waiters: dict[tuple[str, str], set[asyncio.Event]] = {}
+        self._channel = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        assert self._broker.connection is not None
+        self._channel = await self._broker.connection.channel()
+        await self._channel.set_qos(prefetch_count=200)
+        queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(self._broker.topology.exchange("feed"), routing_key="#")
+        await queue.consume(self._on_message, no_ack=True)
+        self.ready.set()
+
+    async def stop(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            body = json.loads(message.body)
+            payload = body["payload"]
+            tenant = body["tenant_id"]
+            occurred = datetime.fromisoformat(body["occurred_at"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("api.feed_unreadable", error=repr(exc)[:200])
+            return
+        if body.get("producer") != FEED_PRODUCER or not isinstance(payload, dict):
+            return
+        event = FeedEvent(cursor(occurred), tenant, {**payload, "occurred_at": body["occurred_at"]})
+        self.dispatch(event)
+
+    def dispatch(self, event: FeedEvent) -> None:
+        for subscription in list(self._subscriptions):
+            if subscription.wants(event):
+                try:
+                    subscription.queue.put_nowait(event)
+                except asyncio.QueueFull:
+                    subscription.overflowed = True
+        request_id = event.data.get("request_id")
+        if request_id:
+            for waiter in self._request_waiters.get((event.tenant_id, request_id), ()):
+                waiter.set()
+
+    def subscribe(self, tenant_id: str, customer_id: str | None) -> Subscription:
+        subscription = Subscription(tenant_id, customer_id)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    def request_waiter(self, tenant_id: str, request_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._request_waiters.setdefault((tenant_id, request_id), set()).add(event)
+        return event
+
+    def drop_waiter(self, tenant_id: str, request_id: str, event: asyncio.Event) -> None:
+        waiters = self._request_waiters.get((tenant_id, request_id))
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                del self._request_waiters[(tenant_id, request_id)]
+
+
+# What changed since a time, per view, as the feed would have said it (customer: NULL = all customers).
+REPLAY = text(
+    """
+    SELECT 'appointment' AS view, a.customer_id, a.job_id, a.appointment_id, NULL AS request_id,
+           a.status, a.version, a.updated_at
+    FROM portal.appointments a
+    WHERE a.tenant_id = :tenant AND a.updated_at > :since
+      AND (CAST(:customer AS varchar) IS NULL OR a.customer_id = :customer)
+    UNION ALL
+    SELECT 'job', j.customer_id, j.job_id, NULL, NULL, j.status, j.version, j.updated_at
+    FROM portal.jobs j
+    WHERE j.tenant_id = :tenant AND j.updated_at > :since
+      AND (CAST(:customer AS varchar) IS NULL OR j.customer_id = :customer)
+    UNION ALL
+    SELECT 'request', a.customer_id, a.job_id, r.appointment_id, r.request_id, r.status, NULL, r.updated_at
+    FROM portal.requests r
+    JOIN portal.appointments a ON a.tenant_id = r.tenant_id AND a.appointment_id = r.appointment_id
+    WHERE r.tenant_id = :tenant AND r.updated_at > :since
+      AND (CAST(:customer AS varchar) IS NULL OR a.customer_id = :customer)
+    UNION ALL
+    SELECT 'offer', o.customer_id, o.job_id, o.appointment_id, NULL, NULL, o.offer_version, o.updated_at
+    FROM portal.appointment_offers o
+    WHERE o.tenant_id = :tenant AND o.updated_at > :since
+      AND (CAST(:customer AS varchar) IS NULL OR o.customer_id = :customer)
+    ORDER BY updated_at
+    LIMIT 5000
+    """
+)
+
+
+async def replay(
+    engine: AsyncEngine, tenant_id: str, customer_id: str | None, last_id: int
+) -> list[FeedEvent]:
+    since = from_cursor(last_id - REPLAY_SLACK_US)
+    async with tenant_transaction(engine, tenant_id) as conn:
+        rows = (
+            await conn.execute(REPLAY, {"tenant": tenant_id, "customer": customer_id, "since": since})
+        ).all()
+    events = []
+    for r in rows:
+        data = {
+            "view": r.view,
+            "customer_id": r.customer_id,
+            "job_id": r.job_id,
+            "appointment_id": r.appointment_id,
+            "request_id": r.request_id,
+            "status": r.status,
+            "version": r.version,
+            "occurred_at": r.updated_at.isoformat(),
+            "replayed": True,
+        }
+        events.append(
+            FeedEvent(cursor(r.updated_at), tenant_id, {k: v for k, v in data.items() if v is not None})
+        )
+    return events
+
+
+async def sse(
+    hub: FeedHub,
+    engine: AsyncEngine,
+    tenant_id: str,
+    customer_id: str | None,
+    last_id: int | None,
+    *,
+    heartbeat_s: float,
+) -> AsyncIterator[str]:
+    """The stream: subscribe first (nothing is missed while replaying), replay what came after
+    `last_id`, then live events; a `ready` event carries an id so a client that saw nothing else yet
+    still resumes from here."""
+    subscription = hub.subscribe(tenant_id, customer_id)
+    try:
+        yield "retry: 1000\n\n"
+        if last_id is not None:
+            for event in await replay(engine, tenant_id, customer_id, last_id):
+                yield event.sse()
+        yield FeedEvent(cursor(datetime.now(UTC)), tenant_id, {"view": "ready"}).sse("ready")
+        while True:
+            try:
+                event = await asyncio.wait_for(subscription.queue.get(), heartbeat_s)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if subscription.overflowed:
+                return  # the client reconnects with its Last-Event-ID and gets the rest from the replay
+            yield event.sse()
+    finally:
+        hub.unsubscribe(subscription)
+
+
+__all__ = ["FeedHub", "aio_pika"]
