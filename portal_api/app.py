@@ -5,7 +5,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import structlog
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
@@ -420,16 +420,24 @@ def _routes(app: FastAPI) -> None:
     @app.get(
         "/v1/requests/{request_id}",
         tags=["customer"],
-        summary="A request's outcome; with ?wait=N, wait up to N seconds while it is pending",
+        summary="A request's outcome; with ?wait=N, wait up to N seconds for it",
         responses=READ_ERRORS,
     )
     async def get_request(
         request: Request,
         request_id: RequestId,
         who: Annotated[Customer, Depends(customer)],
-        wait: Annotated[float, Query(ge=0, le=30, description="Seconds to wait while pending.")] = 0,
+        wait: Annotated[float, Query(ge=0, le=30, description="Seconds to wait for the outcome.")] = 0,
+        until: Annotated[
+            Literal["settled", "final"],
+            Query(
+                description="What to wait for: `settled` (no longer pending: awaiting the office counts) "
+                "or `final` (completed, rejected or failed)."
+            ),
+        ] = "settled",
     ) -> models.RequestState:
         svc = services(request)
+        waiting = {"pending"} if until == "settled" else {"pending", "awaiting_approval"}
         waiter = svc.hub.request_waiter(who.tenant_id, request_id)
         try:
             deadline = asyncio.get_running_loop().time() + wait
@@ -437,7 +445,7 @@ def _routes(app: FastAPI) -> None:
                 waiter.clear()
                 state = await _request_state(svc, who, request_id)
                 remaining = deadline - asyncio.get_running_loop().time()
-                if state.status != "pending" or remaining <= 0:
+                if state.status not in waiting or remaining <= 0:
                     return state
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waiter.wait(), remaining)

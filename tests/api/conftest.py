@@ -167,27 +167,57 @@ async def checksum(engine, tenant: str) -> str:
     return ",".join(parts)
 
 
-async def read_events(response: httpx.Response, until, timeout_s: float = 20) -> list[dict]:
-    """Server-sent events from an open stream until `until(events)` is true (or the time is up)."""
-    events: list[dict] = []
-    current: dict = {}
+class EventStream:
+    """Server-sent events of an open response, parsed by a background reader into a queue."""
 
-    async def consume():
-        nonlocal current
-        async for line in response.aiter_lines():
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.queue: asyncio.Queue[dict] = asyncio.Queue()
+        self.task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        current: dict = {}
+        async for line in self.response.aiter_lines():
             if line == "":
                 if "data" in current:
                     current["data"] = json.loads(current["data"])
-                    events.append(current)
-                    if until(events):
-                        return
+                    await self.queue.put(current)
                 current = {}
-            elif line.startswith(":"):
-                continue
-            else:
+            elif not line.startswith(":"):
                 name, _, value = line.partition(":")
                 current[name] = value.removeprefix(" ")
 
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(consume(), timeout_s)
-    return events
+    async def until(self, done, timeout_s: float = 20) -> list[dict]:
+        """Events until `done(events so far)` is true, or the time is up."""
+        events: list[dict] = []
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not done(events):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                events.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except TimeoutError:
+                break
+        return events
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+
+
+@contextlib.asynccontextmanager
+async def events(client: httpx.AsyncClient, path: str, **kwargs) -> AsyncIterator[EventStream]:
+    async with client.stream("GET", path, **kwargs) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        stream = EventStream(response)
+        try:
+            yield stream
+        finally:
+            await stream.close()
+
+
+def is_ready(events: list[dict]) -> bool:
+    return any(e.get("event") == "ready" for e in events)
