@@ -19,6 +19,12 @@ class ApiSettings(Settings):
     max_wait_s: float = Field(default=30.0, gt=0, le=120, alias="APPT_API_MAX_WAIT_S")
     sse_heartbeat_s: float = Field(default=15.0, gt=0, le=300, alias="APPT_API_SSE_HEARTBEAT_S")
     broker_retry_after_s: int = Field(default=5, ge=1, le=600, alias="APPT_API_RETRY_AFTER_S")
+    # The reference portal and office board (portal_api/web.py): demo sign-in, so off unless asked for.
+    demo_pages: bool = Field(default=False, alias="APPT_DEMO_PAGES")
+    demo_tenants: str = Field(
+        default="sunny-plumbing,metro-hvac,oak-homes,skyline-build", alias="APPT_DEMO_TENANTS"
+    )
+    demo_producer: str = Field(default="portal-web", alias="APPT_DEMO_PRODUCER")
 
     @field_validator("api_keys", "api_keys_file", "reader_database_url", "api_database_url", mode="before")
     @classmethod
@@ -38,6 +44,10 @@ class ApiSettings(Settings):
             return ApiKeyring.from_json(self.api_keys_file.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ApiKeysError(f"APPT_API_KEYS_FILE {str(self.api_keys_file)!r}: {exc.strerror}") from None
+
+    @property
+    def demo_tenant_list(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.demo_tenants.split(",") if t.strip())
 
     @property
     def reader_url(self) -> str:
