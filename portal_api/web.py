@@ -8,11 +8,11 @@ the browser tests); a real portal authenticates its customers itself and calls t
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, Form, Header, Request
+from fastapi import FastAPI, Form, Header, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -21,13 +21,14 @@ from sqlalchemy import text
 
 from contracts.common import ArrivalWindow
 from contracts.portal_v1 import Cancel, Reschedule
-from portal_api import commands, models, reads
+from portal_api import commands, models, reads, stream
 from portal_api.problems import ApiProblem
 
 HERE = Path(__file__).parent
 COOKIE = "appt_demo"
 OFFICE = "@office"
 ENTITY = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+CURSOR = r"^[0-9]{1,19}$"
 templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
 
 CUSTOMERS = text(
@@ -71,6 +72,10 @@ def describe(change: models.Change) -> str:
 def render(request: Request, name: str, **context) -> HTMLResponse:
     template = templates.get_template(name)
     context = {"fmt": fmt, "fmt_time": fmt_time, "describe": describe, **context}
+    if context.get("events_url"):
+        # The stream starts from when the page was rendered, so a change between the render and the
+        # EventSource's connection is replayed, not lost (on reconnects, Last-Event-ID takes over).
+        context["events_url"] += f"?since={stream.cursor(datetime.now(UTC))}"
     if request.headers.get("x-fragment") == "1" and "live" in template.blocks:
         html = "".join(template.blocks["live"](template.new_context(context)))
     else:
@@ -253,12 +258,14 @@ def install(app: FastAPI) -> None:
 
     @app.get("/portal/events", include_in_schema=False)
     async def portal_events(
-        request: Request, last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,19}$")] = None
+        request: Request,
+        last_event_id: Annotated[str | None, Header(pattern=CURSOR)] = None,
+        since: Annotated[str | None, Query(pattern=CURSOR)] = None,
     ):
         from portal_api.app import _event_stream
 
         v, s = visitor(request), svc(request)
-        return _event_stream(s, v.tenant_id, v.customer_id, last_event_id)
+        return _event_stream(s, v.tenant_id, v.customer_id, last_event_id or since)
 
     @app.get("/office", include_in_schema=False)
     async def office_page(request: Request):
@@ -302,12 +309,14 @@ def install(app: FastAPI) -> None:
 
     @app.get("/office/events", include_in_schema=False)
     async def office_events(
-        request: Request, last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,19}$")] = None
+        request: Request,
+        last_event_id: Annotated[str | None, Header(pattern=CURSOR)] = None,
+        since: Annotated[str | None, Query(pattern=CURSOR)] = None,
     ):
         from portal_api.app import _event_stream
 
         v, s = visitor(request, office=True), svc(request)
-        return _event_stream(s, v.tenant_id, None, last_event_id)
+        return _event_stream(s, v.tenant_id, None, last_event_id or since)
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon():
