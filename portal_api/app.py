@@ -194,8 +194,8 @@ LastEventId = Annotated[
     str | None,
     Header(alias="Last-Event-ID", pattern=EVENT_ID, description="Resume after this event (SSE reconnect)."),
 ]
-READ_ERRORS = problem_responses(401, 403, 404, 422, 503)
-WRITE_ERRORS = problem_responses(401, 403, 404, 409, 412, 422, 503)
+READ_ERRORS = problem_responses(400, 401, 403, 404, 422, 503)
+WRITE_ERRORS = problem_responses(400, 401, 403, 404, 409, 412, 422, 503)
 
 
 def version_of(if_match: str) -> int:
@@ -494,7 +494,7 @@ def _routes(app: FastAPI) -> None:
         tags=["office"],
         status_code=202,
         summary="Approve or decline a request waiting for the office",
-        responses=problem_responses(401, 403, 404, 422, 503),
+        responses=problem_responses(400, 401, 403, 404, 422, 503),
     )
     async def decide(
         request: Request,

@@ -92,6 +92,7 @@ async def on_validation(request: Request, exc: RequestValidationError) -> JSONRe
 
 
 _HTTP_CODES = {
+    400: ("malformed_request", "Malformed request"),
     404: ("not_found", "Not found"),
     405: ("method_not_allowed", "Method not allowed"),
     406: ("not_acceptable", "Not acceptable"),
@@ -122,7 +123,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict]:
 
 
 _DESCRIPTIONS = {
-    400: "Bad request (e.g. a malformed Last-Event-ID).",
+    400: "The request could not be parsed (e.g. a body that is not JSON).",
     401: "No API key, or an unknown one.",
     403: "The key's kind may not do this (a portal key on an office operation or the other way).",
     404: "Not found for this tenant and customer (another tenant's or customer's things look the same).",
