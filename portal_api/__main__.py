@@ -13,7 +13,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=os.environ.get("LOG_LEVEL", "info").lower(), timeout_graceful_shutdown=5)
+    level = os.environ.get("LOG_LEVEL", "info").lower()
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=level, timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":
