@@ -732,7 +732,13 @@ async def main_async(
     (work_dir / "results.json").write_text(json.dumps(to_json(results), indent=2))
     print(f"\nresults: {work_dir / 'results.json'}; worker logs: {work_dir}")
     print(f"run took {time.monotonic() - began:.0f} s")
-    print(summary_line(results))
+    api_summary = ""
+    if "ours" in only:  # the HTTP path (bench/http_path.py): its own database, namespace and processes
+        from bench.http_path import run_http_path
+
+        print("\nHTTP path (portal API -> workers -> SSE):")
+        api_summary = " " + (await run_http_path(quick, log=log))[1]
+    print(summary_line(results) + api_summary)
     return 0
 
 

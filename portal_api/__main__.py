@@ -6,6 +6,7 @@ import os
 import uvicorn
 
 from portal_api.app import create_app
+from workers.runtime.logging import configure_logging
 
 
 def main() -> None:
@@ -14,6 +15,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
     level = os.environ.get("LOG_LEVEL", "info").lower()
+    configure_logging(level.upper(), worker="portal_api")
     uvicorn.run(create_app(), host=args.host, port=args.port, log_level=level, timeout_graceful_shutdown=5)
 
 

@@ -17,6 +17,7 @@ from portal_api import seed
 from portal_api.app import create_app
 from portal_api.settings import ApiSettings
 from workers.runtime.broker import Broker
+from workers.runtime.logging import configure_logging
 
 
 async def prepare(settings: ApiSettings, workers: WorkerProcesses) -> None:
@@ -40,6 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("APPT_DEMO_PAGES", "true")
     settings = ApiSettings()
+    configure_logging(settings.log_level, worker="portal_api")
     workers = WorkerProcesses({})
     try:
         print("starting: migrations, topology, workers, demo data …", flush=True)
