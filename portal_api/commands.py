@@ -98,8 +98,12 @@ async def send_modify(
     appointment_id: str,
     change: Reschedule | Cancel,
     expected_version: int,
+    current_version: int,
     retry_after_s: int,
 ) -> Sent:
+    """Send the change once per request id. A repeat (same key and body) answers as the first time,
+    whatever the version is now; a new request built on another version than `current_version` is
+    refused (412) before anything is recorded or sent."""
     digest = body_hash(customer_id, appointment_id, change)
     message_id = uuid.uuid5(MESSAGE_NAMESPACE, f"{tenant_id}/{request_id}/{digest}")
     params = {
@@ -123,6 +127,15 @@ async def send_modify(
                     "This Idempotency-Key was used for another request. Use a new key for a new request.",
                 )
             return Sent(request_id, existing.appointment_id, existing.action, replayed=True)
+        if expected_version != current_version:
+            raise ApiProblem(
+                412,
+                "version_mismatch",
+                "The appointment changed",
+                f"The appointment is at version {current_version}, not {expected_version}: show the "
+                "customer the current appointment and ask again.",
+                headers={"ETag": f'"{current_version}"'},
+            )
         message = ModifyRequested(
             message_id=message_id,
             tenant_id=tenant_id,

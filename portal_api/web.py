@@ -202,6 +202,7 @@ def install(app: FastAPI) -> None:
             appointment_id=appointment_id,
             change=change,
             expected_version=version,
+            current_version=row.version,
             retry_after_s=s.settings.broker_retry_after_s,
         )
         return RedirectResponse(f"/portal/requests/{request_id}", status_code=303)
