@@ -16,7 +16,6 @@ class ApiSettings(Settings):
     reader_database_url: str | None = Field(default=None, alias="APPT_PORTAL_READER_DATABASE_URL")
     api_database_url: str | None = Field(default=None, alias="APPT_PORTAL_API_DATABASE_URL")
     api_pool_size: int = Field(default=5, ge=1, le=100, alias="APPT_API_DB_POOL_SIZE")
-    max_wait_s: float = Field(default=30.0, gt=0, le=120, alias="APPT_API_MAX_WAIT_S")
     sse_heartbeat_s: float = Field(default=15.0, gt=0, le=300, alias="APPT_API_SSE_HEARTBEAT_S")
     broker_retry_after_s: int = Field(default=5, ge=1, le=600, alias="APPT_API_RETRY_AFTER_S")
     # The reference portal and office board (portal_api/web.py): demo sign-in, so off unless asked for.
