@@ -451,7 +451,8 @@ def security_apply(
     if env_dir is not None:
         typer.echo(f"credentials written to {env_dir}/<name>.env (mode 0600)")
     # Per-role passwords mean nothing on a server that does not ask for them: say so loudly.
-    for warning in asyncio.run(security.database_auth_warnings(settings.database_url, created)):
+    everyone = {**created, **api_roles}
+    for warning in asyncio.run(security.database_auth_warnings(settings.database_url, everyone)):
         typer.secho(warning, err=True, fg=typer.colors.YELLOW, bold=True)
 
 

@@ -346,6 +346,11 @@ SEED = (
     "INSERT INTO portal.office_outcomes (tenant_id, office_message_id, correlation_id, message_type,"
     " schema_version, status, occurred_at)"
     " VALUES ($1, gen_random_uuid(), 'c-1', 'office.appointment.recorded', 2, 'applied', now())",
+    "INSERT INTO portal.business_units (tenant_id, business_unit, time_zone, capacity_version)"
+    " VALUES ($1, 'bu', 'America/Chicago', 1)",
+    "INSERT INTO portal_api.requests (tenant_id, request_id, customer_id, appointment_id, action,"
+    " body_sha256, message_id)"
+    " VALUES ($1, 'r-1', 'c-1', 'a-1', 'cancel', repeat('0', 64), gen_random_uuid())",
     "INSERT INTO messaging.inbox (consumer, tenant_id, message_id)"
     " SELECT w, $1, gen_random_uuid() FROM unnest($2::text[]) w",
     "INSERT INTO messaging.outbox (message_id, producer, exchange_role, routing_key, message_type,"
@@ -483,7 +488,7 @@ async def test_the_cli_prints_the_warning(database_url, settings):
         # the database roles first: they outlive a broker that fails the rest
         admin = await asyncpg.connect(asyncpg_dsn(database_url))
         try:
-            for name in security.plan.DATABASE_IDENTITIES:
+            for name in (*security.plan.DATABASE_IDENTITIES, *postgres.API_ROLES):
                 await postgres.drop_role(admin, f"{security.plan.role_prefix(settings.namespace)}_{name}")
         finally:
             await admin.close()

@@ -8,14 +8,14 @@ same body gets the same answer and with another body a 409. Both tenant-walled l
 (migration 0007).
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-06
 """
 
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
