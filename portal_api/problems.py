@@ -48,7 +48,14 @@ def not_found(what: str) -> ApiProblem:
     return ApiProblem(404, "not_found", "Not found", f"No {what} with that id for this customer.")
 
 
-def response(problem: ApiProblem, request: Request) -> JSONResponse:
+PAGE_PREFIXES = ("/portal/", "/office", "/signin")  # the reference pages answer a person, in HTML
+
+
+def response(problem: ApiProblem, request: Request):
+    if request.url.path.startswith(PAGE_PREFIXES) and "text/html" in request.headers.get("accept", ""):
+        from portal_api.web import error_page
+
+        return error_page(request, problem)
     body = Problem(
         type=TYPE_BASE + problem.code,
         title=problem.title,

@@ -83,6 +83,21 @@ def render(request: Request, name: str, **context) -> HTMLResponse:
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
 
+_PAGE_TEXT = {
+    404: ("Not found", "There is nothing here for you. It may belong to someone else, or the link is wrong."),
+    503: ("Please try again shortly", "We can't take changes right now. Nothing was changed."),
+}
+
+
+def error_page(request: Request, problem: ApiProblem) -> HTMLResponse:
+    title, detail = _PAGE_TEXT.get(problem.status, (problem.title, problem.detail or ""))
+    page = render(request, "error.html", title=title, detail=detail, who=None)
+    page.status_code = problem.status
+    for name, value in problem.headers.items():
+        page.headers[name] = value
+    return page
+
+
 def install(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 

@@ -104,6 +104,7 @@ async def test_a_customer_cannot_reach_another_customers_appointment_by_url(
     ):
         response = await page.goto(portal.url + path)
         assert response.status == 404, path
+        await page.get_by_role("heading", name="Not found").wait_for()
         assert "home-ben" not in await page.content()
 
 
