@@ -3,6 +3,7 @@ Server-Sent Events streams (per customer, or per business for office keys) and t
 a request's outcome; on reconnect, what a stream missed is replayed from the read store's row times."""
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -76,7 +77,21 @@ class FeedHub:
         queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(self._broker.topology.exchange("feed"), routing_key="#")
         await queue.consume(self._on_message, no_ack=True)
+        self._broker.connection.reconnect_callbacks.add(self._resync)
         self.ready.set()
+
+    def _resync(self, *_args) -> None:
+        """After a broker reconnect the feed events of the outage are gone: end every open stream (its
+        client reconnects with Last-Event-ID and gets them from the read store) and wake every long-poll
+        (it reads the read store again)."""
+        log.warning("api.feed_reconnected", streams=len(self._subscriptions))
+        for subscription in list(self._subscriptions):
+            subscription.overflowed = True
+            with contextlib.suppress(asyncio.QueueFull):
+                subscription.queue.put_nowait(None)
+        for waiters in self._request_waiters.values():
+            for waiter in waiters:
+                waiter.set()
 
     async def stop(self) -> None:
         if self._channel is not None and not self._channel.is_closed:
@@ -211,7 +226,7 @@ async def sse(
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
-            if subscription.overflowed:
+            if subscription.overflowed or event is None:
                 return  # the client reconnects with its Last-Event-ID and gets the rest from the replay
             yield event.sse()
     finally:

@@ -101,12 +101,14 @@ async def api_roles(database_url: str, topology):
     await drop_api_roles(database_url=database_url, namespace=topology.namespace, prefix=prefix)
 
 
-@pytest.fixture
-async def api(settings, topology, workers, api_roles) -> AsyncIterator[Api]:
+@contextlib.asynccontextmanager
+async def running_api(settings, topology, api_roles, amqp_url: str | None = None) -> AsyncIterator[Api]:
+    """The API on the test's namespace, reading and writing as the API roles; `amqp_url` to reach the
+    broker some other way (through a proxy)."""
     tenant, other = unique_tenant("api"), unique_tenant("api")
     portal, office, other_key = (secrets.token_urlsafe(32) for _ in range(3))
     api_settings = ApiSettings(
-        AMQP_URL=settings.amqp_url,
+        AMQP_URL=amqp_url or settings.amqp_url,
         DATABASE_URL=settings.database_url,
         APPT_NAMESPACE=topology.namespace,
         APPT_API_KEYS=keys_json(tenant, other, portal, office, other_key),
@@ -125,6 +127,12 @@ async def api(settings, topology, workers, api_roles) -> AsyncIterator[Api]:
         finally:
             for client in running.clients:
                 await client.aclose()
+
+
+@pytest.fixture
+async def api(settings, topology, workers, api_roles) -> AsyncIterator[Api]:
+    async with running_api(settings, topology, api_roles) as running:
+        yield running
 
 
 @pytest.fixture

@@ -1,13 +1,17 @@
 """Live changes through the portal HTTP API: the customer's and the office's event streams, resumed with
 Last-Event-ID across a reconnect without losing a change; and the office's approval queue."""
 
+import asyncio
 import uuid
 
 import pytest
+from sqlalchemy.engine import make_url
 
-from tests.api.conftest import Api, events, is_ready
+from tests import factories as f
+from tests.api.conftest import Api, events, is_ready, running_api
 from tests.api.test_customer import offered
 from tests.e2e.test_policy_engine import APPROVAL, World, everything
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -137,3 +141,37 @@ async def test_the_office_approves_and_declines_waiting_requests(api: Api, world
     board = (await office.get("/v1/office/appointments")).json()
     assert {a["appointment_id"] for a in board["appointments"]} >= {"apt-1", "apt-2"}
     assert (await office.get(f"/v1/office/requests/{approve_id}")).json()["status"] == "completed"
+
+
+async def test_after_a_broker_outage_the_stream_ends_and_a_resume_replays_what_the_outage_hid(
+    settings, topology, workers, api_roles, broker, engine
+):
+    """The API's feed queue misses the events of a broker outage: open streams are ended once it is
+    back, and the client's reconnect with Last-Event-ID gets the change from the read store."""
+    url = make_url(settings.amqp_url.replace("amqp://", "postgresql://", 1))
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5672)
+    await proxy.start()
+    proxied = settings.amqp_url.replace(f"{url.host}:{url.port or 5672}", f"127.0.0.1:{proxy.port}", 1)
+    try:
+        async with running_api(settings, topology, api_roles, amqp_url=proxied) as api:
+            world = World(broker, engine)
+            world.tenant = api.tenant
+            await world.settings({"settings": everything()})
+            await world.book("apt-1")
+            client = api.customer("cust-1")
+            await offered(client, "apt-1")
+            async with events(client, "/v1/events") as stream:
+                last_id = (await stream.until(is_ready))[-1]["id"]
+                proxy.pause()  # the API loses the broker; the workers keep theirs
+                request_id, done = await world.ask("apt-1", f.cancel("moving"), requester="cust-1")
+                assert done.status == "completed"
+                proxy.resume()
+                # The server ends the stream once the feed is back (the outage's events are gone).
+                await asyncio.wait_for(stream.task, 60)
+            async with events(client, "/v1/events", headers={"Last-Event-ID": last_id}) as resumed:
+                replayed = await resumed.until(
+                    lambda events: saw(events, "request", request_id=request_id, status="completed")
+                )
+                assert saw(replayed, "appointment", appointment_id="apt-1", status="canceled")
+    finally:
+        await proxy.close()
