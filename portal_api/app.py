@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import structlog
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from contracts.portal_v1 import Cancel, Reschedule
 from infra.topology import Topology, build
@@ -244,10 +244,6 @@ async def _database_away(request: Request, exc: Exception):
         ),
         request,
     )
-
-
-def _is_db_disconnect(exc: BaseException) -> bool:
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 async def _appointment_row(svc: Services, who: Customer, appointment_id: str):

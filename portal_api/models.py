@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts.common import ArrivalWindow
-from contracts.types import EntityId, ShortText, Slug
+from contracts.types import EntityId, ShortText
 
 
 class Body(BaseModel):
@@ -153,5 +153,3 @@ class Change(BaseModel):
 
 
 Board.model_rebuild()
-
-__all__ = ["Slug"]

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import text
@@ -231,6 +230,3 @@ async def sse(
             yield event.sse()
     finally:
         hub.unsubscribe(subscription)
-
-
-__all__ = ["FeedHub", "aio_pika"]

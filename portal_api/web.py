@@ -6,6 +6,7 @@ cookie remembers it, with no password. The pages exist only when APPT_DEMO_PAGES
 the browser tests); a real portal authenticates its customers itself and calls the API.
 """
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -344,8 +345,6 @@ class _SignIn(Exception):
 
 
 def _check_id(value: str) -> None:
-    import re
-
     if not re.match(ENTITY, value):
         raise ApiProblem(404, "not_found", "Not found", "No such id.")
 
