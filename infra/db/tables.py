@@ -153,7 +153,7 @@ settings_layers = Table(
 settings_history = Table(
     "settings_history",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, nullable=False, autoincrement=True),
     Column("tenant_id", ID, nullable=False),
     Column("level", String(16), nullable=False),
     Column("scope_key", ID, nullable=False),
@@ -163,6 +163,8 @@ settings_history = Table(
     Column("changed_by", ID, nullable=False),
     Column("message_id", UUID(as_uuid=True), nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # tenant_id first in every key: ready to distribute by tenant (docs/scaling.md, migration 0012)
+    PrimaryKeyConstraint("tenant_id", "id"),
     Index("settings_history_by_scope", "tenant_id", "level", "scope_key", "id"),
     schema="policy",
 )
