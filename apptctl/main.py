@@ -43,7 +43,9 @@ def topology_apply() -> None:
     from infra.topology import apply
 
     settings = Settings()
-    topology = asyncio.run(apply(settings.amqp_url, settings.namespace, settings.retry_delays_s))
+    topology = asyncio.run(
+        apply(settings.amqp_url, settings.namespace, settings.retry_delays_s, settings.quorum_group_size)
+    )
     typer.echo(
         f"topology '{topology.namespace}': {len(topology.exchanges)} exchanges, {len(topology.queues)} queues"
     )

@@ -8,8 +8,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import aio_pika
-
+from infra.nodes import connect_first
 from infra.topology import Topology
 from workers.registry import WORKER_NAMES
 
@@ -56,7 +55,7 @@ class WorkerProcesses:
 
     async def wait_consuming(self, amqp_url: str, topology: Topology, timeout_s: float = 30.0) -> None:
         """Return once every worker queue has a consumer; raise if a worker died or the time is up."""
-        connection = await aio_pika.connect(amqp_url)
+        connection = await connect_first(amqp_url)
         try:
             channel = await connection.channel()
             deadline = asyncio.get_running_loop().time() + timeout_s

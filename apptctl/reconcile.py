@@ -1320,14 +1320,13 @@ async def _capacity(conn, tenants: Sequence[str] | None) -> list[SlotUsage] | No
 
 async def read_dead_letters(amqp_url: str, namespace: str) -> list[DeadLetterRef]:
     """Every dead letter of the namespace, left where it is (taken without ack, handed back)."""
-    import aio_pika
-
     from apptctl import dlq
+    from infra.nodes import connect_first
     from infra.topology import build
 
     # the queues work queues dead-letter into (not every queue without a worker is one)
     queues = sorted({spec.dead_letter_queue for spec in build(namespace).queues if spec.dead_letter_queue})
-    connection = await aio_pika.connect(amqp_url, client_properties={"connection_name": "apptctl-reconcile"})
+    connection = await connect_first(amqp_url, client_properties={"connection_name": "apptctl-reconcile"})
     async with connection:
         sweep = await dlq.read(connection, queues)
     return [dead_letter_ref(letter) for letter in sweep.letters]

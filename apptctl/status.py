@@ -5,7 +5,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import ChannelNotFoundEntity
 from sqlalchemy import func, select
@@ -15,6 +14,7 @@ from sqlalchemy.pool import NullPool
 from apptctl import dlq
 from apptctl.management import ManagementApi, ManagementUnavailable, QueueCounts, vhost_of
 from infra.db.tables import outbox
+from infra.nodes import connect_first
 from infra.topology import Topology, build
 from workers.runtime.settings import Settings
 
@@ -159,7 +159,7 @@ async def _dead_letters(connection: AbstractConnection, status: Status) -> None:
 
 async def _broker_state(settings: Settings, status: Status) -> None:
     try:
-        connection = await aio_pika.connect(settings.amqp_url, timeout=CONNECT_TIMEOUT_S)
+        connection = await connect_first(settings.amqp_url, timeout=CONNECT_TIMEOUT_S)
     except Exception as exc:
         status.broker_error = f"{type(exc).__name__}: {exc}"[:300]
         await _management_counts(settings, status)

@@ -6,10 +6,12 @@ Queue arguments are part of the contract: RabbitMQ refuses to redeclare a queue 
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, ExchangeType
+
+from infra.nodes import connect_first
 
 DEFAULT_NAMESPACE = "appt"
 DELIVERY_LIMIT = 10
@@ -198,8 +200,12 @@ def own_role(role: str, worker: str) -> str:
 
 
 def build(
-    namespace: str = DEFAULT_NAMESPACE, retry_delays_s: Sequence[float] = DEFAULT_RETRY_DELAYS_S
+    namespace: str = DEFAULT_NAMESPACE,
+    retry_delays_s: Sequence[float] = DEFAULT_RETRY_DELAYS_S,
+    quorum_group_size: int | None = None,
 ) -> Topology:
+    """`quorum_group_size`: on a cluster, how many nodes each quorum queue is replicated on
+    (`x-quorum-initial-group-size`); None leaves it to the broker (every node, up to its default)."""
     delays = parse_retry_delays(retry_delays_s)
     exchanges = (
         *(ExchangeSpec(role, f"{namespace}.{role}", ExchangeType.TOPIC) for role in EXCHANGE_ROLES),
@@ -241,6 +247,14 @@ def build(
             SINK,
         )
     )
+    if quorum_group_size is not None:
+        group = {"x-quorum-initial-group-size": quorum_group_size}
+        queues = [
+            replace(q, arguments={**q.arguments, **group})
+            if q.arguments.get("x-queue-type") == "quorum"
+            else q
+            for q in queues
+        ]
     return Topology(namespace, exchanges, tuple(queues))
 
 
@@ -270,9 +284,10 @@ async def apply(
     amqp_url: str,
     namespace: str = DEFAULT_NAMESPACE,
     retry_delays_s: Sequence[float] = DEFAULT_RETRY_DELAYS_S,
+    quorum_group_size: int | None = None,
 ) -> Topology:
-    topology = build(namespace, retry_delays_s)
-    connection = await aio_pika.connect(amqp_url)
+    topology = build(namespace, retry_delays_s, quorum_group_size)
+    connection = await connect_first(amqp_url)
     async with connection:
         channel = await connection.channel()
         await declare(channel, topology)

@@ -4,6 +4,7 @@ Every publish is persistent, mandatory (unroutable raises) and confirmed; unconf
 """
 
 import asyncio
+import contextlib
 import time
 from datetime import datetime
 
@@ -16,6 +17,7 @@ from pamqp import commands as amqp_spec
 from contracts.decoding import CONTENT_TYPE, encode
 from contracts.envelope import Envelope
 from contracts.signing import SIGNATURE_HEADER, Keyring, SigningKey, signature_headers
+from infra.nodes import ClusterConnection, node_urls
 from infra.topology import Topology
 
 log = structlog.get_logger(__name__)
@@ -111,7 +113,7 @@ class Broker:
         """`signer`: publish as the portals do (apptctl demo, fixture replays, tests, the bench): a message
         to the portals' exchange that is not signed yet is signed with its producer's (`app_id`) current
         key. Workers never get one."""
-        self._url = amqp_url
+        self._urls = node_urls(amqp_url)  # one node, or a cluster's nodes (infra/nodes.py)
         self.topology = topology
         self._signer = signer
         self._portal_exchanges = topology.exchanges_with_role("requests")
@@ -126,13 +128,22 @@ class Broker:
         for it instead of crashing. Once connected, the robust connection reconnects by itself."""
         deadline = asyncio.get_running_loop().time() + retry_for_s
         delay = 0.5
+        attempt = 0
         while True:
+            # A cluster's nodes in turn: each attempt (and each reconnection later) tries the next one.
+            connection = ClusterConnection(
+                self._urls, first=attempt, client_properties={"connection_name": self._name}
+            )
             try:
-                self.connection = await aio_pika.connect_robust(
-                    self._url, client_properties={"connection_name": self._name}
-                )
+                await connection.connect()
+                self.connection = connection
                 break
             except (OSError, aiormq.exceptions.AMQPConnectionError) as exc:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                attempt += 1
+                if attempt % len(self._urls):
+                    continue  # the next node of the cluster may answer right away
                 if asyncio.get_running_loop().time() + delay > deadline:
                     raise
                 log.warning("broker.connect_retry", error=repr(exc)[:200], delay_s=delay)

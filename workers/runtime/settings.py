@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     retry_delays: str = Field(
         default=",".join(f"{d:g}" for d in DEFAULT_RETRY_DELAYS_S), alias="APPT_RETRY_DELAYS_S"
     )
+    # On a RabbitMQ cluster: the nodes each quorum queue is replicated on (unset: the broker's default).
+    quorum_group_size: int | None = Field(default=None, ge=1, le=99, alias="APPT_QUORUM_GROUP_SIZE")
     retry_limit: int = Field(default=8, ge=0, le=1000, alias="APPT_RETRY_LIMIT")
     # The worker's HTTP endpoint (/metrics, /healthz, /readyz): unset = off, 0 = any free port.
     metrics_port: int | None = Field(default=None, ge=0, le=65535, alias="APPT_METRICS_PORT")
@@ -60,7 +62,7 @@ class Settings(BaseSettings):
     signature_max_age_s: int = Field(default=86_400, ge=1, alias="APPT_SIGNATURE_MAX_AGE_S")
     signature_future_skew_s: int = Field(default=300, ge=0, alias="APPT_SIGNATURE_FUTURE_SKEW_S")
 
-    @field_validator("metrics_port", "portal_keys", "portal_keys_file", mode="before")
+    @field_validator("metrics_port", "quorum_group_size", "portal_keys", "portal_keys_file", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
