@@ -1,0 +1,1 @@
+"""The fault test on a three-node RabbitMQ cluster (infra/cluster.sh, docs/scaling.md)."""
