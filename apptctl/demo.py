@@ -53,7 +53,9 @@ async def run_demo(settings: Settings, log_dir: Path | None = None) -> bool:
     typer.echo(f"demo run {run_id}: database {database}, namespace {settings.namespace}")
     await ensure_database(settings.database_url)
     await upgrade_async(settings.database_url)
-    topology = await topology_module.apply(settings.amqp_url, settings.namespace, settings.retry_delays_s)
+    topology = await topology_module.apply(
+        settings.amqp_url, settings.namespace, settings.retry_delays_s, settings.quorum_group_size
+    )
     typer.echo(f"schema migrated, topology declared; starting workers (logs in {log_dir})")
 
     keyring, keys_env = tool_keyring(settings)

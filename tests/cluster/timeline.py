@@ -7,9 +7,9 @@ from itertools import pairwise
 
 @dataclass(frozen=True)
 class Around:
-    """What a fault at `at` did to completions: requests finished per second in the `window_s` before
-    it and after it, and the longest time without any completion from `window_s` before to `window_s`
-    after (the gap that contains the fault counts in full)."""
+    """What a fault at `at` did to completions: requests finished per second in the `rate_window_s`
+    before and after it, and the longest time without any completion from `gap_before_s` before the
+    fault to `gap_after_s` after it."""
 
     label: str
     at: float
@@ -26,17 +26,24 @@ class Around:
         return max(0.0, 1.0 - self.after_per_s / self.before_per_s)
 
 
-def around(label: str, at: float, completions: list[float], window_s: float = 20.0) -> Around:
+def around(
+    label: str,
+    at: float,
+    completions: list[float],
+    rate_window_s: float = 20.0,
+    gap_before_s: float = 10.0,
+    gap_after_s: float = 60.0,
+) -> Around:
     """`completions`: the times (seconds, one clock with `at`) requests became terminal, sorted."""
 
     def count(start: float, end: float) -> int:
         return bisect_left(completions, end) - bisect_left(completions, start)
 
-    before = count(at - window_s, at) / window_s
-    after = count(at, at + window_s) / window_s
-    first, last = bisect_left(completions, at - window_s), bisect_left(completions, at + window_s)
+    before = count(at - rate_window_s, at) / rate_window_s
+    after = count(at, at + rate_window_s) / rate_window_s
+    first, last = bisect_left(completions, at - gap_before_s), bisect_left(completions, at + gap_after_s)
     # the window's edges count as completions, so a window with none at all is one long gap
-    points = [at - window_s, *completions[first:last], at + window_s]
+    points = [at - gap_before_s, *completions[first:last], at + gap_after_s]
     gap, start = max((b - a, a) for a, b in pairwise(points))
     return Around(label, at, round(before, 2), round(after, 2), round(gap, 2), round(start - at, 2))
 

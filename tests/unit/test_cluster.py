@@ -34,7 +34,7 @@ def test_quorum_queues_get_the_group_size_only_when_configured():
 
 def test_a_node_loss_shows_as_a_dip_and_a_gap_in_completions():
     # 10/s steadily, nothing from 100.0 to 104.0, then 5/s
-    completions = [80 + i / 10 for i in range(200)] + [104 + i / 5 for i in range(100)]
+    completions = [80 + i / 10 for i in range(200)] + [104 + i / 5 for i in range(350)]
     figures = around("kill -9 node 1", 100.0, completions)
     assert figures.before_per_s == 10.0
     assert figures.after_per_s == pytest.approx(16 * 5 / 20)
