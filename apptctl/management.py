@@ -9,6 +9,8 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import quote, unquote, urlsplit
 from urllib.request import Request, urlopen
 
+from infra.nodes import node_urls
+
 QUEUE_COLUMNS = (
     "name",
     "type",
@@ -25,8 +27,9 @@ class ManagementUnavailable(Exception):
 
 
 def vhost_of(amqp_url: str) -> str:
-    """The virtual host an AMQP URL names ('/' when the path is empty or just '/')."""
-    path = urlsplit(amqp_url).path
+    """The virtual host an AMQP URL names ('/' when the path is empty or just '/'); of a cluster's node
+    list, the first node's (they share it)."""
+    path = urlsplit(node_urls(amqp_url)[0]).path
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 

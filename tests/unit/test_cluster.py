@@ -42,3 +42,21 @@ def test_a_node_loss_shows_as_a_dip_and_a_gap_in_completions():
     assert figures.gap_starts_after_fault_s == pytest.approx(-0.1)
     assert figures.dip == pytest.approx(0.6)
     assert throughput([1.0, 2.0, 7.5], bucket_s=5.0) == [(0.0, 2), (5.0, 1)]
+
+
+def test_the_aio_pika_method_the_cluster_connection_overrides_still_exists():
+    """ClusterConnection picks the node in RobustConnection's one-attempt method (a private name): an
+    aio-pika upgrade that renames it would silently pin every reconnection to one node."""
+    from aio_pika.robust_connection import RobustConnection
+
+    from infra.nodes import ClusterConnection
+
+    assert callable(getattr(RobustConnection, "_RobustConnection__connect_transport", None))
+    assert "_RobustConnection__connect_transport" in ClusterConnection.__dict__
+
+
+def test_the_vhost_of_a_node_list_is_the_first_nodes():
+    from apptctl.management import vhost_of
+
+    assert vhost_of("amqp://u:p@rabbit-1:5672/prod,amqp://u:p@rabbit-2:5672/prod") == "prod"
+    assert vhost_of(NODES) == "/"
