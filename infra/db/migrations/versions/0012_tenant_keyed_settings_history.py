@@ -4,14 +4,14 @@ Citus distributes a table by one column and enforces only the keys that contain 
 this was the one tenant table keyed without its tenant. `id` stays unique on its own (its sequence).
 
 Revision ID: 0012
-Revises: 0008
+Revises: 0010
 Create Date: 2026-12-06
 """
 
 from alembic import op
 
 revision = "0012"
-down_revision = "0008"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
