@@ -3,6 +3,9 @@
 Reading takes every message of the selected dead-letter queues with basic.get and no ack, so they stay
 owned by the queue; whatever is not replayed or purged is handed back (nack, requeue) when done.
 Replay publishes confirmed and mandatory, and only then acks the dead letter: a failure leaves it in place.
+A dead letter goes back only by a route of its dead-letter queue's own worker (contracts/routes.py), and
+only when its body is the message type that route carries: a replay can never put a message somewhere a
+publisher could not, and the worker checks it again like any delivery (signature included).
 """
 
 import contextlib
@@ -17,6 +20,8 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import ChannelNotFoundEntity
 
+from contracts.decoding import DecodeFailure, decode
+from contracts.routes import SUBSCRIPTIONS, RouteTable
 from infra.topology import DEAD_LETTER, Topology
 from workers.runtime.broker import Broker
 
@@ -350,6 +355,36 @@ async def _missing_exchanges(connection: AbstractConnection, names: set[str]) ->
     return missing
 
 
+def owner_of(topology: Topology, dead_letter_queue: str) -> str | None:
+    """The worker whose dead-letter queue this is."""
+    for spec in topology.queues:
+        if spec.worker is not None and spec.dead_letter_queue == dead_letter_queue:
+            return spec.worker
+    return None
+
+
+def replay_refusal(topology: Topology, letter: DeadLetter, target: tuple[str, str]) -> str | None:
+    """Why `letter` may not be replayed to `target`, or None: the target must be a route of the dead
+    queue's own worker, and a body that decodes must be the type that route carries."""
+    worker = owner_of(topology, letter.queue)
+    if worker is None or worker not in SUBSCRIPTIONS:
+        return f"refused: {letter.queue} belongs to no worker with declared routes"
+    table = RouteTable.of(worker, topology.exchange_names())
+    exchange, routing_key = target
+    if target not in table.targets:
+        routes = ", ".join(f"{e} / {k}" for e, k in sorted(table.targets))
+        return (
+            f"refused: {exchange or '(default exchange)'} / {routing_key[:100]} is not a route of {worker} "
+            f"(its routes: {routes}); a dead letter goes back only to its own worker"
+        )
+    decoded = decode(letter.body, content_type=letter.properties.get("content_type"))
+    if not isinstance(decoded, DecodeFailure):
+        refusal = table.refusal(exchange, routing_key, decoded.type, decoded.schema_version)
+        if refusal is not None:
+            return f"refused: {refusal}"
+    return None
+
+
 async def _replay_one(broker: Broker, held: Held, missing: set[str], result: ReplayResult) -> None:
     letter = held.letter
     target = target_of(letter.headers)
@@ -357,6 +392,10 @@ async def _replay_one(broker: Broker, held: Held, missing: set[str], result: Rep
         result.failed.append(
             Failure(letter, "no x-original-exchange / x-death header says where it came from")
         )
+        return
+    refusal = replay_refusal(broker.topology, letter, target)
+    if refusal is not None:
+        result.failed.append(Failure(letter, refusal))
         return
     exchange, routing_key = target
     if exchange in missing:

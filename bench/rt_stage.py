@@ -23,7 +23,7 @@ from aio_pika.abc import ExchangeType
 
 from bench.common import HOP_SQL, RUNTIME_NAMESPACE, RUNTIME_ROLE, STAGES, runtime_queue
 from contracts.portal_v1 import ModifyRequested
-from infra.topology import Binding, ExchangeSpec, QueueSpec, Topology
+from infra.topology import RETURN_ROLE, Binding, ExchangeSpec, QueueSpec, Topology
 from infra.topology import build as build_production_topology
 from workers.runtime import loop
 from workers.runtime.database import UnitOfWork
@@ -66,7 +66,9 @@ def topology() -> Topology:
                 dead_letter_queue=_renamed(spec.dead_letter_queue, template.name, name),
             )
             if spec.name == template.name:
-                clone = replace(clone, bindings=(Binding(RUNTIME_ROLE, f"stage{stage}"),))
+                clone = replace(
+                    clone, bindings=(Binding(RUNTIME_ROLE, f"stage{stage}"), Binding(RETURN_ROLE, name))
+                )
             queues.append(clone)
     return Topology(
         RUNTIME_NAMESPACE,

@@ -21,6 +21,7 @@ from contracts.reasons import (
     customer_text,
 )
 from contracts.registry import MESSAGE_CLASSES, type_name
+from contracts.routes import PUBLISHERS, publishers_of
 from contracts.signing import KEY_ID_HEADER, PORTAL_ROLE, SIGNATURE_HEADER, SIGNED_AT_HEADER
 from infra.topology import DEAD_LETTER_ROLE, DEFAULT_NAMESPACE, DELIVERY_LIMIT, QueueSpec, Topology, build
 
@@ -30,39 +31,6 @@ ASYNCAPI_VERSION = "3.0.0"
 AMQP_BINDING_VERSION = "0.3.0"
 DEFAULT_OUTPUT = Path(__file__).with_name("asyncapi.json")
 SCHEMA_REF = "#/components/schemas/{model}"
-
-# Who publishes each message type. The topology says who consumes; nothing in code says who
-# publishes (workers build messages in handlers), so it is declared here and tested.
-PUBLISHERS: dict[str, str] = {
-    "modify.requested": "portal",
-    "office.appointment.recorded": "office",
-    "office.portal_settings.updated": "office",
-    "modify.approved": "policy_gate",
-    "offers.refresh": "policy_gate",
-    "office.approval.decided": "office",
-    "modify.rejected": "policy_gate",
-    "modify.awaiting_approval": "policy_gate",
-    "modify.failed": "modify_handler",
-    "appointment.rescheduled": "modify_handler",
-    "appointment.canceled": "modify_handler",
-    "appointment.updated": "modify_handler",
-    "job.status_changed": "modify_handler",
-    "appointment.offer_changed": "policy_gate",
-    "office.capacity.updated": "office",
-    "capacity.window_changed": "modify_handler",
-    "portal.view_changed": "portal_sync",
-    "office.project.recorded": "office",
-    "project.updated": "modify_handler",
-    "modify.outcome": "portal_sync",
-    "office.outcome": "modify_handler",
-}
-# Message types a second worker publishes too: the office's outcomes of settings and approvals come
-# from the gate, those of appointment records, capacity and projects from the scheduling worker.
-ALSO_PUBLISHED_BY: dict[str, tuple[str, ...]] = {"office.outcome": ("policy_gate",)}
-
-
-def publishers_of(type_: str) -> tuple[str, ...]:
-    return (PUBLISHERS[type_], *ALSO_PUBLISHED_BY.get(type_, ()))
 
 
 ACTORS: dict[str, str] = {
@@ -114,6 +82,15 @@ DEAD_LETTER_TEXT: dict[str, str] = {
     ),
     DeadLetterReason.SIGNATURE_PRODUCER_MISMATCH: (
         "A valid signature, but with another producer's key than the message's `producer` names."
+    ),
+    DeadLetterReason.SIGNATURE_TENANT_NOT_ALLOWED: (
+        "A valid signature, but the key's producer is bound to other businesses (`tenants` in the keyring) "
+        "than the message's `tenant_id`."
+    ),
+    DeadLetterReason.ROUTE_TYPE_MISMATCH: (
+        "The exchange and routing key the message came by, and the type and schema version its body names, "
+        "are not one route of the worker's subscriptions (a body of one type sent under another type's "
+        "routing key, or a portal-signed message that is not a portal type). Never replay it."
     ),
 }
 

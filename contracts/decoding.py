@@ -66,6 +66,11 @@ def decode(
         raw = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return DecodeFailure(DeadLetterReason.MALFORMED_JSON, str(exc)[:_MAX_DETAIL])
+    except RecursionError:
+        # Deeply nested arrays or objects (well under the size limit): one dead letter, not a crash loop.
+        return DecodeFailure(DeadLetterReason.MALFORMED_JSON, "the JSON is nested too deeply")
+    except ValueError as exc:  # any other parser failure (e.g. a number too long to convert)
+        return DecodeFailure(DeadLetterReason.MALFORMED_JSON, f"{type(exc).__name__}: {str(exc)[:200]}")
     if not isinstance(raw, dict):
         return DecodeFailure(DeadLetterReason.MALFORMED_JSON, "top level must be a JSON object")
     type_ = raw.get("type")
@@ -87,6 +92,8 @@ def decode(
         return cls.model_validate_json(body, strict=True)
     except ValidationError as exc:
         return DecodeFailure(DeadLetterReason.SCHEMA_VIOLATION, _validation_detail(exc))
+    except (RecursionError, ValueError) as exc:
+        return DecodeFailure(DeadLetterReason.MALFORMED_JSON, f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
 def decode_or_raise(body: bytes, **kwargs) -> Envelope:

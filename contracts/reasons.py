@@ -95,6 +95,10 @@ class DeadLetterReason(StrEnum):
     SIGNATURE_UNKNOWN_KEY = "signature_unknown_key"
     SIGNATURE_EXPIRED = "signature_expired"  # signed longer ago than the maximum age, or in the future
     SIGNATURE_PRODUCER_MISMATCH = "signature_producer_mismatch"  # signed with another producer's key
+    SIGNATURE_TENANT_NOT_ALLOWED = "signature_tenant_not_allowed"  # the key is bound to other businesses
+    # The exchange and routing key it came by, and its type and schema version, are not one route of the
+    # worker's subscriptions (contracts/routes.py): checked before any handler or state is touched.
+    ROUTE_TYPE_MISMATCH = "route_type_mismatch"
 
 
 CUSTOMER_TEXT: dict[str, str] = {

@@ -14,6 +14,10 @@ signed too long ago or in the future. Each producer has a current key and, while
 way, a previous one; both are accepted. A copy of a message that was already handled carries the same
 message id and is dropped by the inbox with no effect (`replay`); a copy older than the maximum age is
 refused as expired, so the inbox never has to remember further back than that.
+
+A producer's entry may name the businesses (tenants) its keys may act for (`"tenants": [...]`): a
+message for any other tenant is refused (`signature_tenant_not_allowed`). Without `tenants` the key is
+unbound: one portal serving every business.
 """
 
 import hashlib
@@ -47,9 +51,13 @@ class SigningKey:
     key_id: str
     producer: str
     secret: bytes = b""
+    tenants: frozenset[str] | None = None  # the businesses it may act for; None: any (an unbound key)
 
     def __repr__(self) -> str:  # a key may end up in a log line or a traceback: never its secret
         return f"SigningKey(key_id={self.key_id!r}, producer={self.producer!r})"
+
+    def may_act_for(self, tenant_id: str) -> bool:
+        return self.tenants is None or tenant_id in self.tenants
 
 
 @dataclass(frozen=True)
@@ -61,8 +69,9 @@ class Keyring:
 
     @classmethod
     def from_json(cls, text: str) -> "Keyring":
-        """`{"<producer>": {"current": {"id": "...", "secret": "..."}, "previous": {...}}, ...}`;
-        `previous` is optional. Secrets are UTF-8 text of at least 32 bytes."""
+        """`{"<producer>": {"current": {"id": "...", "secret": "..."}, "previous": {...},
+        "tenants": ["..."]}, ...}`; `previous` and `tenants` are optional. Secrets are UTF-8 text of at
+        least 32 bytes."""
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -74,12 +83,19 @@ class Keyring:
         for producer, entry in raw.items():
             if not isinstance(producer, str) or not _PRODUCER.match(producer):
                 raise KeyringError(f"producer {str(producer)[:70]!r} is not a valid producer name")
-            if not isinstance(entry, dict) or "current" not in entry or set(entry) - {"current", "previous"}:
-                raise KeyringError(f"producer {producer!r}: give 'current' and optionally 'previous' keys")
+            if (
+                not isinstance(entry, dict)
+                or "current" not in entry
+                or set(entry) - {"current", "previous", "tenants"}
+            ):
+                raise KeyringError(
+                    f"producer {producer!r}: give 'current' and optionally 'previous' keys and 'tenants'"
+                )
+            tenants = _tenants(producer, entry["tenants"]) if "tenants" in entry else None
             for slot in ("current", "previous"):
                 if slot not in entry:
                     continue
-                key = _key(producer, slot, entry[slot])
+                key = _key(producer, slot, entry[slot], tenants)
                 if key.key_id in by_id:
                     raise KeyringError(f"key id {key.key_id!r} is used twice; each key needs its own id")
                 by_id[key.key_id] = key
@@ -98,7 +114,16 @@ class Keyring:
         return tuple(key.secret for key in self.by_id.values())
 
 
-def _key(producer: str, slot: str, raw: Any) -> SigningKey:
+def _tenants(producer: str, raw: Any) -> frozenset[str]:
+    if not isinstance(raw, list) or not raw or not all(isinstance(t, str) and 0 < len(t) <= 64 for t in raw):
+        raise KeyringError(
+            f"producer {producer!r}: 'tenants' must be a non-empty list of tenant ids (leave it out for a "
+            "key that may act for every business)"
+        )
+    return frozenset(raw)
+
+
+def _key(producer: str, slot: str, raw: Any, tenants: frozenset[str] | None = None) -> SigningKey:
     if not isinstance(raw, dict) or set(raw) != {"id", "secret"}:
         raise KeyringError(f"producer {producer!r} {slot} key: give exactly 'id' and 'secret'")
     key_id, secret = raw["id"], raw["secret"]
@@ -108,7 +133,7 @@ def _key(producer: str, slot: str, raw: Any) -> SigningKey:
         raise KeyringError(
             f"producer {producer!r} {slot} key {key_id!r}: secret must be at least {MIN_SECRET_BYTES} bytes"
         )
-    return SigningKey(key_id=key_id, producer=producer, secret=secret.encode())
+    return SigningKey(key_id=key_id, producer=producer, secret=secret.encode(), tenants=tenants)
 
 
 def _mac(secret: bytes, key_id: str, signed_at: int, body: bytes) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 import aio_pika
 from aio_pika.abc import AbstractChannel, ExchangeType
 
+from contracts.routes import SUBSCRIPTIONS as ROUTE_SUBSCRIPTIONS
 from infra.nodes import connect_first
 
 DEFAULT_NAMESPACE = "appt"
@@ -22,6 +23,10 @@ EXCHANGE_ROLES = ("requests", "office", "internal", "events")
 DEAD_LETTER_ROLE = "dead-letters"  # where the broker itself dead-letters (a work queue's delivery limit)
 # Where a worker parks a message to retry it later: a direct exchange, one delay queue per tier.
 RETRY_ROLE = "retry"
+# Where a delay queue hands an expired message back to its work queue: a direct exchange that no identity
+# may publish to, so a delivery that came by it was put back by the broker itself, and only then are the
+# retry bookkeeping headers (`x-attempt`, the original route) believed.
+RETURN_ROLE = "retry-return"
 # Delay-queue tiers in seconds. Each tier is a queue whose name carries its delay, so other tiers are
 # new queues (the old ones can be deleted once empty), never a changed argument.
 DEFAULT_RETRY_DELAYS_S = (5.0, 30.0, 300.0)
@@ -101,6 +106,15 @@ class Topology:
         return tuple(spec for spec in self.queues if spec.worker == worker and spec.kind == DELAY)
 
     @property
+    def return_exchange(self) -> str | None:
+        """Where delay queues hand messages back (None in a topology without one)."""
+        return next(iter(sorted(self.exchanges_with_role(RETURN_ROLE))), None)
+
+    def exchange_names(self) -> dict[str, str]:
+        """Each message exchange role (requests, office, internal, events) -> its name here."""
+        return {spec.role: spec.name for spec in self.exchanges if spec.role in EXCHANGE_ROLES}
+
+    @property
     def dead_letter_exchange(self) -> str:
         return self.exchange(DEAD_LETTER_ROLE)
 
@@ -112,30 +126,10 @@ class Topology:
             return self.exchange(role)
 
 
-# What each worker consumes: (exchange role, routing key).
+# What each worker consumes: (exchange role, routing key), from the contracts' route declaration.
 SUBSCRIPTIONS: dict[str, tuple[Binding, ...]] = {
-    "policy_gate": (
-        Binding("requests", "modify.requested"),
-        Binding("office", "office.portal_settings.updated"),
-        Binding("office", "office.approval.decided"),
-        Binding("internal", "offers.refresh"),  # to itself: a large settings change, a chunk at a time
-        # Facts an offer rests on (never `appointment.*`: that would bring back the gate's own offers).
-        Binding("events", "appointment.rescheduled"),
-        Binding("events", "appointment.canceled"),
-        Binding("events", "appointment.updated"),
-        Binding("events", "project.updated"),
-    ),
-    "modify_handler": (
-        Binding("internal", "modify.approved"),
-        Binding("office", "office.appointment.recorded"),
-        Binding("office", "office.capacity.updated"),
-        Binding("office", "office.project.recorded"),
-    ),
-    "portal_sync": (
-        Binding("requests", "modify.requested"),
-        Binding("events", "#"),
-        Binding("office", "office.capacity.updated"),  # only the business unit's time zone (issue 13)
-    ),
+    worker: tuple(Binding(role, key) for role, key in bindings)
+    for worker, bindings in ROUTE_SUBSCRIPTIONS.items()
 }
 
 
@@ -178,14 +172,14 @@ def delay_label(delay_s: float) -> str:
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
-def _delay_queue_arguments(work_queue: str, delay_s: float) -> dict:
-    # Expired messages go back to the work queue through the default exchange (which routes by queue
-    # name), so work queues need no extra binding. Quorum + at-least-once: a retry is never dropped on
-    # its way back, even while the work queue's leader moves.
+def _delay_queue_arguments(return_exchange: str, work_queue: str, delay_s: float) -> dict:
+    # Expired messages go back to the work queue through the return exchange, which only the broker
+    # writes to (work queues are bound to it by their own name). Quorum + at-least-once: a retry is never
+    # dropped on its way back, even while the work queue's leader moves.
     return {
         "x-queue-type": "quorum",
         "x-message-ttl": _ttl_ms(delay_s),
-        "x-dead-letter-exchange": "",
+        "x-dead-letter-exchange": return_exchange,
         "x-dead-letter-routing-key": work_queue,
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
@@ -211,6 +205,7 @@ def build(
         *(ExchangeSpec(role, f"{namespace}.{role}", ExchangeType.TOPIC) for role in EXCHANGE_ROLES),
         ExchangeSpec(DEAD_LETTER_ROLE, f"{namespace}.{DEAD_LETTER_ROLE}", ExchangeType.DIRECT),
         ExchangeSpec(RETRY_ROLE, f"{namespace}.{RETRY_ROLE}", ExchangeType.DIRECT),
+        ExchangeSpec(RETURN_ROLE, f"{namespace}.{RETURN_ROLE}", ExchangeType.DIRECT),
         *(
             ExchangeSpec(own_role(role, worker), f"{namespace}.{own_role(role, worker)}", ExchangeType.DIRECT)
             for worker in WORKERS
@@ -223,18 +218,22 @@ def build(
         ),
     )
     dlx = f"{namespace}.{DEAD_LETTER_ROLE}"
+    return_exchange = f"{namespace}.{RETURN_ROLE}"
     queues: list[QueueSpec] = []
     for worker in WORKERS:
         name = f"{namespace}.{worker}"
         dead = f"{name}.dead"
-        queues.append(QueueSpec(name, _work_queue_arguments(dlx, dead), SUBSCRIPTIONS[worker], worker, dead))
+        bindings = (*SUBSCRIPTIONS[worker], Binding(RETURN_ROLE, name))
+        queues.append(QueueSpec(name, _work_queue_arguments(dlx, dead), bindings, worker, dead))
         # The shared exchanges stay bound (the broker dead-letters through the shared one); the workers
         # publish through their own.
         dead_bindings = (Binding(DEAD_LETTER_ROLE, dead), Binding(own_role(DEAD_LETTER_ROLE, worker), dead))
         queues.append(QueueSpec(dead, {"x-queue-type": "quorum"}, dead_bindings, None, None, DEAD_LETTER))
         for delay in delays:
-            tier = f"{name}.retry.{delay_label(delay)}"
-            arguments = _delay_queue_arguments(name, delay)
+            # `.delay.`, not the earlier `.retry.` (whose expired messages came back through the default
+            # exchange): new arguments need new queues; delete the old ones once they are empty.
+            tier = f"{name}.delay.{delay_label(delay)}"
+            arguments = _delay_queue_arguments(return_exchange, name, delay)
             tier_bindings = (Binding(RETRY_ROLE, tier), Binding(own_role(RETRY_ROLE, worker), tier))
             queues.append(QueueSpec(tier, arguments, tier_bindings, worker, None, DELAY))
     queues.append(

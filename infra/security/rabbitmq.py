@@ -137,9 +137,9 @@ def key_pattern(routing_key: str) -> str:
 
 
 def publisher_of() -> dict[str, str]:
-    """Who publishes each message type: the contracts' own declaration (contracts/asyncapi.py, tested
-    there against the generated document), so permissions and contract cannot disagree."""
-    from contracts.asyncapi import PUBLISHERS as declared
+    """Who publishes each message type: the contracts' route declaration (contracts/routes.py), so
+    permissions, consumers' route checks and contract cannot disagree."""
+    from contracts.routes import PUBLISHERS as declared
 
     return dict(declared)
 
@@ -147,27 +147,32 @@ def publisher_of() -> dict[str, str]:
 def publishes(topology: Topology) -> dict[str, dict[str, set[str]]]:
     """identity -> exchange -> routing-key patterns it publishes, from the registered message classes."""
     from contracts.registry import MESSAGE_CLASSES, type_name
+    from contracts.routes import publishers_of
 
     declared = publisher_of()
     routes: dict[str, dict[str, set[str]]] = {name: {} for name in IDENTITIES}
     from contracts.portal_v1 import ModifyOutcome  # a reply, consumed by portals only: not registered
 
     for cls in (*MESSAGE_CLASSES, ModifyOutcome):
-        publisher = declared.get(type_name(cls))
-        if publisher not in routes:
-            raise UnknownPublisher(
-                f"message type {type_name(cls)!r}: publisher {publisher!r} unknown; declare it in "
-                "contracts/asyncapi.py PUBLISHERS and give it an identity in infra/security/rabbitmq.py"
+        name = type_name(cls)
+        publishers = publishers_of(name) if name in declared else (None,)
+        for publisher in publishers:
+            if publisher not in routes:
+                raise UnknownPublisher(
+                    f"message type {name!r}: publisher {publisher!r} unknown; declare it in "
+                    "contracts/routes.py PUBLISHERS and give it an identity in infra/security/rabbitmq.py"
+                )
+            routes[publisher].setdefault(topology.exchange(cls.exchange_role), set()).add(
+                key_pattern(cls.routing_key)
             )
-        routes[publisher].setdefault(topology.exchange(cls.exchange_role), set()).add(
-            key_pattern(cls.routing_key)
-        )
     return routes
 
 
 def emitters() -> set[str]:
     """The workers that publish events (so write an outbox)."""
-    return {p for p in publisher_of().values() if p in WORKERS}
+    from contracts.routes import publishers_of
+
+    return {p for t in publisher_of() for p in publishers_of(t) if p in WORKERS}
 
 
 def permissions(topology: Topology) -> dict[str, Permissions]:

@@ -38,14 +38,15 @@ def test_each_worker_has_one_delay_queue_per_tier_that_expires_back_into_its_wor
         work = topology.queue_of(worker)
         assert work.kind == WORK and work.name == f"ns.{worker}"
         tiers = topology.delay_queues_of(worker)
-        assert [q.name for q in tiers] == [f"ns.{worker}.retry.{label}" for label in ("5s", "30s", "300s")]
+        assert [q.name for q in tiers] == [f"ns.{worker}.delay.{label}" for label in ("5s", "30s", "300s")]
         assert [q.delay_s for q in tiers] == [5, 30, 300]
         for tier in tiers:
             assert tier.kind == DELAY and tier.worker == worker and tier.dead_letter_queue is None
             assert tier.arguments == {
                 "x-queue-type": "quorum",
                 "x-message-ttl": int(tier.delay_s * 1000),
-                "x-dead-letter-exchange": "",  # the default exchange routes by queue name
+                # back through the return exchange, which only the broker writes to
+                "x-dead-letter-exchange": "ns.retry-return",
                 "x-dead-letter-routing-key": work.name,
                 "x-dead-letter-strategy": "at-least-once",
                 "x-overflow": "reject-publish",
@@ -213,13 +214,13 @@ def test_status_lists_delay_queues_and_does_not_want_consumers_on_them():
     status = _status_with_every_queue_empty_and_consumed()
     delay = [q for q in status.queues if q.kind == DELAY]
     assert [q.name for q in delay if q.worker == "policy_gate"] == [
-        "ns.policy_gate.retry.1s",
-        "ns.policy_gate.retry.10s",
+        "ns.policy_gate.delay.1s",
+        "ns.policy_gate.delay.10s",
     ]
     assert problems_of(status) == []
     text = render(status)
-    assert "ns.portal_sync.retry.10s" in text
-    line = next(row for row in text.splitlines() if row.startswith("ns.policy_gate.retry.1s "))
+    assert "ns.portal_sync.delay.10s" in text
+    line = next(row for row in text.splitlines() if row.startswith("ns.policy_gate.delay.1s "))
     assert line.split()[3] == "-"  # consumers: not expected
     missing: QueueStatus = delay[0]
     missing.exists = False
@@ -231,7 +232,7 @@ def test_a_crash_loop_after_a_delayed_retry_reads_as_delivery_limit_not_expired(
         "x-first-death-reason": "expired",  # the delay queue's
         "x-death": [
             {"reason": "delivery_limit", "queue": "ns.policy_gate"},
-            {"reason": "expired", "queue": "ns.policy_gate.retry.5s"},
+            {"reason": "expired", "queue": "ns.policy_gate.delay.5s"},
         ],
     }
     assert reason_of(headers) == "delivery_limit"

@@ -1,6 +1,12 @@
 """Consume one queue: decode -> dedupe -> handle -> commit -> ack, with one policy for every failure.
 
 - Undecodable, unknown or misrouted messages are dead-lettered with the reason in headers, then acked.
+  A route decides the type: the exchange and routing key a delivery came by and the type and schema
+  version its body names must be one of the worker's routes (contracts/routes.py), checked before any
+  handler or state is touched, on first deliveries, retries and replays alike.
+- Retry bookkeeping (`x-attempt`, the original route) is believed only on a delivery the broker itself
+  handed back from one of our delay queues, through the return exchange no identity may publish to;
+  any other `x-death` / `x-original-*` header is a publisher's claim and changes nothing.
 - A duplicate (already in the inbox) is acked with no effect.
 - Lock conflicts retry the whole transaction a bounded number of times.
 - Transient failures (database or broker away) are retried in place a couple of times after a short
@@ -31,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts.decoding import MAX_MESSAGE_BYTES, DecodeFailure, decode
 from contracts.envelope import Envelope
 from contracts.reasons import DeadLetterReason
+from contracts.routes import RouteTable
 from contracts.signing import SignatureRefused, Verified
 from workers.runtime.broker import Broker
 from workers.runtime.database import UnitOfWork
@@ -105,6 +112,8 @@ class QueueConsumer:
         dead_letter_exchange: str | None = None,
         publisher: DirectPublisher | None = None,
         fair_window: int = 0,
+        routes: RouteTable | None = None,
+        return_exchange: str | None = None,
     ) -> None:
         """Without `delayed_retry`, transient failures are retried in place for up to
         `transient_retry_budget_s`, then handed back to the broker (a topology without delay queues).
@@ -113,7 +122,10 @@ class QueueConsumer:
         the topology's shared one). `publisher`: publishes a delivery's events right after its commit
         (without one, the relay publishes them when the commit's NOTIFY wakes it).
         `fair_window` > 0: hold up to that many deliveries and handle at most `prefetch` at once, tenants
-        taking turns (workers/runtime/fairness.py)."""
+        taking turns (workers/runtime/fairness.py). `routes`: the (exchange, routing key, type, schema
+        version) combinations this worker accepts (None: any, for the bench's stages). `return_exchange`:
+        where the broker hands back expired delay-queue messages (the only way a delivery's retry headers
+        are believed)."""
         self.name = name
         self._queue_name = queue_name
         self._dead_letter_key = dead_letter_routing_key
@@ -129,6 +141,8 @@ class QueueConsumer:
         self.metrics = metrics or WorkerMetrics(name)
         self._signatures = signatures
         self._publisher = publisher
+        self._routes = routes
+        self._return_exchange = return_exchange
         self._dead_letter_exchange = dead_letter_exchange or broker.topology.dead_letter_exchange
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
@@ -234,9 +248,10 @@ class QueueConsumer:
     async def _process(self, incoming: AbstractIncomingMessage) -> tuple[str, str, float | None]:
         """(outcome, message type for metrics, seconds from decoded to acked when handled)."""
         verified: Verified | None = None
+        exchange, routing_key = self._original_route(incoming)
         # The size limit first (decode refuses an oversize body), then the signature, then parsing.
         if self._signatures is not None and len(incoming.body) <= MAX_MESSAGE_BYTES:
-            if self._signatures.applies_to(self._original_route(incoming)[0]):
+            if self._signatures.applies_to(exchange):
                 checked = self._signatures.check(incoming.body, incoming.headers)
                 if isinstance(checked, SignatureRefused):
                     return await self._dead_letter(incoming, checked.reason, checked.detail), UNDECODED, None
@@ -244,6 +259,11 @@ class QueueConsumer:
         decoded = decode(incoming.body, content_type=incoming.content_type, property_type=incoming.type)
         if isinstance(decoded, DecodeFailure):
             return await self._dead_letter(incoming, decoded.reason, decoded.detail), UNDECODED, None
+        if self._routes is not None:
+            refusal = self._routes.refusal(exchange, routing_key, decoded.type, decoded.schema_version)
+            if refusal is not None:
+                outcome = await self._dead_letter(incoming, DeadLetterReason.ROUTE_TYPE_MISMATCH, refusal)
+                return outcome, decoded.type, None
         if self._signatures is not None:
             refused = self._signatures.check_parsed(decoded, verified)
             if refused is not None:
@@ -351,17 +371,25 @@ class QueueConsumer:
     # --- delayed retries ----------------------------------------------------------------------------
 
     def _back_from_delay(self, incoming: AbstractIncomingMessage) -> bool:
-        """Did this delivery come back from one of our delay queues (the broker's latest x-death says so)?
+        """Did the broker itself hand this delivery back from one of our delay queues?
 
-        Only then are `x-attempt` and the original route in the headers ours: a replayed dead letter or a
-        publisher's own headers never count against the retry limit."""
+        It came by the return exchange, which no identity may publish to (only the broker dead-letters
+        through it), and the broker's latest x-death names one of our delay queues. Only then are
+        `x-attempt` and the original route in the headers ours (written by this worker on the copy it
+        parked): a publisher's `x-death` or `x-original-*` headers, or a replayed dead letter's, are never
+        believed."""
+        if (
+            self._delayed is None
+            or self._return_exchange is None
+            or incoming.exchange != self._return_exchange
+            or incoming.routing_key != self._queue_name
+        ):
+            return False
         deaths = (incoming.headers or {}).get("x-death")
         if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], dict):
             return False
         latest = deaths[0]
-        return _text(latest.get("reason")) == "expired" and _text(latest.get("queue")).startswith(
-            f"{self._queue_name}.retry."
-        )
+        return _text(latest.get("reason")) == "expired" and _text(latest.get("queue")) in self._delayed.queues
 
     def _failed_deliveries(self, incoming: AbstractIncomingMessage) -> int:
         if not self._back_from_delay(incoming):

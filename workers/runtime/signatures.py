@@ -4,7 +4,8 @@ A worker that handles a message type portals publish (`exchange_role == "request
 delivery that came in through the portals' exchange, and, once the body is parsed, refuses such a type
 that arrived without a good signature by any other way (so a missing or mislabelled AMQP `type` property
 cannot skip the check). The signature binds a key to one producer: a message whose `producer` is not the
-key's is refused too.
+key's is refused too, and so is one for a tenant the key is not bound to. A signature proves a portal
+message and nothing else: a signed body of any other type is refused, whatever route brought it.
 """
 
 import time
@@ -46,9 +47,15 @@ class SignaturePolicy:
         return verify(body, headers, self.keyring, now=self.clock(), limits=self.limits)
 
     def check_parsed(self, message: Envelope, verified: Verified | None) -> SignatureRefused | None:
-        """After parsing: a portal type must have been verified, and by its own producer's key."""
+        """After parsing: a portal type must have been verified, by its own producer's key, for a tenant
+        the key may act for; a verified (portal-signed) message must be a portal type."""
         if message.type not in self.signed_types:
-            return None
+            if verified is None:
+                return None
+            return SignatureRefused(
+                DeadLetterReason.ROUTE_TYPE_MISMATCH,
+                f"signed by portal key {verified.key.key_id!r}, but {message.type} is not a portal message",
+            )
         if verified is None:
             return SignatureRefused(
                 DeadLetterReason.SIGNATURE_MISSING,
@@ -59,5 +66,11 @@ class SignaturePolicy:
                 DeadLetterReason.SIGNATURE_PRODUCER_MISMATCH,
                 f"signed with key {verified.key.key_id!r} of {verified.key.producer!r}, "
                 f"but the message says producer {message.producer[:64]!r}",
+            )
+        if not verified.key.may_act_for(message.tenant_id):
+            return SignatureRefused(
+                DeadLetterReason.SIGNATURE_TENANT_NOT_ALLOWED,
+                f"key {verified.key.key_id!r} of {verified.key.producer!r} may not act for tenant "
+                f"{message.tenant_id[:64]!r}; add it to the producer's 'tenants' in the keyring if it should",
             )
         return None

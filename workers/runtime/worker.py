@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import structlog
 
 from contracts.envelope import Envelope
+from contracts.routes import SUBSCRIPTIONS, RouteTable
 from contracts.signing import KeyringError
 from infra.topology import DEAD_LETTER_ROLE, RETRY_ROLE, Topology
 from infra.topology import build as build_topology
@@ -89,6 +90,11 @@ class Worker:
             dead_letter_exchange=self.topology.own_exchange(DEAD_LETTER_ROLE, spec.name),
             publisher=self.publisher,
             fair_window=settings.fair_window if spec.tenant_lanes else 0,
+            # A worker of the production pipeline accepts only its own routes; the bench's stages any.
+            routes=RouteTable.of(spec.name, self.topology.exchange_names())
+            if spec.name in SUBSCRIPTIONS
+            else None,
+            return_exchange=self.topology.return_exchange,
         )
         self.relay = (
             OutboxRelay(
