@@ -1,0 +1,459 @@
+"""Trust boundaries under the least-privilege identities (`apptctl security apply`): each attack of issue 19
+(and a foreign-tenant message under a bound key, issue 12) is published with the broker user an attacker
+would hold, is refused with its own reason by every worker it reaches, and changes no row of the victim
+tenant (a checksum of every tenant table before and after)."""
+
+import asyncio
+import json
+import os
+import secrets
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import aio_pika
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from apptctl.portal_keys import DEV_PORTAL_KEYS_FILE
+from apptctl.scenario_runner import publish_all, take_dead_letters
+from apptctl.scenarios import window_on
+from contracts.common import AppointmentSnapshot, AppointmentStatus, Confirmation
+from contracts.decoding import encode
+from contracts.events_v1 import AppointmentCanceled, AppointmentCanceledPayload, Initiator
+from contracts.internal_v1 import ModifyApproved, ModifyApprovedPayload
+from contracts.office_v1 import (
+    ActionRules,
+    ApprovalDecided,
+    ApprovalDecidedPayload,
+    ConfirmationRule,
+    PortalSettingsPayload,
+    PortalSettingsUpdated,
+)
+from contracts.portal_v1 import Cancel, Reschedule
+from contracts.signing import SigningKey, signature_headers
+from infra import security
+from tests.e2e.test_delivery_guarantees import (
+    NOW,
+    appointment_view,
+    booking,
+    outcome,
+    request,
+    settings_allowing_everything,
+)
+from workers.runtime.outbox import asyncpg_dsn
+from workers.runtime.worker import Worker
+
+pytestmark = pytest.mark.integration
+
+DEV_KEYS = json.loads(DEV_PORTAL_KEYS_FILE.read_text())
+WEB = DEV_KEYS["portal-web"]["current"]
+BOUND_SECRET = secrets.token_urlsafe(40)
+
+
+@pytest.fixture
+async def least_privilege(settings, topology, tmp_path):
+    """The identities, and the three workers running in this process on their own broker users and
+    database roles; `portal-web` holds an unbound key, `portal-bound` a key bound to one tenant."""
+    from workers.registry import WORKER_NAMES, worker_spec
+
+    created = await security.apply(
+        amqp_url=settings.amqp_url,
+        management_url=settings.rabbitmq_management_url,
+        database_url=settings.database_url,
+        namespace=topology.namespace,
+        env_dir=tmp_path / "env",
+    )
+    bound_tenant = f"bound-{uuid.uuid4().hex[:8]}"
+    keys = {
+        "portal-web": DEV_KEYS["portal-web"],
+        "portal-bound": {
+            "current": {"id": f"bound-{uuid.uuid4().hex[:6]}", "secret": BOUND_SECRET},
+            "tenants": [bound_tenant],
+        },
+    }
+    running: list[Worker] = []
+    try:
+        for name in WORKER_NAMES:
+            own = settings.model_copy(
+                update={
+                    "amqp_url": created[name].amqp_url,
+                    "database_url": created[name].database_url,
+                    "portal_keys": SecretStr(json.dumps(keys)),
+                    "portal_keys_file": None,
+                }
+            )
+            worker = Worker(worker_spec(name), own)
+            await worker.start()
+            running.append(worker)
+        yield created, bound_tenant, keys
+    finally:
+        for worker in running:
+            await worker.stop()
+        await security.drop(
+            management_url=settings.rabbitmq_management_url,
+            database_url=settings.database_url,
+            namespace=topology.namespace,
+        )
+
+
+async def tenant_checksum(database_url: str, tenant: str) -> dict[str, str]:
+    """table -> md5 of the tenant's rows, for every table with a tenant_id column."""
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        tables = await connection.fetch(
+            "SELECT c.table_schema, c.table_name FROM information_schema.columns c "
+            "JOIN information_schema.tables t USING (table_schema, table_name) "
+            "WHERE c.column_name = 'tenant_id' AND t.table_type = 'BASE TABLE' "
+            "AND c.table_schema IN ('scheduling', 'policy', 'portal', 'messaging') ORDER BY 1, 2"
+        )
+        sums = {}
+        for row in tables:
+            name = f'"{row["table_schema"]}"."{row["table_name"]}"'
+            sums[name] = await connection.fetchval(
+                # when the relay marks an event published is not a change of the tenant's data
+                f"SELECT md5(coalesce(string_agg((to_jsonb(t) - 'published_at')::text, '|' ORDER BY "
+                f"(to_jsonb(t) - 'published_at')::text), '')) FROM {name} t "
+                "WHERE tenant_id = $1",
+                tenant,
+            )
+        assert sums, "no tenant tables found"
+        return sums
+    finally:
+        await connection.close()
+
+
+async def victim(broker, engine, tenant: str | None = None) -> str:
+    tenant = tenant or f"victim-{uuid.uuid4().hex[:8]}"
+    await publish_all(broker, [settings_allowing_everything(tenant), booking(tenant, "apt-1", "job-1")])
+    for _ in range(150):
+        if await appointment_view(engine, tenant, "apt-1") is not None:
+            return tenant
+        await asyncio.sleep(0.1)
+    raise AssertionError("the victim's appointment never showed")
+
+
+async def publish_as(creds, exchange: str, routing_key: str, body: bytes, headers: dict, type_: str) -> str:
+    """Publish exactly these bytes and headers with an identity's own broker user."""
+    message_id = str(uuid.uuid4())
+    connection = await aio_pika.connect(creds.amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        target = await channel.get_exchange(exchange, ensure=False)
+        await target.publish(
+            aio_pika.Message(
+                body,
+                headers=headers,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=message_id,
+                type=type_,
+            ),
+            routing_key,
+            timeout=10,
+        )
+    finally:
+        await connection.close()
+    return message_id
+
+
+def signed(body: bytes, key: dict, producer: str = "portal-web") -> dict:
+    signing = SigningKey(key["id"], producer, key["secret"].encode())
+    return dict(signature_headers(body, signing, signed_at=int(time.time())))
+
+
+def envelope(tenant: str, producer: str) -> dict:
+    return dict(
+        message_id=uuid.uuid4(),
+        tenant_id=tenant,
+        correlation_id=f"c-{uuid.uuid4().hex[:10]}",
+        occurred_at=datetime.now(UTC),
+        producer=producer,
+    )
+
+
+async def refused_everywhere(broker, message_id: str, reason: str, workers: list[str]) -> None:
+    letters = await take_dead_letters(broker, message_id, expected=len(workers))
+    assert sorted(letter.queue.split(".")[-2] for letter in letters) == sorted(workers), letters
+    assert {letter.reason for letter in letters} == {reason}, letters
+
+
+async def test_a_portal_signed_office_approval_on_the_requests_route_is_refused(
+    least_privilege, broker, engine, settings, topology
+):
+    created, _, _ = least_privilege
+    tenant = await victim(broker, engine)
+    before = await tenant_checksum(settings.database_url, tenant)
+    forged = ApprovalDecided(
+        **envelope(tenant, "portal-web"),
+        payload=ApprovalDecidedPayload(request_id="req-x", approved=True, decided_by="portal-chose-this"),
+    )
+    body = encode(forged)
+
+    sent = await publish_as(
+        created["portal"],
+        topology.exchange("requests"),
+        "modify.requested",
+        body,
+        signed(body, WEB),
+        forged.type,
+    )
+
+    await refused_everywhere(broker, sent, "route_type_mismatch", ["policy_gate", "portal_sync"])
+    assert await tenant_checksum(settings.database_url, tenant) == before
+
+
+async def test_a_portal_signed_settings_change_on_the_requests_route_is_refused(
+    least_privilege, broker, engine, settings, topology
+):
+    created, _, _ = least_privilege
+    tenant = await victim(broker, engine)
+    before = await tenant_checksum(settings.database_url, tenant)
+    allow = ConfirmationRule(confirmed="allow", unconfirmed="allow")
+    forged = PortalSettingsUpdated(
+        **envelope(tenant, "portal-web"),
+        payload=PortalSettingsPayload(
+            feature_enabled=True,
+            rules=ActionRules(reschedule=allow, cancel=allow),
+            settings_version=99,
+            changed_by="portal",
+        ),
+    )
+    body = encode(forged)
+
+    sent = await publish_as(
+        created["portal"],
+        topology.exchange("requests"),
+        "modify.requested",
+        body,
+        signed(body, WEB),
+        forged.type,
+    )
+
+    await refused_everywhere(broker, sent, "route_type_mismatch", ["policy_gate", "portal_sync"])
+    assert await tenant_checksum(settings.database_url, tenant) == before
+
+
+async def test_a_workers_forged_event_on_another_events_route_is_refused(
+    least_privilege, broker, engine, settings, topology
+):
+    """policy_gate's broker user may publish `modify.rejected` to the events exchange; an
+    `appointment.canceled` body under that key (version 2^62) is not what the route carries."""
+    created, _, _ = least_privilege
+    tenant = await victim(broker, engine)
+    before = await tenant_checksum(settings.database_url, tenant)
+    forged = AppointmentCanceled(
+        **envelope(tenant, "modify_handler"),
+        payload=AppointmentCanceledPayload(
+            appointment=AppointmentSnapshot(
+                appointment_id="apt-1",
+                job_id="job-1",
+                customer_id="cust-1",
+                business_unit="plumbing",
+                job_type="repair",
+                window=window_on(NOW + timedelta(days=2), 9),
+                status=AppointmentStatus.CANCELED,
+                confirmation=Confirmation.UNCONFIRMED,
+                version=2**62,
+            ),
+            initiated_by=Initiator.OFFICE,
+        ),
+    )
+
+    sent = await publish_as(
+        created["policy_gate"],
+        topology.exchange("events"),
+        "modify.rejected",
+        encode(forged),
+        {},
+        forged.type,
+    )
+
+    await refused_everywhere(broker, sent, "route_type_mismatch", ["portal_sync"])
+    assert await tenant_checksum(settings.database_url, tenant) == before
+
+
+async def test_forged_retry_headers_do_not_skip_the_signature_check(
+    least_privilege, broker, engine, settings, topology
+):
+    """An unsigned settings change with a publisher-set x-death ("expired" from our delay queue) and an
+    original route naming the office exchange: the route it really came by is the portals', so it must
+    be signed (and would then still be the wrong type for that route)."""
+    created, _, _ = least_privilege
+    tenant = await victim(broker, engine)
+    before = await tenant_checksum(settings.database_url, tenant)
+    forged = PortalSettingsUpdated(
+        **envelope(tenant, "office"),
+        payload=PortalSettingsPayload(feature_enabled=False, settings_version=50, changed_by="intruder"),
+    )
+    delay_queue = topology.delay_queues_of("policy_gate")[0].name
+    headers = {
+        "x-death": [
+            {"reason": "expired", "queue": delay_queue, "count": 1, "exchange": "", "routing-keys": []}
+        ],
+        "x-original-exchange": topology.exchange("office"),
+        "x-original-routing-key": "office.portal_settings.updated",
+        "x-attempt": 1,
+    }
+
+    sent = await publish_as(
+        created["portal"],
+        topology.exchange("requests"),
+        "modify.requested",
+        encode(forged),
+        headers,
+        forged.type,
+    )
+
+    await refused_everywhere(broker, sent, "signature_missing", ["policy_gate", "portal_sync"])
+    assert await tenant_checksum(settings.database_url, tenant) == before
+
+
+async def _dlq(settings, *args: str) -> tuple[int, str]:
+    env = {**os.environ, "AMQP_URL": settings.amqp_url, "APPT_NAMESPACE": settings.namespace}
+    env["DATABASE_URL"] = settings.database_url
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "apptctl.main",
+        "dlq",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    return process.returncode or 0, out.decode() + err.decode()
+
+
+async def test_replaying_an_unsigned_approval_cannot_reach_the_internal_exchange(
+    least_privilege, broker, engine, settings, topology
+):
+    """The issue's escalation: a portal's unsigned `modify.approved` with forged headers naming the
+    internal exchange. Its dead letters name the route it really came by, and `dlq replay` refuses to
+    send a `modify.approved` there, or a dead letter anywhere but to a route of its own worker."""
+    created, _, _ = least_privilege
+    tenant = await victim(broker, engine)
+    before = await tenant_checksum(settings.database_url, tenant)
+    forged = ModifyApproved(
+        **envelope(tenant, "policy_gate"),
+        payload=ModifyApprovedPayload(
+            appointment_id="apt-1",
+            requester_id="cust-1",
+            change=Cancel(reason="moving"),
+            decided_on_version=1,
+        ),
+    )
+    headers = {
+        "x-original-exchange": topology.exchange("internal"),
+        "x-original-routing-key": "modify.approved",
+        "x-death": [
+            {"reason": "expired", "queue": topology.delay_queues_of("portal_sync")[0].name, "count": 1}
+        ],
+    }
+    sent = await publish_as(
+        created["portal"],
+        topology.exchange("requests"),
+        "modify.requested",
+        encode(forged),
+        headers,
+        forged.type,
+    )
+    # both readers of the portals' exchange refuse it (unsigned); wait until both dead letters are there
+    dead = [topology.queue_of(w).dead_letter_queue for w in ("policy_gate", "portal_sync")]
+    for _ in range(150):
+        counts = []
+        for name in dead:
+            channel = await broker.connection.channel()
+            counts.append((await channel.declare_queue(name, passive=True)).declaration_result.message_count)
+            await channel.close()
+        if all(counts):
+            break
+        await asyncio.sleep(0.1)
+
+    code, output = await _dlq(settings, "replay", "--id", sent)
+
+    assert code == 1, output
+    assert "not replayed" in output and "refused" in output, output
+    assert "replayed 0 of 2" in output, output
+    # and a dead letter whose headers claim the internal exchange goes nowhere near it
+    claim = aio_pika.Message(
+        encode(forged),
+        headers={
+            "x-original-exchange": topology.exchange("internal"),
+            "x-original-routing-key": "modify.approved",
+        },
+        content_type="application/json",
+        message_id=str(uuid.uuid4()),
+        type=forged.type,
+    )
+    gate_dead = topology.queue_of("policy_gate").dead_letter_queue
+    await broker.publish(topology.dead_letter_exchange, gate_dead, claim)
+    code, output = await _dlq(settings, "replay", "--id", claim.message_id)
+    assert code == 1 and "is not a route of policy_gate" in output, output
+
+    await refused_everywhere(broker, sent, "signature_missing", ["policy_gate", "portal_sync"])
+    assert await tenant_checksum(settings.database_url, tenant) == before
+    assert (await appointment_view(engine, tenant, "apt-1")).status == "scheduled"
+
+
+async def test_a_key_bound_to_businesses_acts_only_for_them(
+    least_privilege, broker, engine, settings, topology
+):
+    created, bound_tenant, keys = least_privilege
+    other = await victim(broker, engine)
+    await victim(broker, engine, bound_tenant)
+    before = await tenant_checksum(settings.database_url, other)
+    key = keys["portal-bound"]["current"]
+
+    foreign = request(other, "apt-1", Reschedule(new_window=window_on(NOW + timedelta(days=4), 13)))
+    foreign = foreign.model_copy(update={"producer": "portal-bound"})
+    body = encode(foreign)
+    sent = await publish_as(
+        created["portal"],
+        topology.exchange("requests"),
+        "modify.requested",
+        body,
+        signed(body, key, "portal-bound"),
+        foreign.type,
+    )
+    await refused_everywhere(broker, sent, "signature_tenant_not_allowed", ["policy_gate", "portal_sync"])
+    assert await tenant_checksum(settings.database_url, other) == before
+
+    own = request(bound_tenant, "apt-1", Cancel(reason="moving")).model_copy(
+        update={"producer": "portal-bound"}
+    )
+    body = encode(own)
+    await publish_as(
+        created["portal"],
+        topology.exchange("requests"),
+        "modify.requested",
+        body,
+        signed(body, key, "portal-bound"),
+        own.type,
+    )
+    assert (await outcome(engine, bound_tenant, own.correlation_id)).status == "completed"
+
+
+async def test_deeply_nested_json_is_one_malformed_json_dead_letter(
+    least_privilege, broker, settings, topology
+):
+    created, _, _ = least_privilege
+    body = (
+        b'{"type": "modify.requested", "schema_version": 1, "payload": '
+        + b"[" * 20_000
+        + b"]" * 20_000
+        + b"}"
+    )
+    assert len(body) < 64 * 1024
+    sent = await publish_as(
+        created["portal"],
+        topology.exchange("requests"),
+        "modify.requested",
+        body,
+        signed(body, WEB),
+        "modify.requested",
+    )
+    await refused_everywhere(broker, sent, "malformed_json", ["policy_gate", "portal_sync"])
