@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 ifeq ($(strip $(APPT_PORTAL_KEYS)),)
 export APPT_PORTAL_KEYS_FILE ?= $(CURDIR)/infra/dev/portal-keys.json
 endif
+# Workers refuse the development keyring unless development mode is set explicitly; the targets below run
+# on a developer machine or in CI, never in production.
+DEV := APPT_DEV_MODE=1
 
 .PHONY: venv services migrate topology demo run test lint format asyncapi clean bench bench-quick bench-scale bench-flood \
 	soak test-restarts test-cluster faults-report openapi portal chromium
@@ -30,13 +33,13 @@ topology: venv services
 	$(BIN)/apptctl topology apply
 
 demo: venv services
-	$(BIN)/apptctl demo
+	$(DEV) $(BIN)/apptctl demo
 
 run: migrate topology
-	$(BIN)/apptctl run
+	$(DEV) $(BIN)/apptctl run
 
 test: venv services chromium
-	$(BIN)/pytest
+	$(DEV) $(BIN)/pytest
 
 lint: venv
 	$(BIN)/ruff check .
@@ -62,19 +65,19 @@ chromium:
 # The reference Customer Portal and office board with the four industry stories seeded; Ctrl-C stops all.
 PORTAL_PORT ?= 8000
 portal: venv services
-	APPT_API_KEYS_FILE=$${APPT_API_KEYS_FILE:-$(CURDIR)/infra/dev/api-keys.json} \
+	$(DEV) APPT_API_KEYS_FILE=$${APPT_API_KEYS_FILE:-$(CURDIR)/infra/dev/api-keys.json} \
 		$(BIN)/python -m portal_api.devserver --port $(PORTAL_PORT)
 
 # End-to-end throughput/latency against a bare relay (docs/benchmarks.md); own database and namespace.
 bench: venv services
-	$(BIN)/python -m bench
+	$(DEV) $(BIN)/python -m bench
 
 bench-quick: venv services
-	$(BIN)/python -m bench --quick
+	$(DEV) $(BIN)/python -m bench --quick
 
 # 1 vs 2 replicas per stage, and the gate's decision time with 1k vs 1M appointments (docs/scaling.md).
 bench-scale: venv services
-	$(BIN)/python -m bench --scale --quick
+	$(DEV) $(BIN)/python -m bench --scale --quick
 
 # One tenant floods (10,000 signed requests) while another's customers reschedule: prints the flood rate, the
 # victim's p50/p95/p99 and the refused count, with tenant lanes and limits, then for plain FIFO workers.
@@ -87,21 +90,21 @@ bench-flood: venv services
 # APPT_FAULTS_SCALE sets another size; the last run's numbers land in build/faults/.
 SOAK_SCALE ?= 10
 soak: venv services
-	APPT_FAULTS_SCALE=$(SOAK_SCALE) APPT_FAULTS_SETTLE_S=600 $(BIN)/pytest -m faults \
+	$(DEV) APPT_FAULTS_SCALE=$(SOAK_SCALE) APPT_FAULTS_SETTLE_S=600 $(BIN)/pytest -m faults \
 		-o timeout=3600 tests/faults
-	APPT_MODEL_EXAMPLES=$$(( $(SOAK_SCALE) * 25 )) $(BIN)/pytest -o timeout=3600 tests/integration/test_delivery_model.py
-	APPT_CLUSTER_TESTS=1 APPT_FAULTS_SCALE=$(SOAK_SCALE) $(BIN)/pytest -m cluster -o timeout=3600 tests/cluster
+	$(DEV) APPT_MODEL_EXAMPLES=$$(( $(SOAK_SCALE) * 25 )) $(BIN)/pytest -o timeout=3600 tests/integration/test_delivery_model.py
+	$(DEV) APPT_CLUSTER_TESTS=1 APPT_FAULTS_SCALE=$(SOAK_SCALE) $(BIN)/pytest -m cluster -o timeout=3600 tests/cluster
 	$(BIN)/python -m tests.faults.report
 
 # Two replicas per worker on a three-node RabbitMQ cluster of its own (infra/cluster.sh, ports 5681-5683),
 # the work queues' leader killed and another node stopped under load (docs/scaling.md). ~6 min.
 test-cluster: venv services
-	APPT_CLUSTER_TESTS=1 $(BIN)/pytest -m cluster -s tests/cluster
+	$(DEV) APPT_CLUSTER_TESTS=1 $(BIN)/pytest -m cluster -s tests/cluster
 	$(BIN)/python -m tests.faults.report
 
 # Restarts the shared RabbitMQ and PostgreSQL mid-run: run it alone on the services.
 test-restarts: venv services
-	APPT_SERVICE_RESTART_TESTS=1 $(BIN)/pytest -m service_restart tests/faults
+	$(DEV) APPT_SERVICE_RESTART_TESTS=1 $(BIN)/pytest -m service_restart tests/faults
 	$(BIN)/python -m tests.faults.report
 
 # The table of the last fault runs (build/faults/*.json), written into docs/reliability.md.

@@ -5,12 +5,10 @@ verify with; on a developer machine with neither set, the development keyring in
 secrets, never for production), and they hand that same file to the workers they start.
 """
 
-from pathlib import Path
-
 from contracts.signing import Keyring
-from workers.runtime.settings import Settings
+from workers.runtime.settings import DEV_PORTAL_KEYS_FILE, Settings
 
-DEV_PORTAL_KEYS_FILE = Path(__file__).resolve().parent.parent / "infra" / "dev" / "portal-keys.json"
+__all__ = ["DEV_PORTAL_KEYS_FILE", "tool_keyring"]
 
 
 def tool_keyring(settings: Settings) -> tuple[Keyring, dict[str, str]]:
@@ -19,5 +17,6 @@ def tool_keyring(settings: Settings) -> tuple[Keyring, dict[str, str]]:
     if keyring is not None:
         return keyring, {}
     return Keyring.from_json(DEV_PORTAL_KEYS_FILE.read_text()), {
-        "APPT_PORTAL_KEYS_FILE": str(DEV_PORTAL_KEYS_FILE)
+        "APPT_PORTAL_KEYS_FILE": str(DEV_PORTAL_KEYS_FILE),
+        "APPT_DEV_MODE": "1",  # the workers it starts accept the development keyring
     }

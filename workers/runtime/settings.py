@@ -8,6 +8,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from contracts.signing import Keyring, KeyringError, SignatureLimits
 from infra.topology import DEFAULT_RETRY_DELAYS_S, parse_retry_delays
 
+# The development keyring: its secrets are public (in the repository), so workers refuse it unless
+# APPT_DEV_MODE is set (the Makefile's demo, test, run, bench and soak targets set it).
+DEV_PORTAL_KEYS_FILE = Path(__file__).resolve().parents[2] / "infra" / "dev" / "portal-keys.json"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
@@ -61,6 +65,8 @@ class Settings(BaseSettings):
     require_signatures: bool = Field(default=True, alias="APPT_REQUIRE_SIGNATURES")
     signature_max_age_s: int = Field(default=86_400, ge=1, alias="APPT_SIGNATURE_MAX_AGE_S")
     signature_future_skew_s: int = Field(default=300, ge=0, alias="APPT_SIGNATURE_FUTURE_SKEW_S")
+    # Development only: accept the development keyring (public secrets). Never set in production.
+    dev_mode: bool = Field(default=False, alias="APPT_DEV_MODE")
 
     @field_validator("metrics_port", "quorum_group_size", "portal_keys", "portal_keys_file", mode="before")
     @classmethod
@@ -94,6 +100,29 @@ class Settings(BaseSettings):
             return Keyring.from_json(text)
         return None
 
+    def production_keyring(self) -> Keyring | None:
+        """The keyring, refused (KeyringError) when it holds a development key outside development mode."""
+        keyring = self.keyring()
+        if keyring is None or self.dev_mode:
+            return keyring
+        public = set(development_secrets())
+        leaked = sorted(key.key_id for key in keyring.by_id.values() if key.secret in public)
+        if leaked:
+            raise KeyringError(
+                f"the portal keyring holds development keys ({', '.join(leaked)}, from "
+                f"{DEV_PORTAL_KEYS_FILE.name}), whose secrets are public: configure the portals' own keys "
+                "(docs/security.md), or, on a development machine only, set APPT_DEV_MODE=1"
+            )
+        return keyring
+
     @property
     def signature_limits(self) -> SignatureLimits:
         return SignatureLimits(max_age_s=self.signature_max_age_s, future_skew_s=self.signature_future_skew_s)
+
+
+def development_secrets() -> tuple[bytes, ...]:
+    """The secrets of the development keyring (none when the file is not there, as in an image)."""
+    try:
+        return Keyring.from_json(DEV_PORTAL_KEYS_FILE.read_text(encoding="utf-8")).secrets
+    except (OSError, KeyringError):
+        return ()

@@ -148,7 +148,7 @@ class Worker:
                 "worker.signatures_not_required", hint="portal messages unchecked: never in production"
             )
             return None
-        keyring = settings.keyring()
+        keyring = settings.production_keyring()
         if keyring is None:
             raise SignaturesNotConfigured(
                 f"{spec.name} handles portal messages, which must be signed: set APPT_PORTAL_KEYS or "
