@@ -87,6 +87,10 @@ DEAD_LETTER_TEXT: dict[str, str] = {
         "A valid signature, but the key's producer is bound to other businesses (`tenants` in the keyring) "
         "than the message's `tenant_id`."
     ),
+    DeadLetterReason.REPLY_TO_NOT_ALLOWED: (
+        "A signed request whose `payload.reply_to` is not a queue of the signing portal's own "
+        "(`<namespace>.portal.<producer>.<name>`). Send it again naming one of the portal's queues."
+    ),
     DeadLetterReason.ROUTE_TYPE_MISMATCH: (
         "The exchange and routing key the message came by, and the type and schema version its body names, "
         "are not one route of the worker's subscriptions (a body of one type sent under another type's "

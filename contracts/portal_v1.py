@@ -38,8 +38,10 @@ class ModifyRequestedPayload(Strict):
     )
     reply_to: ReplyQueue | None = Field(
         default=None,
-        description="A queue of the portal's, bound to the `replies` exchange (direct) with its own name "
-        "as the routing key: the final outcome is also sent there (`modify.outcome`) once it is known.",
+        description="A queue of the portal's own, named `<namespace>.portal.<producer>.<name>` (the "
+        "signing portal's producer; any other name is dead-lettered as `reply_to_not_allowed`), bound to the "
+        "`replies` exchange (direct) with its own name as the routing key: the final outcome is also sent "
+        "there (`modify.outcome`) once it is known.",
     )
 
 

@@ -99,6 +99,8 @@ class DeadLetterReason(StrEnum):
     # The exchange and routing key it came by, and its type and schema version, are not one route of the
     # worker's subscriptions (contracts/routes.py): checked before any handler or state is touched.
     ROUTE_TYPE_MISMATCH = "route_type_mismatch"
+    # A portal's `reply_to` names a queue outside its own prefix (`<namespace>.portal.<producer>.`).
+    REPLY_TO_NOT_ALLOWED = "reply_to_not_allowed"
 
 
 CUSTOMER_TEXT: dict[str, str] = {

@@ -43,6 +43,9 @@ FEED_UNROUTED_MAX = 1000
 # every queue by name, so portal_sync's broker user could then feed any worker's work queue.)
 REPLY_ROLE = "reply"
 REPLY_EXCHANGE = "replies"
+# Portals declare, bind and consume their own reply and feed queues under `<namespace>.portal.`; a
+# request's `reply_to` must name one of the signing portal's, `<namespace>.portal.<producer>.<name>`.
+PORTAL_QUEUES = "portal"
 
 # What a queue is for: consumed by its worker, holding dead letters, or holding retries until they're due;
 # a sink holds feed events nobody subscribed to (the oldest are dropped).
@@ -104,6 +107,10 @@ class Topology:
     def delay_queues_of(self, worker: str) -> tuple[QueueSpec, ...]:
         """The worker's delay queues, shortest delay first (empty for a topology without retry tiers)."""
         return tuple(spec for spec in self.queues if spec.worker == worker and spec.kind == DELAY)
+
+    @property
+    def portal_queue_prefix(self) -> str:
+        return f"{self.namespace}.{PORTAL_QUEUES}."
 
     @property
     def return_exchange(self) -> str | None:

@@ -16,7 +16,7 @@ from urllib.request import Request, urlopen
 
 from aio_pika.abc import ExchangeType
 
-from infra.topology import DEAD_LETTER_ROLE, RETRY_ROLE, Topology
+from infra.topology import DEAD_LETTER_ROLE, FEED_ROLE, REPLY_ROLE, RETRY_ROLE, Topology
 
 NOTHING = "^$"
 
@@ -126,6 +126,11 @@ def _names(*names: str) -> str:
     return "^(" + "|".join(re.escape(n) for n in sorted(set(names))) + ")$" if names else NOTHING
 
 
+def _with(names: str, pattern: str) -> str:
+    """`names` (an exact-name pattern from `_names`) or anything `pattern` matches."""
+    return f"^{pattern}$" if names == NOTHING else f"{names[:-2]}|{pattern})$"
+
+
 def _keys(patterns: set[str]) -> str:
     return "^(" + "|".join(sorted(patterns)) + ")$"
 
@@ -207,6 +212,19 @@ def permissions(topology: Topology) -> dict[str, Permissions]:
             # topic permissions only bind topic exchanges (a direct one, like replies, routes by queue)
             topics={exchange: _keys(keys) for exchange, keys in routes[name].items() if exchange in topic},
         )
+    # Portals declare, bind and consume their own reply and feed queues, under their prefix only: binding
+    # needs write on the queue and read on the exchange (replies, feed), consuming read on the queue.
+    # Declaring a queue that dead-letters needs write on that exchange too, which they have only for
+    # requests (where anything must still be a signed `modify.requested`).
+    portal = result["portal"]
+    own_queues = re.escape(topology.portal_queue_prefix) + "[^/]+"
+    readable = [topology.exchange(REPLY_ROLE), topology.exchange(FEED_ROLE)]
+    result["portal"] = Permissions(
+        configure=f"^{own_queues}$",
+        write=_with(portal.write, own_queues),
+        read=_with(_names(*readable), own_queues),
+        topics=portal.topics,
+    )
     # basic.get without ack and a requeue: it reads dead letters, removes nothing, publishes nothing
     dead = [spec.dead_letter_queue for spec in topology.queues if spec.dead_letter_queue]
     result[AUDITOR] = Permissions(configure=NOTHING, write=NOTHING, read=_names(*dead), topics={})

@@ -37,7 +37,9 @@ async def test_the_outcome_arrives_on_the_portals_queue_once(world: World, servi
     connection = await aio_pika.connect(service_urls.amqp)
     try:
         channel = await connection.channel()
-        queue = await channel.declare_queue(f"portal-replies-{world.tenant}", exclusive=True)
+        # a queue of the portal's own: `<namespace>.portal.<producer>.<name>`
+        own = f"{world.broker.topology.portal_queue_prefix}portal-web.replies-{world.tenant}"
+        queue = await channel.declare_queue(own, exclusive=True)
         # the portal binds its reply queue to the replies exchange, under its own name
         await queue.bind(world.broker.topology.exchange("reply"), routing_key=queue.name)
         await world.settings({"settings": everything(ALLOW)})
@@ -72,7 +74,8 @@ async def test_the_outcome_arrives_on_the_portals_queue_once(world: World, servi
 async def test_a_reply_queue_that_is_gone_does_not_block_the_outbox(world: World):
     await world.settings({"settings": everything(ALLOW)})
     await world.book("apt-1")
-    _, done = await ask_with_reply(world, "apt-1", f.cancel("moving"), f"gone-{uuid.uuid4().hex[:8]}")
+    gone = f"{world.broker.topology.portal_queue_prefix}portal-web.gone-{uuid.uuid4().hex[:8]}"
+    _, done = await ask_with_reply(world, "apt-1", f.cancel("moving"), gone)
     assert done.status == "completed"
     # Later events of portal_sync still flow: the next request's outcome and feed events are published.
     await world.book("apt-2")

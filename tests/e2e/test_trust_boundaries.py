@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import aio_pika
 import asyncpg
 import pytest
+from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity
 from pydantic import SecretStr
 
 from apptctl.portal_keys import DEV_PORTAL_KEYS_FILE
@@ -457,3 +458,111 @@ async def test_deeply_nested_json_is_one_malformed_json_dead_letter(
         "modify.requested",
     )
     await refused_everywhere(broker, sent, "malformed_json", ["policy_gate", "portal_sync"])
+
+
+async def test_a_reply_to_naming_another_portals_queue_is_refused(
+    least_privilege, broker, engine, settings, topology
+):
+    created, _, _ = least_privilege
+    tenant = await victim(broker, engine)
+    before = await tenant_checksum(settings.database_url, tenant)
+    theirs = f"{topology.portal_queue_prefix}portal-app.replies"
+    message = request(tenant, "apt-1", Cancel(reason="moving"))
+    message = message.model_copy(update={"payload": message.payload.model_copy(update={"reply_to": theirs})})
+    body = encode(message)
+
+    sent = await publish_as(
+        created["portal"],
+        topology.exchange("requests"),
+        "modify.requested",
+        body,
+        signed(body, WEB),
+        message.type,
+    )
+
+    await refused_everywhere(broker, sent, "reply_to_not_allowed", ["policy_gate", "portal_sync"])
+    assert await tenant_checksum(settings.database_url, tenant) == before
+
+
+async def test_a_portal_may_declare_bind_and_consume_only_its_own_queues(least_privilege, topology):
+    created, _, _ = least_privilege
+    own = f"{topology.portal_queue_prefix}portal-web.replies-{uuid.uuid4().hex[:6]}"
+
+    async def attempt(action) -> bool:
+        """True when the broker allowed it."""
+        connection = await aio_pika.connect(created["portal"].amqp_url)
+        try:
+            channel = await connection.channel()
+            await action(channel)
+            return True
+        except (ChannelAccessRefused, ChannelNotFoundEntity):
+            return False
+        finally:
+            await connection.close()
+
+    async def declare_bind_consume(channel):
+        queue = await channel.declare_queue(own, auto_delete=True)
+        await queue.bind(topology.exchange("reply"), routing_key=own)
+        await queue.bind(topology.exchange("feed"), routing_key="acme.#")
+        await queue.consume(lambda message: None)
+
+    def declare(name: str, **arguments):
+        async def action(channel):
+            await channel.declare_queue(name, auto_delete=True, arguments=arguments or None)
+
+        return action
+
+    def bind_own_to(role: str):
+        async def action(channel):
+            queue = await channel.declare_queue(own, auto_delete=True)
+            await queue.bind(topology.exchange(role), routing_key="#")
+
+        return action
+
+    async def publish_to_own(channel):
+        await channel.default_exchange.publish(aio_pika.Message(b"{}"), own)
+
+    assert await attempt(declare_bind_consume)
+    assert not await attempt(declare(f"{topology.namespace}.intruder"))
+    assert not await attempt(declare(f"{topology.namespace}.portal_sync.x"))
+    for role in ("requests", "events", "internal", "office"):
+        assert not await attempt(bind_own_to(role)), role
+    # a queue of its own that dead-letters into the internal exchange: refused (write on that exchange)
+    internal = topology.exchange("internal")
+    assert not await attempt(declare(f"{own}-dlx", **{"x-dead-letter-exchange": internal}))
+    # and nobody writes to the exchange delay queues hand messages back by
+    for creds in created.values():
+        assert not await attempt_publish(
+            creds, topology.return_exchange or "", topology.queue_of("policy_gate").name
+        )
+    assert not await attempt(publish_to_own)
+
+
+async def attempt_publish(creds, exchange: str, routing_key: str) -> bool:
+    connection = await aio_pika.connect(creds.amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        target = await channel.get_exchange(exchange, ensure=False)
+        await target.publish(aio_pika.Message(b"{}", content_type="application/json"), routing_key, timeout=5)
+        return True
+    except (ChannelAccessRefused, ChannelNotFoundEntity):
+        return False
+    finally:
+        await connection.close()
+
+
+async def test_a_worker_refuses_the_development_keyring_unless_development_mode_is_set(settings):
+    env = {k: v for k, v in os.environ.items() if k not in ("APPT_PORTAL_KEYS", "APPT_DEV_MODE")}
+    env.update(
+        APPT_PORTAL_KEYS_FILE=str(DEV_PORTAL_KEYS_FILE),
+        DATABASE_URL=settings.database_url,
+        AMQP_URL=settings.amqp_url,
+        APPT_NAMESPACE=settings.namespace,
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "workers.policy_gate", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 2
+    assert "development keys" in err.decode() and "APPT_DEV_MODE=1" in err.decode()
+    assert not any(k["secret"] in err.decode() for keys in DEV_KEYS.values() for k in keys.values())

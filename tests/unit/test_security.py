@@ -52,7 +52,25 @@ def test_each_identity_may_read_only_its_queue_and_write_only_its_routes():
     assert re.fullmatch(allowed["portal_sync"].write, "appt.replies")
     # (RabbitMQ checks the default exchange's permission under the name amq.default)
     assert not any(re.fullmatch(p.write, "amq.default") for p in allowed.values())
-    assert allowed["portal"].read == allowed["office"].read == NOTHING
+    assert allowed["office"].read == NOTHING
+    # portals: their own reply and feed queues under `appt.portal.`, nothing else of ours
+    portal = allowed["portal"]
+    assert [q for q in queues if re.fullmatch(portal.read, q)] == []
+    for own in ("appt.portal.portal-web.replies", "appt.portal.portal-app.feed-acme"):
+        assert re.fullmatch(portal.configure, own) and re.fullmatch(portal.read, own)
+        assert re.fullmatch(portal.write, own)  # to bind it
+    for foreign in (
+        "appt.portal_sync",
+        "appt.portal",
+        "appt.policy_gate.dead",
+        "appt.requests",
+        "appt.events",
+    ):
+        assert not re.fullmatch(portal.configure, foreign), foreign
+    assert re.fullmatch(portal.read, "appt.replies") and re.fullmatch(portal.read, "appt.feed")
+    assert not re.fullmatch(portal.write, "appt.replies") and not re.fullmatch(portal.read, "appt.requests")
+    # nobody may publish to the return exchange: only the broker hands delay-queue messages back by it
+    assert not any(re.fullmatch(p.write, "appt.retry-return") for p in allowed.values())
     assert re.fullmatch(allowed["portal"].topics["appt.requests"], "modify.requested")
 
 

@@ -27,6 +27,9 @@ class SignaturePolicy:
     signed_types: frozenset[str]
     limits: SignatureLimits = field(default_factory=SignatureLimits)
     clock: Callable[[], float] = field(default=time.time)
+    # Where portals' own queues are (`<namespace>.portal.`): a `reply_to` must name one of the signing
+    # portal's, `<prefix><producer>.<name>` (empty: not checked).
+    reply_prefix: str = ""
 
     @classmethod
     def for_handlers(
@@ -35,10 +38,11 @@ class SignaturePolicy:
         keyring: Keyring,
         exchange: str,
         limits: SignatureLimits,
+        reply_prefix: str = "",
     ) -> "SignaturePolicy | None":
         """The policy for a worker handling `message_classes`; None when none of them comes from portals."""
         signed = frozenset(type_name(c) for c in message_classes if c.exchange_role == PORTAL_ROLE)
-        return cls(keyring, exchange, signed, limits) if signed else None
+        return cls(keyring, exchange, signed, limits, reply_prefix=reply_prefix) if signed else None
 
     def applies_to(self, exchange: str) -> bool:
         return exchange == self.exchange
@@ -72,5 +76,13 @@ class SignaturePolicy:
                 DeadLetterReason.SIGNATURE_TENANT_NOT_ALLOWED,
                 f"key {verified.key.key_id!r} of {verified.key.producer!r} may not act for tenant "
                 f"{message.tenant_id[:64]!r}; add it to the producer's 'tenants' in the keyring if it should",
+            )
+        reply_to = getattr(message.payload, "reply_to", None)
+        own_queues = f"{self.reply_prefix}{verified.key.producer}."
+        if self.reply_prefix and reply_to is not None and not reply_to.startswith(own_queues):
+            return SignatureRefused(
+                DeadLetterReason.REPLY_TO_NOT_ALLOWED,
+                f"reply_to {reply_to[:100]!r} is not a queue of {verified.key.producer!r}: name one of "
+                f"its own, {own_queues}<name>",
             )
         return None

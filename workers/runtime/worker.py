@@ -156,7 +156,11 @@ class Worker:
                 "only, APPT_REQUIRE_SIGNATURES=false"
             )
         return SignaturePolicy.for_handlers(
-            spec.handlers, keyring, self.topology.exchange(PORTAL_ROLE), settings.signature_limits
+            spec.handlers,
+            keyring,
+            self.topology.exchange(PORTAL_ROLE),
+            settings.signature_limits,
+            reply_prefix=self.topology.portal_queue_prefix,
         )
 
     @property
