@@ -666,7 +666,7 @@ def malformed(anchor: datetime = LIBRARY_ANCHOR) -> Files:
     add(
         "misrouted",
         "a valid office booking published where portals publish requests",
-        M.UNEXPECTED_MESSAGE_TYPE,
+        M.ROUTE_TYPE_MISMATCH,
         {"message": json.loads(encode(booked))},
         message=booked,
     )

@@ -46,7 +46,7 @@ FROM_A_MESSAGE = frozenset(
         DeadLetterReason.UNSUPPORTED_SCHEMA_VERSION,
         DeadLetterReason.SCHEMA_VIOLATION,
         DeadLetterReason.PROPERTIES_MISMATCH,
-        DeadLetterReason.UNEXPECTED_MESSAGE_TYPE,
+        DeadLetterReason.ROUTE_TYPE_MISMATCH,  # a valid message published on another type's route
         DeadLetterReason.SIGNATURE_MISSING,  # a portal message with `signed: false`
     }
 )
@@ -310,10 +310,10 @@ def _check_decoded(checked: Checked, message: Envelope, expected: DeadLetterReas
     own_route = (cls.exchange_role, cls.routing_key)
     given = (fixture.exchange, fixture.routing_key) if fixture.exchange is not None else own_route
     problem = None
-    if expected == DeadLetterReason.UNEXPECTED_MESSAGE_TYPE:
+    if expected == DeadLetterReason.ROUTE_TYPE_MISMATCH:
         if given == own_route:
             problem = (
-                f"marked expect.dead_letter=unexpected_message_type, but a {message.type} on "
+                f"marked expect.dead_letter=route_type_mismatch, but a {message.type} on "
                 f"{given[0]}/{given[1]} is where it belongs: publish it somewhere its consumers don't handle"
             )
     elif expected == DeadLetterReason.SIGNATURE_MISSING:
@@ -328,7 +328,7 @@ def _check_decoded(checked: Checked, message: Envelope, expected: DeadLetterReas
         problem = (
             f"a {message.type} v{message.schema_version} is published to {own_route[0]}/{own_route[1]}, "
             f"not {given[0]}/{given[1]}: fix the routing, or mark it "
-            'expect.dead_letter "unexpected_message_type"'
+            'expect.dead_letter "route_type_mismatch"'
         )
     elif fixture.expect is not None and not isinstance(message, ModifyRequested):
         problem = "expect.request_status applies to modify.requested messages only"

@@ -201,7 +201,7 @@ def catalog(tenants: list[str], appointment_ids: list[str], total: int, seed: in
                     Poison(f"{family}:{kind}", reason, role, key, body, content_type, amqp_type, str(uuid4()))
                 )
         poison += _signature_poison(families["request"][0])
-        # valid messages on a queue whose worker has no handler for them
+        # valid messages on another type's route: refused before any handler, whatever the body says
         request, _, _ = families["request"]
         approval, _, _ = families["approval"]
         booking, _, _ = families["booking"]
@@ -213,8 +213,8 @@ def catalog(tenants: list[str], appointment_ids: list[str], total: int, seed: in
         ):
             poison.append(
                 Poison(
-                    f"unexpected:{kind}",
-                    "unexpected_message_type",
+                    f"misrouted:{kind}",
+                    "route_type_mismatch",
                     role,
                     key,
                     message.model_dump_json().encode(),

@@ -53,7 +53,7 @@ def test_every_committed_fixture_is_what_it_says_it_is(library):
         declared = item.fixture.expected_dead_letter
         if declared is None:
             assert item.message is not None and item.failure is None
-        elif declared is DeadLetterReason.UNEXPECTED_MESSAGE_TYPE:
+        elif declared is DeadLetterReason.ROUTE_TYPE_MISMATCH:
             assert item.message is not None and item.routing != (
                 type(item.message).exchange_role,
                 type(item.message).routing_key,
@@ -159,7 +159,7 @@ def test_a_valid_message_on_the_wrong_exchange_is_invalid_unless_marked(tmp_path
     assert "is published to requests/modify.requested, not office/office.approval.decided" in (
         item.problem or ""
     )
-    fixture["expect"] = {"dead_letter": "unexpected_message_type"}
+    fixture["expect"] = {"dead_letter": "route_type_mismatch"}
     (item,) = load([_write(tmp_path, "x.json", fixture)])
     assert item.ok and item.malformed
 
