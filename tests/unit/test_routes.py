@@ -187,3 +187,22 @@ def test_any_parser_failure_is_malformed_json(body: bytes) -> None:
     assert len(body) < 64 * 1024
     result = decode(body)
     assert isinstance(result, DecodeFailure) and result.reason == DeadLetterReason.MALFORMED_JSON
+
+
+# --- the development keyring ------------------------------------------------------------------------
+
+
+def test_the_development_keyring_is_refused_outside_development_mode(monkeypatch) -> None:
+    from workers.runtime.settings import DEV_PORTAL_KEYS_FILE, Settings
+
+    for name in ("APPT_PORTAL_KEYS", "APPT_PORTAL_KEYS_FILE", "APPT_DEV_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    dev = Settings(APPT_PORTAL_KEYS_FILE=str(DEV_PORTAL_KEYS_FILE))
+    with pytest.raises(KeyringError, match=r"development keys .* set APPT_DEV_MODE=1") as refused:
+        dev.production_keyring()
+    assert not any(secret.decode() in str(refused.value) for secret in dev.keyring().secrets)  # type: ignore[union-attr]
+    assert Settings(APPT_PORTAL_KEYS_FILE=str(DEV_PORTAL_KEYS_FILE), APPT_DEV_MODE="1").production_keyring()
+    own = Settings(
+        APPT_PORTAL_KEYS=json.dumps({"portal-web": {"current": {"id": "prod-1", "secret": SECRET}}})
+    )
+    assert own.production_keyring() is not None
