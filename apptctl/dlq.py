@@ -123,6 +123,28 @@ def target_of(headers: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def replay_target(
+    topology: Topology, headers: dict[str, Any], work_queue: str | None
+) -> tuple[str, str] | None:
+    """Where a dead letter goes back to, from what is believable.
+
+    A worker's dead letter (`x-dead-lettered-by`) carries the route it really came by in `x-original-*`
+    (the consumer writes it from the delivery). A broker's dead letter (a crash loop) carries the
+    publisher's headers as they were, so `x-original-*` is believed only when the broker's own latest
+    `x-death` entry for the work queue says it came back from a delay queue (through the return exchange;
+    then the worker wrote them); otherwise that entry's exchange and routing key are the route."""
+    if headers.get("x-dead-lettered-by") is not None:
+        return target_of(headers)
+    entry = next((d for d in _deaths(headers) if work_queue and plain(d.get("queue")) == work_queue), None)
+    if entry is None:
+        return None
+    exchange = str(plain(entry.get("exchange", "")))
+    if exchange and exchange == topology.return_exchange:
+        return target_of({k: v for k, v in headers.items() if k != "x-death"})
+    keys = plain(entry.get("routing-keys") or [])
+    return exchange, str(keys[0] if keys else "")
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     queue: str
@@ -385,9 +407,15 @@ def replay_refusal(topology: Topology, letter: DeadLetter, target: tuple[str, st
     return None
 
 
+def _target(topology: Topology, letter: DeadLetter) -> tuple[str, str] | None:
+    worker = owner_of(topology, letter.queue)
+    work_queue = topology.queue_of(worker).name if worker is not None else None
+    return replay_target(topology, letter.headers, work_queue)
+
+
 async def _replay_one(broker: Broker, held: Held, missing: set[str], result: ReplayResult) -> None:
     letter = held.letter
-    target = target_of(letter.headers)
+    target = _target(broker.topology, letter)
     if target is None:
         result.failed.append(
             Failure(letter, "no x-original-exchange / x-death header says where it came from")
@@ -425,7 +453,7 @@ async def replay(broker: Broker, queues: Sequence[str], selection: Selection) ->
     async with holding(broker.connection, queues) as sweep:
         chosen = [held for held in sweep.held if selection.matches(held.letter)]
         result.matched = len(chosen)
-        targets = {t[0] for t in (target_of(h.letter.headers) for h in chosen) if t is not None}
+        targets = {t[0] for t in (_target(broker.topology, h.letter) for h in chosen) if t is not None}
         missing = await _missing_exchanges(broker.connection, targets)
         for held in chosen:
             await _replay_one(broker, held, missing, result)

@@ -206,3 +206,26 @@ def test_the_development_keyring_is_refused_outside_development_mode(monkeypatch
         APPT_PORTAL_KEYS=json.dumps({"portal-web": {"current": {"id": "prod-1", "secret": SECRET}}})
     )
     assert own.production_keyring() is not None
+
+
+def test_a_broker_dead_letter_goes_back_by_the_route_the_broker_saw_not_its_headers() -> None:
+    from apptctl.dlq import replay_target
+
+    forged = {"x-original-exchange": "ns.office", "x-original-routing-key": "office.approval.decided"}
+    crash_loop = {"queue": "ns.policy_gate", "reason": "delivery_limit"}
+    first = {**crash_loop, "exchange": "ns.requests", "routing-keys": ["modify.requested"]}
+    assert replay_target(TOPOLOGY, {**forged, "x-death": [first]}, "ns.policy_gate") == (
+        "ns.requests",
+        "modify.requested",
+    )
+    # a retry copy the worker parked (back through the return exchange): its x-original-* are the worker's
+    retried = {**crash_loop, "exchange": "ns.retry-return", "routing-keys": ["ns.policy_gate"]}
+    expired = {"queue": "ns.policy_gate.delay.5s", "reason": "expired", "exchange": "ns.retry.policy_gate"}
+    assert replay_target(TOPOLOGY, {**forged, "x-death": [retried, expired]}, "ns.policy_gate") == (
+        "ns.office",
+        "office.approval.decided",
+    )
+    # a worker's own dead letter names the route it came by
+    ours = {**forged, "x-dead-lettered-by": "policy_gate"}
+    assert replay_target(TOPOLOGY, ours, "ns.policy_gate") == ("ns.office", "office.approval.decided")
+    assert replay_target(TOPOLOGY, forged, "ns.policy_gate") is None  # nothing believable says where
