@@ -128,16 +128,16 @@ def replay_target(
 ) -> tuple[str, str] | None:
     """Where a dead letter goes back to, from what is believable.
 
-    A worker's dead letter (`x-dead-lettered-by`) carries the route it really came by in `x-original-*`
-    (the consumer writes it from the delivery). A broker's dead letter (a crash loop) carries the
-    publisher's headers as they were, so `x-original-*` is believed only when the broker's own latest
-    `x-death` entry for the work queue says it came back from a delay queue (through the return exchange;
-    then the worker wrote them); otherwise that entry's exchange and routing key are the route."""
-    if headers.get("x-dead-lettered-by") is not None:
-        return target_of(headers)
+    A worker's dead letter (`x-dead-lettered-by`, and no death in the work queue) carries the route it
+    really came by in `x-original-*` (the consumer writes it from the delivery). A broker's dead letter (a
+    crash loop: the broker's `x-death` entry for the work queue) carries the publisher's headers as they
+    were, ours included, so `x-original-*` is believed only when that entry says it came by the return
+    exchange (a retry copy: the worker wrote them); otherwise the entry's exchange and routing key are
+    the route."""
     entry = next((d for d in _deaths(headers) if work_queue and plain(d.get("queue")) == work_queue), None)
     if entry is None:
-        return None
+        # no death in the work queue: the worker dead-lettered it (a broker dead letter always has one)
+        return target_of(headers) if headers.get("x-dead-lettered-by") is not None else None
     exchange = str(plain(entry.get("exchange", "")))
     if exchange and exchange == topology.return_exchange:
         return target_of({k: v for k, v in headers.items() if k != "x-death"})

@@ -229,3 +229,6 @@ def test_a_broker_dead_letter_goes_back_by_the_route_the_broker_saw_not_its_head
     ours = {**forged, "x-dead-lettered-by": "policy_gate"}
     assert replay_target(TOPOLOGY, ours, "ns.policy_gate") == ("ns.office", "office.approval.decided")
     assert replay_target(TOPOLOGY, forged, "ns.policy_gate") is None  # nothing believable says where
+    # a crash loop keeps the publisher's headers, ours included: the broker's entry still decides
+    forged_ours = {**ours, "x-death": [first]}
+    assert replay_target(TOPOLOGY, forged_ours, "ns.policy_gate") == ("ns.requests", "modify.requested")
