@@ -382,9 +382,10 @@ async def test_replaying_an_unsigned_approval_cannot_reach_the_internal_exchange
     # and a dead letter whose headers claim the internal exchange goes nowhere near it
     claim = aio_pika.Message(
         encode(forged),
-        headers={
+        headers={  # as if policy_gate had dead-lettered it from the internal exchange
             "x-original-exchange": topology.exchange("internal"),
             "x-original-routing-key": "modify.approved",
+            "x-dead-lettered-by": "policy_gate",
         },
         content_type="application/json",
         message_id=str(uuid.uuid4()),
