@@ -31,7 +31,8 @@ from workers.runtime.worker import Worker
 # inherit this environment) use the development keyring.
 if not os.environ.get("APPT_PORTAL_KEYS"):
     os.environ.setdefault("APPT_PORTAL_KEYS_FILE", str(DEV_PORTAL_KEYS_FILE))
-# The development keyring is accepted only in development mode, set explicitly (tests that check the refusal unset it).
+# The development keyring is accepted only in development mode, set explicitly (a test of the refusal
+# unsets it).
 os.environ.setdefault("APPT_DEV_MODE", "1")
 # The suite sends many requests per customer and tenant within seconds (isolation, faults, scenarios): the
 # gate's default rate limits are lifted here; tests of the limits set a business's own in its settings layer.
