@@ -5,6 +5,7 @@ a request's outcome; on reconnect, what a stream missed is replayed from the rea
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -73,7 +74,9 @@ class FeedHub:
         assert self._broker.connection is not None
         self._channel = await self._broker.connection.channel()
         await self._channel.set_qos(prefetch_count=200)
-        queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+        # Under the portals' own prefix: the `portal` broker user may declare and bind only such queues.
+        name = f"{self._broker.topology.portal_queue_prefix}api-feed.{uuid.uuid4().hex}"
+        queue = await self._channel.declare_queue(name, exclusive=True, auto_delete=True)
         await queue.bind(self._broker.topology.exchange("feed"), routing_key="#")
         await queue.consume(self._on_message, no_ack=True)
         self._broker.connection.reconnect_callbacks.add(self._resync)
