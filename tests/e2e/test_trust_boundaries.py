@@ -126,6 +126,19 @@ async def tenant_checksum(database_url: str, tenant: str) -> dict[str, str]:
         await connection.close()
 
 
+async def settled_checksum(database_url: str, tenant: str) -> dict[str, str]:
+    """The checksum once the set-up's consequences (offers, office outcomes, their read-store rows and
+    inbox entries) stopped arriving: the same twice, a second apart (as tests/e2e/test_isolation.py)."""
+    previous = await tenant_checksum(database_url, tenant)
+    for _ in range(60):
+        await asyncio.sleep(1)
+        current = await tenant_checksum(database_url, tenant)
+        if current == previous:
+            return current
+        previous = current
+    raise AssertionError("the victim's rows never settled")
+
+
 async def victim(broker, engine, tenant: str | None = None) -> str:
     tenant = tenant or f"victim-{uuid.uuid4().hex[:8]}"
     await publish_all(broker, [settings_allowing_everything(tenant), booking(tenant, "apt-1", "job-1")])
@@ -186,7 +199,7 @@ async def test_a_portal_signed_office_approval_on_the_requests_route_is_refused(
 ):
     created, _, _ = least_privilege
     tenant = await victim(broker, engine)
-    before = await tenant_checksum(settings.database_url, tenant)
+    before = await settled_checksum(settings.database_url, tenant)
     forged = ApprovalDecided(
         **envelope(tenant, "portal-web"),
         payload=ApprovalDecidedPayload(request_id="req-x", approved=True, decided_by="portal-chose-this"),
@@ -211,7 +224,7 @@ async def test_a_portal_signed_settings_change_on_the_requests_route_is_refused(
 ):
     created, _, _ = least_privilege
     tenant = await victim(broker, engine)
-    before = await tenant_checksum(settings.database_url, tenant)
+    before = await settled_checksum(settings.database_url, tenant)
     allow = ConfirmationRule(confirmed="allow", unconfirmed="allow")
     forged = PortalSettingsUpdated(
         **envelope(tenant, "portal-web"),
@@ -244,7 +257,7 @@ async def test_a_workers_forged_event_on_another_events_route_is_refused(
     `appointment.canceled` body under that key (version 2^62) is not what the route carries."""
     created, _, _ = least_privilege
     tenant = await victim(broker, engine)
-    before = await tenant_checksum(settings.database_url, tenant)
+    before = await settled_checksum(settings.database_url, tenant)
     forged = AppointmentCanceled(
         **envelope(tenant, "modify_handler"),
         payload=AppointmentCanceledPayload(
@@ -284,7 +297,7 @@ async def test_forged_retry_headers_do_not_skip_the_signature_check(
     be signed (and would then still be the wrong type for that route)."""
     created, _, _ = least_privilege
     tenant = await victim(broker, engine)
-    before = await tenant_checksum(settings.database_url, tenant)
+    before = await settled_checksum(settings.database_url, tenant)
     forged = PortalSettingsUpdated(
         **envelope(tenant, "office"),
         payload=PortalSettingsPayload(feature_enabled=False, settings_version=50, changed_by="intruder"),
@@ -337,7 +350,7 @@ async def test_replaying_an_unsigned_approval_cannot_reach_the_internal_exchange
     send a `modify.approved` there, or a dead letter anywhere but to a route of its own worker."""
     created, _, _ = least_privilege
     tenant = await victim(broker, engine)
-    before = await tenant_checksum(settings.database_url, tenant)
+    before = await settled_checksum(settings.database_url, tenant)
     forged = ModifyApproved(
         **envelope(tenant, "policy_gate"),
         payload=ModifyApprovedPayload(
@@ -407,7 +420,7 @@ async def test_a_key_bound_to_businesses_acts_only_for_them(
     created, bound_tenant, keys = least_privilege
     other = await victim(broker, engine)
     await victim(broker, engine, bound_tenant)
-    before = await tenant_checksum(settings.database_url, other)
+    before = await settled_checksum(settings.database_url, other)
     key = keys["portal-bound"]["current"]
 
     foreign = request(other, "apt-1", Reschedule(new_window=window_on(NOW + timedelta(days=4), 13)))
@@ -466,7 +479,7 @@ async def test_a_reply_to_naming_another_portals_queue_is_refused(
 ):
     created, _, _ = least_privilege
     tenant = await victim(broker, engine)
-    before = await tenant_checksum(settings.database_url, tenant)
+    before = await settled_checksum(settings.database_url, tenant)
     theirs = f"{topology.portal_queue_prefix}portal-app.replies"
     message = request(tenant, "apt-1", Cancel(reason="moving"))
     message = message.model_copy(update={"payload": message.payload.model_copy(update={"reply_to": theirs})})
