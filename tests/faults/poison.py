@@ -87,7 +87,8 @@ BODY_MUTATIONS: dict[str, tuple[str, Mutation]] = {
     "unknown_type": ("unknown_message_type", _set("modify.exploded", "type")),
     "type_missing": ("unknown_message_type", _drop("type")),
     "type_is_a_number": ("unknown_message_type", _set(42, "type")),
-    "schema_version_2": ("unsupported_schema_version", _set(2, "schema_version")),
+    # a version no message type has (office.appointment.recorded and the settings have a version 2)
+    "schema_version_99": ("unsupported_schema_version", _set(99, "schema_version")),
     "schema_version_string": ("unsupported_schema_version", _set("1", "schema_version")),
     "schema_version_bool": ("unsupported_schema_version", _set(True, "schema_version")),
     "schema_version_float": ("unsupported_schema_version", _set(1.0, "schema_version")),
