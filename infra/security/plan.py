@@ -10,6 +10,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from infra.nodes import node_urls
 from infra.security import postgres, rabbitmq
 from infra.security.rabbitmq import AUDITOR, IDENTITIES, WORKERS
 from infra.topology import build
@@ -40,6 +41,11 @@ def role_prefix(namespace: str) -> str:
 
 
 def _with_credentials(url: str, user: str, password: str) -> str:
+    """`url` (one node, or a cluster's node list) with the identity's credentials on every node."""
+    return ",".join(_node_with_credentials(node, user, password) for node in node_urls(url))
+
+
+def _node_with_credentials(url: str, user: str, password: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}" + (

@@ -60,3 +60,16 @@ def test_the_vhost_of_a_node_list_is_the_first_nodes():
 
     assert vhost_of("amqp://u:p@rabbit-1:5672/prod,amqp://u:p@rabbit-2:5672/prod") == "prod"
     assert vhost_of(NODES) == "/"
+
+
+def test_security_apply_puts_each_identitys_credentials_on_every_node_of_a_cluster():
+    from infra.security.plan import _with_credentials
+
+    url = _with_credentials(
+        "amqp://guest:guest@127.0.0.1:5681/,amqp://guest:guest@127.0.0.1:5682/", "appt_policy_gate", "s3:cr/t"
+    )
+
+    assert node_urls(url) == (
+        "amqp://appt_policy_gate:s3%3Acr%2Ft@127.0.0.1:5681/",
+        "amqp://appt_policy_gate:s3%3Acr%2Ft@127.0.0.1:5682/",
+    )
