@@ -9,8 +9,9 @@ ifeq ($(strip $(APPT_PORTAL_KEYS)),)
 export APPT_PORTAL_KEYS_FILE ?= $(CURDIR)/infra/dev/portal-keys.json
 endif
 
-.PHONY: venv services migrate topology demo run test lint format asyncapi clean bench bench-quick bench-scale bench-flood \
-	soak test-restarts test-cluster faults-report openapi portal chromium
+.PHONY: venv services migrate topology demo run test lint format asyncapi clean bench bench-quick \
+	bench-scale bench-flood soak test-restarts test-cluster faults-report openapi portal chromium \
+	signing-vectors
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +65,10 @@ PORTAL_PORT ?= 8000
 portal: venv services
 	APPT_API_KEYS_FILE=$${APPT_API_KEYS_FILE:-$(CURDIR)/infra/dev/api-keys.json} \
 		$(BIN)/python -m portal_api.devserver --port $(PORTAL_PORT)
+
+# contracts/signing-vectors.json, for portals in other languages (examples/node-publisher).
+signing-vectors: venv
+	$(BIN)/python -m tests.contract.signing_vectors
 
 # End-to-end throughput/latency against a bare relay (docs/benchmarks.md); own database and namespace.
 bench: venv services
