@@ -1,6 +1,7 @@
-# One image for every worker and for apptctl; the command picks the role.
+# One image for every worker and for apptctl; the command picks the role (docker-compose.yml).
 FROM python:3.11-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+ARG REVISION=dev
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 APPT_BUILD_REVISION=$REVISION
 WORKDIR /app
 COPY pyproject.toml ./
 COPY contracts ./contracts
@@ -9,4 +10,6 @@ COPY infra ./infra
 COPY apptctl ./apptctl
 RUN pip install --no-cache-dir .
 USER nobody
+# SIGTERM drains a worker (APPT_DRAIN_TIMEOUT_S); compose's stop_grace_period gives it the time.
+STOPSIGNAL SIGTERM
 CMD ["apptctl", "--help"]
