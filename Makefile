@@ -11,15 +11,27 @@ endif
 
 .PHONY: venv services migrate topology demo run test lint format asyncapi clean bench bench-quick \
 	bench-scale bench-flood soak test-restarts test-cluster faults-report openapi portal chromium \
-	signing-vectors
+	signing-vectors lock
 
-$(STAMP): pyproject.toml
+# Installs exactly what requirements-dev.lock pins, every file checked against its hash; the project
+# itself on top, editable. `make lock` regenerates both lock files from pyproject.toml.
+$(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# requirements.lock: what the workers run on (the Dockerfile installs it); requirements-dev.lock: that plus
+# the dev tools (`make venv`). Existing pins are kept; `make lock UPGRADE=1` moves everything to the newest.
+PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
+	--no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade)
+lock:
+	test -x $(BIN)/pip-compile || { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+		$(BIN)/python -m pip install -q 'pip-tools>=7.4'; }
+	$(PIP_COMPILE) --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --extra dev --constraint requirements.lock --output-file requirements-dev.lock pyproject.toml
 
 services:
 	bash infra/services.sh
