@@ -2,8 +2,10 @@
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -89,8 +91,11 @@ def run() -> None:
     """Run all three workers in the foreground (one process each); Ctrl-C drains and stops them."""
     from apptctl.processes import WorkerProcesses
 
+    drain_s = Settings().drain_timeout_s
     workers = WorkerProcesses({})
+    signal.signal(signal.SIGTERM, _terminated)  # a SIGTERM to apptctl alone: pass it on (finally: stop)
     workers.start()
+    interrupted = False
     try:
         while all(workers.alive().values()):
             try:
@@ -98,11 +103,39 @@ def run() -> None:
             except subprocess.TimeoutExpired:
                 continue
     except KeyboardInterrupt:
-        pass
+        # Ctrl-C reached the workers too (one process group): each drains by itself. A SIGTERM sent now
+        # could land after a worker's event loop closed, when it kills instead of draining (exit -15).
+        interrupted = True
+        typer.echo("draining the workers (Ctrl-C again to stop waiting)...", err=True)
+        _wait_all(workers.processes.values(), drain_s + 5)
+    except _Terminated:
+        interrupted = True
     finally:
-        codes = workers.stop()
+        codes = workers.stop()  # SIGTERM, then kill, only for what is still running
+    clean = all(code == 0 for code in codes.values())
+    if clean and interrupted:
+        typer.echo("workers drained and stopped", err=True)
+    else:
         typer.echo(f"workers stopped: {codes}", err=True)
-    sys.exit(0 if all(c == 0 for c in codes.values()) else 1)
+    sys.exit(0 if clean and interrupted else 1)
+
+
+class _Terminated(Exception):
+    """apptctl run itself got SIGTERM."""
+
+
+def _terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: the workers are being stopped
+    raise _Terminated
+
+
+def _wait_all(processes, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            return
 
 
 @app.command()
