@@ -196,15 +196,34 @@ def status(
         min=0,
         help="seconds an unpublished outbox row may wait before it's a problem",
     ),
+    watch: bool = typer.Option(False, "--watch", "-w", help="refresh until Ctrl-C"),
+    interval: float = typer.Option(5.0, "--interval", min=0.5, help="seconds between refreshes with --watch"),
 ) -> None:
-    """Queues (ready, unacked, consumers), dead letters by reason, outbox backlog.
-    Exits 1 when something needs attention, and says what."""
+    """Queues (ready, unacked, consumers), dead letters by reason, outbox backlog, and what needs attention.
+    Exit code as monitoring plugins have it: 0 ok, 1 warning, 2 critical, 3 unknown (e.g. the management
+    API is unreachable)."""
     from apptctl.status import collect, render
 
     _quiet_amqp_logs()
-    result = asyncio.run(collect(Settings(), outbox_max_age))
-    typer.echo(json.dumps(result.to_json(), indent=2) if as_json else render(result))
-    raise typer.Exit(0 if result.healthy else 1)
+    settings = Settings()
+
+    def show() -> int:
+        result = asyncio.run(collect(settings, outbox_max_age))
+        typer.echo(json.dumps(result.to_json(), indent=2) if as_json else render(result))
+        return result.exit_code
+
+    if not watch:
+        raise typer.Exit(show())
+    clear = sys.stdout.isatty() and not as_json
+    try:
+        while True:
+            if clear:
+                typer.echo("\x1b[H\x1b[2J", nl=False)
+            typer.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  (every {interval:g} s, Ctrl-C to stop)")
+            show()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 # --- dead letters -----------------------------------------------------------------------------------
