@@ -226,6 +226,29 @@ def status(
         raise typer.Exit(0) from None
 
 
+@app.command()
+def trace(
+    request_id: str = typer.Argument(..., help="the portal's request id (the messages' correlation_id)"),
+    tenant: str | None = typer.Option(None, "--tenant", help="only this tenant (default: every tenant)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of the report"),
+) -> None:
+    """One request's whole path: the decision (rule and setting), events, read-store rows, audit trail,
+    dead letters and timings. Exits 1 when nothing anywhere carries the request id."""
+    from apptctl.trace import gather, render
+
+    _quiet_amqp_logs()
+    try:
+        result = asyncio.run(gather(Settings(), request_id, tenant))
+    except OSError as exc:
+        typer.echo(
+            f"PostgreSQL is unreachable at DATABASE_URL ({exc}): check it, or run `bash infra/services.sh`",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(result.to_json(), indent=2) if as_json else render(result))
+    raise typer.Exit(0 if result.found else 1)
+
+
 # --- dead letters -----------------------------------------------------------------------------------
 
 QUEUE_OPTION = typer.Option(
