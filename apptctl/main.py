@@ -249,6 +249,40 @@ def trace(
     raise typer.Exit(0 if result.found else 1)
 
 
+@app.command()
+def teardown(
+    keep_database: bool = typer.Option(False, "--keep-database", help="remove only the RabbitMQ topology"),
+    keep_topology: bool = typer.Option(False, "--keep-topology", help="drop only the database"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+) -> None:
+    """Remove APPT_NAMESPACE's exchanges and queues (messages and dead letters included) and drop the
+    database DATABASE_URL names. Says what that destroys and asks first. Broker users and database roles
+    from `apptctl security apply` are removed with `apptctl security drop`."""
+    from apptctl import teardown as plan_module
+
+    _quiet_amqp_logs()
+    settings = Settings()
+    try:
+        planned = asyncio.run(plan_module.plan(settings))
+    except (OSError, ConnectionError) as exc:
+        typer.echo(f"cannot see what exists ({exc}): check AMQP_URL and DATABASE_URL", err=True)
+        raise typer.Exit(1) from None
+    topology, database = not keep_topology, not keep_database
+    typer.echo(planned.describe(topology=topology, database=database))
+    if (not topology or not planned.queues) and (not database or not planned.database_exists):
+        typer.echo("nothing to remove")
+        raise typer.Exit(0)
+    if not yes:
+        if not sys.stdin.isatty():
+            typer.echo(
+                "refusing to tear down without confirmation: no terminal to ask on; pass --yes", err=True
+            )
+            raise typer.Exit(2)
+        typer.confirm("remove all of this for good?", abort=True)
+    for line in asyncio.run(plan_module.execute(settings, planned, topology=topology, database=database)):
+        typer.echo(line)
+
+
 # --- dead letters -----------------------------------------------------------------------------------
 
 QUEUE_OPTION = typer.Option(
