@@ -1,4 +1,4 @@
-# One image for every worker and for apptctl; the command picks the role (docker-compose.yml).
+# One image for every worker, the portal API and apptctl; the command picks the role (docker-compose.yml).
 FROM python:3.11-slim
 ARG REVISION=dev
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 APPT_BUILD_REVISION=$REVISION
@@ -11,6 +11,7 @@ COPY contracts ./contracts
 COPY workers ./workers
 COPY infra ./infra
 COPY apptctl ./apptctl
+COPY portal_api ./portal_api
 RUN pip install --no-cache-dir --no-deps .
 USER nobody
 # SIGTERM drains a worker (APPT_DRAIN_TIMEOUT_S); compose's stop_grace_period gives it the time.

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from contracts.signing import KeyringError
+from infra.topology import build
 from workers.registry import WORKER_NAMES, worker_spec
 from workers.runtime.settings import Settings
 from workers.runtime.worker import Worker
@@ -75,6 +76,27 @@ def test_the_check_would_catch_a_worker_without_its_keyring(monkeypatch) -> None
         Worker(worker_spec("policy_gate"), settings_of(service, monkeypatch, drop="APPT_PORTAL_KEYS_FILE"))
 
 
+def test_the_portal_api_service_gets_what_its_process_needs(monkeypatch) -> None:
+    """The API's own settings model, and what its start-up builds: its API keys and the broker that signs
+    the requests it publishes with the portal keyring."""
+    from portal_api.app import Services
+    from portal_api.settings import ApiSettings
+
+    service = SERVICES["portal_api"]
+    for name in [f.alias for f in ApiSettings.model_fields.values() if f.alias]:
+        monkeypatch.delenv(name, raising=False)
+    env = {k: host_path(service, str(v)) for k, v in service["environment"].items()}
+    settings = ApiSettings(**env)
+    assert not [n for n in LOCAL_DEFAULTS if n not in service["environment"]]
+    Services(settings, settings.api_keyring(), build(settings.namespace))  # what the app's lifespan does
+    assert settings.keyring() is not None, "the API would publish unsigned requests: they are dead-lettered"
+    port = service["command"][service["command"].index("--port") + 1]
+    assert (
+        f"{port}:{port}" in service["ports"]
+        and f"127.0.0.1:{port}/healthz" in service["healthcheck"]["test"][-1]
+    )
+
+
 def test_the_setup_service_points_at_the_compose_services(monkeypatch) -> None:
     service = SERVICES["setup"]
     settings = settings_of(service, monkeypatch)
@@ -85,14 +107,14 @@ def test_the_setup_service_points_at_the_compose_services(monkeypatch) -> None:
 def test_the_mounted_keyring_is_the_development_one_and_marked_so() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     assert "DEVELOPMENT KEYRING" in text and "PUBLIC secrets" in text
-    for service in WORKER_SERVICES.values():
+    for service in [*WORKER_SERVICES.values(), SERVICES["portal_api"]]:
         for volume in service.get("volumes", []):
-            assert volume.split(":")[0] == "./infra/dev/portal-keys.json" and volume.endswith(":ro")
+            assert volume.split(":")[0].startswith("./infra/dev/") and volume.endswith(":ro")
 
 
-@pytest.mark.parametrize("name", sorted(WORKER_SERVICES))
+@pytest.mark.parametrize("name", [*sorted(WORKER_SERVICES), "portal_api"])
 def test_docker_waits_longer_than_the_drain(name: str, monkeypatch) -> None:
-    service = WORKER_SERVICES[name]
+    service = SERVICES[name]
     assert seconds(service["stop_grace_period"]) > settings_of(service, monkeypatch).drain_timeout_s
 
 

@@ -14,11 +14,13 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# The packages the wheel ships (pyproject's find.include): their imports need runtime dependencies only.
+SHIPPED = tuple(p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"])
+LOCAL_PACKAGES = {*SHIPPED, "tests", "bench"}
+PROJECT = PYPROJECT["project"]
 RUNTIME = [Requirement(text) for text in PROJECT["dependencies"]]
 DEV = [Requirement(text) for text in PROJECT["optional-dependencies"]["dev"]]
-LOCAL_PACKAGES = {"contracts", "workers", "infra", "apptctl", "tests", "bench"}
-SHIPPED = ("contracts", "workers", "infra", "apptctl")  # installed by the package: runtime deps only
 STALE = "run `make lock` (regenerates requirements.lock and requirements-dev.lock from pyproject.toml)"
 
 
