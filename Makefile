@@ -12,16 +12,29 @@ endif
 # on a developer machine or in CI, never in production.
 DEV := APPT_DEV_MODE=1
 
-.PHONY: venv services migrate topology demo run test lint format asyncapi clean bench bench-quick bench-scale bench-flood \
-	soak test-restarts test-cluster faults-report openapi portal chromium
+.PHONY: venv services migrate topology demo run test lint format asyncapi clean bench bench-quick \
+	bench-scale bench-flood soak test-restarts test-cluster faults-report openapi portal chromium \
+	signing-vectors lock
 
-$(STAMP): pyproject.toml
+# Installs exactly what requirements-dev.lock pins, every file checked against its hash; the project
+# itself on top, editable. `make lock` regenerates both lock files from pyproject.toml.
+$(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# requirements.lock: what the workers run on (the Dockerfile installs it); requirements-dev.lock: that plus
+# the dev tools (`make venv`). Existing pins are kept; `make lock UPGRADE=1` moves everything to the newest.
+PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
+	--no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade)
+lock:
+	test -x $(BIN)/pip-compile || { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+		$(BIN)/python -m pip install -q 'pip-tools>=7.4'; }
+	$(PIP_COMPILE) --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --extra dev --constraint requirements.lock --output-file requirements-dev.lock pyproject.toml
 
 services:
 	bash infra/services.sh
@@ -67,6 +80,10 @@ PORTAL_PORT ?= 8000
 portal: venv services
 	$(DEV) APPT_API_KEYS_FILE=$${APPT_API_KEYS_FILE:-$(CURDIR)/infra/dev/api-keys.json} \
 		$(BIN)/python -m portal_api.devserver --port $(PORTAL_PORT)
+
+# contracts/signing-vectors.json, for portals in other languages (examples/node-publisher).
+signing-vectors: venv
+	$(BIN)/python -m tests.contract.signing_vectors
 
 # End-to-end throughput/latency against a bare relay (docs/benchmarks.md); own database and namespace.
 bench: venv services

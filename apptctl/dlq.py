@@ -484,12 +484,32 @@ def pretty_body(body: bytes) -> str:
         return text if text.isprintable() or "\n" in text else repr(body)
 
 
-def describe(letter: DeadLetter) -> str:
-    """A dead letter for a person: where, why, properties, headers, body."""
-    born = letter.born_at
-    age = f" ({(datetime.now(UTC) - born).total_seconds():.0f}s old)" if born else ""
+def human_age(seconds: float) -> str:
+    """`42 s`, `5 min`, `3 h 20 min`, `4 days`: how long ago, for a person."""
+    whole = max(int(seconds), 0)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min"
+    if whole < 86_400:
+        hours, minutes = divmod(whole // 60, 60)
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days = whole // 86_400
+    return f"{days} day{'s' if days > 1 else ''}"
+
+
+def describe(letter: DeadLetter, now: datetime | None = None) -> str:
+    """A dead letter for a person: where, when it was set aside, why, properties, headers, body."""
+    now = now or datetime.now(UTC)
+    when = letter.dead_lettered_at  # not the message's own timestamp: a portal may send an old one
+    dead = (
+        f"dead-lettered {human_age((now - when).total_seconds())} ago ({when.isoformat(timespec='seconds')})"
+        if when
+        else "dead-lettered: when unknown (no x-dead-lettered-at or x-death time)"
+    )
     lines = [
-        f"message {letter.message_id} in {letter.queue}{age}",
+        f"message {letter.message_id} in {letter.queue}",
+        dead,
         f"reason: {letter.reason}",
         f"detail: {letter.detail or '-'}",
         "properties:",

@@ -2,8 +2,10 @@
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -89,8 +91,11 @@ def run() -> None:
     """Run all three workers in the foreground (one process each); Ctrl-C drains and stops them."""
     from apptctl.processes import WorkerProcesses
 
+    drain_s = Settings().drain_timeout_s
     workers = WorkerProcesses({})
+    signal.signal(signal.SIGTERM, _terminated)  # a SIGTERM to apptctl alone: pass it on (finally: stop)
     workers.start()
+    interrupted = False
     try:
         while all(workers.alive().values()):
             try:
@@ -98,11 +103,39 @@ def run() -> None:
             except subprocess.TimeoutExpired:
                 continue
     except KeyboardInterrupt:
-        pass
+        # Ctrl-C reached the workers too (one process group): each drains by itself. A SIGTERM sent now
+        # could land after a worker's event loop closed, when it kills instead of draining (exit -15).
+        interrupted = True
+        typer.echo("draining the workers (Ctrl-C again to stop waiting)...", err=True)
+        _wait_all(workers.processes.values(), drain_s + 5)
+    except _Terminated:
+        interrupted = True
     finally:
-        codes = workers.stop()
+        codes = workers.stop()  # SIGTERM, then kill, only for what is still running
+    clean = all(code == 0 for code in codes.values())
+    if clean and interrupted:
+        typer.echo("workers drained and stopped", err=True)
+    else:
         typer.echo(f"workers stopped: {codes}", err=True)
-    sys.exit(0 if all(c == 0 for c in codes.values()) else 1)
+    sys.exit(0 if clean and interrupted else 1)
+
+
+class _Terminated(Exception):
+    """apptctl run itself got SIGTERM."""
+
+
+def _terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough: the workers are being stopped
+    raise _Terminated
+
+
+def _wait_all(processes, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            return
 
 
 @app.command()
@@ -163,15 +196,91 @@ def status(
         min=0,
         help="seconds an unpublished outbox row may wait before it's a problem",
     ),
+    watch: bool = typer.Option(False, "--watch", "-w", help="refresh until Ctrl-C"),
+    interval: float = typer.Option(5.0, "--interval", min=0.5, help="seconds between refreshes with --watch"),
 ) -> None:
-    """Queues (ready, unacked, consumers), dead letters by reason, outbox backlog.
-    Exits 1 when something needs attention, and says what."""
+    """Queues (ready, unacked, consumers), dead letters by reason, outbox backlog, and what needs attention.
+    Exit code as monitoring plugins have it: 0 ok, 1 warning, 2 critical, 3 unknown (e.g. the management
+    API is unreachable)."""
     from apptctl.status import collect, render
 
     _quiet_amqp_logs()
-    result = asyncio.run(collect(Settings(), outbox_max_age))
+    settings = Settings()
+
+    def show() -> int:
+        result = asyncio.run(collect(settings, outbox_max_age))
+        typer.echo(json.dumps(result.to_json(), indent=2) if as_json else render(result))
+        return result.exit_code
+
+    if not watch:
+        raise typer.Exit(show())
+    clear = sys.stdout.isatty() and not as_json
+    try:
+        while True:
+            if clear:
+                typer.echo("\x1b[H\x1b[2J", nl=False)
+            typer.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  (every {interval:g} s, Ctrl-C to stop)")
+            show()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command()
+def trace(
+    request_id: str = typer.Argument(..., help="the portal's request id (the messages' correlation_id)"),
+    tenant: str | None = typer.Option(None, "--tenant", help="only this tenant (default: every tenant)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of the report"),
+) -> None:
+    """One request's whole path: the decision (rule and setting), events, read-store rows, audit trail,
+    dead letters and timings. Exits 1 when nothing anywhere carries the request id."""
+    from apptctl.trace import gather, render
+
+    _quiet_amqp_logs()
+    try:
+        result = asyncio.run(gather(Settings(), request_id, tenant))
+    except OSError as exc:
+        typer.echo(
+            f"PostgreSQL is unreachable at DATABASE_URL ({exc}): check it, or run `bash infra/services.sh`",
+            err=True,
+        )
+        raise typer.Exit(1) from None
     typer.echo(json.dumps(result.to_json(), indent=2) if as_json else render(result))
-    raise typer.Exit(0 if result.healthy else 1)
+    raise typer.Exit(0 if result.found else 1)
+
+
+@app.command()
+def teardown(
+    keep_database: bool = typer.Option(False, "--keep-database", help="remove only the RabbitMQ topology"),
+    keep_topology: bool = typer.Option(False, "--keep-topology", help="drop only the database"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+) -> None:
+    """Remove APPT_NAMESPACE's exchanges and queues (messages and dead letters included) and drop the
+    database DATABASE_URL names. Says what that destroys and asks first. Broker users and database roles
+    from `apptctl security apply` are removed with `apptctl security drop`."""
+    from apptctl import teardown as plan_module
+
+    _quiet_amqp_logs()
+    settings = Settings()
+    try:
+        planned = asyncio.run(plan_module.plan(settings))
+    except (OSError, ConnectionError) as exc:
+        typer.echo(f"cannot see what exists ({exc}): check AMQP_URL and DATABASE_URL", err=True)
+        raise typer.Exit(1) from None
+    topology, database = not keep_topology, not keep_database
+    typer.echo(planned.describe(topology=topology, database=database))
+    if (not topology or not planned.queues) and (not database or not planned.database_exists):
+        typer.echo("nothing to remove")
+        raise typer.Exit(0)
+    if not yes:
+        if not sys.stdin.isatty():
+            typer.echo(
+                "refusing to tear down without confirmation: no terminal to ask on; pass --yes", err=True
+            )
+            raise typer.Exit(2)
+        typer.confirm("remove all of this for good?", abort=True)
+    for line in asyncio.run(plan_module.execute(settings, planned, topology=topology, database=database)):
+        typer.echo(line)
 
 
 # --- dead letters -----------------------------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""`apptctl status`: a namespace's queues, dead letters and outbox backlog, judged healthy or not."""
+"""`apptctl status`: a namespace's queues, dead letters and outbox backlog, judged as a monitoring check.
+
+Each problem has a severity, and the exit code is the worst of them, as monitoring plugins (Nagios,
+Icinga, Sensu) read it: 0 ok, 1 warning, 2 critical, 3 unknown. Critical outranks warning, which outranks
+unknown: a known problem is reported even when something else could not be found out.
+"""
 
 import contextlib
 from dataclasses import asdict, dataclass, field
@@ -22,6 +27,19 @@ CONNECT_TIMEOUT_S = 5.0
 STATUS_SWEEP = 2_000  # dead letters read per queue to count reasons; beyond that counts are lower bounds
 DEFAULT_OUTBOX_MAX_AGE_S = 60.0
 
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+SEVERITY = {OK: "ok", WARNING: "warning", CRITICAL: "critical", UNKNOWN: "unknown"}
+_RANK = {OK: 0, UNKNOWN: 1, WARNING: 2, CRITICAL: 3}  # which state wins when there are several
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: int
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
 
 @dataclass
 class QueueStatus:
@@ -33,6 +51,7 @@ class QueueStatus:
     unacknowledged: int | None = None
     consumers: int | None = None
     oldest_message_age_s: float | None = None
+    max_length: int | None = None  # a capped queue (the feed's unrouted events) drops its oldest beyond
 
 
 @dataclass
@@ -59,18 +78,26 @@ class Status:
     dead_letters: dict[str, DeadLetterCounts] = field(default_factory=dict)
     broker_error: str | None = None
     management_error: str | None = None
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
         return not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        """0 ok, 1 warning, 2 critical, 3 unknown: the worst problem's severity."""
+        return max((p.severity for p in self.problems), key=_RANK.__getitem__, default=OK)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "namespace": self.namespace,
             "vhost": self.vhost,
             "healthy": self.healthy,
-            "problems": list(self.problems),
+            "state": SEVERITY[self.exit_code],
+            "exit_code": self.exit_code,
+            "problems": [p.text for p in self.problems],
+            "problem_severities": [SEVERITY[p.severity] for p in self.problems],
             "broker": {"reachable": self.broker_error is None, "error": self.broker_error},
             "management_api": {"reachable": self.management_error is None, "error": self.management_error},
             "queues": [asdict(q) for q in self.queues],
@@ -88,7 +115,10 @@ def _age_s(when: datetime | None, now: datetime) -> float | None:
 
 
 def initial_queues(topology: Topology) -> list[QueueStatus]:
-    return [QueueStatus(spec.name, spec.kind, spec.worker) for spec in topology.queues]
+    return [
+        QueueStatus(spec.name, spec.kind, spec.worker, max_length=spec.arguments.get("x-max-length"))
+        for spec in topology.queues
+    ]
 
 
 # --- gathering ---------------------------------------------------------------------------------------
@@ -207,45 +237,81 @@ def fmt_age(seconds: float | None) -> str:
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
-def problems_of(status: Status) -> list[str]:
-    problems: list[str] = []
+def problems_of(status: Status) -> list[Problem]:
+    problems: list[Problem] = []
     if status.broker_error is not None:
         problems.append(
-            f"RabbitMQ could not be queried ({status.broker_error}): is it running? "
-            "`bash infra/services.sh` starts a local one; otherwise check AMQP_URL"
+            Problem(
+                CRITICAL,
+                f"RabbitMQ could not be queried ({status.broker_error}): is it running? "
+                "`bash infra/services.sh` starts a local one; otherwise check AMQP_URL",
+            )
+        )
+    elif status.management_error is not None:
+        problems.append(
+            Problem(
+                UNKNOWN,
+                f"the RabbitMQ management API is unreachable ({status.management_error}): unacknowledged "
+                "counts and message ages are unknown; enable it (`rabbitmq-plugins enable "
+                "rabbitmq_management`) or check RABBITMQ_MANAGEMENT_URL",
+            )
         )
     missing = [queue.name for queue in status.queues if queue.exists is False]
     if missing:
         problems.append(
-            f"queue(s) {', '.join(missing)} do not exist: "
-            "run `apptctl topology apply` (or check APPT_NAMESPACE)"
+            Problem(
+                CRITICAL,
+                f"queue(s) {', '.join(missing)} do not exist: "
+                "run `apptctl topology apply` (or check APPT_NAMESPACE)",
+            )
         )
     for queue in status.queues:
         if queue.exists and queue.kind == "work" and queue.consumers == 0:
             problems.append(
-                f"queue {queue.name} has no consumer: start the worker (`apptctl worker {queue.worker}` "
-                "or `apptctl run`)"
+                Problem(
+                    CRITICAL,
+                    f"queue {queue.name} has no consumer: start the worker (`apptctl worker {queue.worker}` "
+                    "or `apptctl run`)",
+                )
+            )
+        if queue.exists and queue.max_length and (queue.ready or 0) >= queue.max_length:
+            problems.append(
+                Problem(
+                    WARNING,
+                    f"queue {queue.name} is at its cap of {queue.max_length} (the oldest are being dropped): "
+                    "these are live-feed events no portal subscribed to; bind the portals' feed queues, "
+                    "or ignore if no portal uses the feed",
+                )
             )
     for name, counts in status.dead_letters.items():
         if counts.total:
             reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.by_reason.items()))
             more = " or more" if counts.truncated else ""
             problems.append(
-                f"{counts.total}{more} dead letter(s) in {name} ({reasons}): inspect them with "
-                "`apptctl dlq list`, then `apptctl dlq replay` or `apptctl dlq purge`"
+                Problem(
+                    WARNING,
+                    f"{counts.total}{more} dead letter(s) in {name} ({reasons}): inspect them with "
+                    "`apptctl dlq list`, then `apptctl dlq replay` or `apptctl dlq purge`",
+                )
             )
     box = status.outbox
     if box.error is not None:
         problems.append(
-            f"outbox unknown: the PostgreSQL query failed ({box.error}): "
-            "check DATABASE_URL, run `apptctl migrate`"
+            Problem(
+                CRITICAL,
+                f"outbox unknown: the PostgreSQL query failed ({box.error}): "
+                "check DATABASE_URL, run `apptctl migrate`",
+            )
         )
     elif box.oldest_unpublished_age_s is not None and box.oldest_unpublished_age_s > box.max_age_s:
         oldest = fmt_age(box.oldest_unpublished_age_s)
         problems.append(
-            f"outbox: {box.unpublished} unpublished row(s), the oldest {oldest} old "
-            f"(limit {fmt_age(box.max_age_s)}): check that the workers run and reach RabbitMQ "
-            "(their logs say `outbox.publish_failed`)"
+            Problem(
+                WARNING,
+                f"outbox: {box.unpublished} unpublished row(s), the oldest {oldest} old "
+                f"(limit {fmt_age(box.max_age_s)}): check that the workers run and reach RabbitMQ "
+                "(their logs say `outbox.publish_failed`)",
+            )
         )
     return problems
 
@@ -286,8 +352,8 @@ def render(status: Status) -> str:
             f"{q.name:<{width}}{_cell(q.ready):>7}{_cell(q.unacknowledged):>9}{consumers:>11}"
             f"{fmt_age(q.oldest_message_age_s):>9}"
         )
-    if status.management_error is not None:
-        lines.append(f"unacked: unknown (management API unreachable: {status.management_error})")
+    if status.management_error is not None and status.broker_error is None:
+        lines.append("unacked, oldest: ? = unknown (the management API is unreachable; see below)")
     if status.broker_error is not None:
         lines.append("dead letters: unknown")
     elif any(c.total for c in status.dead_letters.values()):
@@ -303,9 +369,12 @@ def render(status: Status) -> str:
             f"outbox: {box.unpublished} unpublished, oldest {fmt_age(box.oldest_unpublished_age_s)} "
             f"(limit {fmt_age(box.max_age_s)})"
         )
+    state = SEVERITY[status.exit_code].upper()
     if status.healthy:
         lines.append("status: healthy")
+    elif status.exit_code == UNKNOWN:
+        lines.append(f"status: UNKNOWN ({len(status.problems)} problem(s))")
     else:
-        lines.append(f"status: UNHEALTHY ({len(status.problems)} problem(s))")
-        lines.extend(f"  - {problem}" for problem in status.problems)
+        lines.append(f"status: UNHEALTHY, {state} ({len(status.problems)} problem(s))")
+    lines.extend(f"  - [{SEVERITY[p.severity]}] {p.text}" for p in status.problems)
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from pydantic.json_schema import models_json_schema
 
 from contracts.decoding import CONTENT_TYPE, MAX_MESSAGE_BYTES
 from contracts.envelope import Envelope
+from contracts.portal_v1 import ModifyOutcome
 from contracts.reasons import (
     CUSTOMER_TEXT,
     OFFICE_TEXT,
@@ -23,7 +24,15 @@ from contracts.reasons import (
 from contracts.registry import MESSAGE_CLASSES, type_name
 from contracts.routes import publishers_of
 from contracts.signing import KEY_ID_HEADER, PORTAL_ROLE, SIGNATURE_HEADER, SIGNED_AT_HEADER
-from infra.topology import DEAD_LETTER_ROLE, DEFAULT_NAMESPACE, DELIVERY_LIMIT, QueueSpec, Topology, build
+from infra.topology import (
+    DEAD_LETTER_ROLE,
+    DEFAULT_NAMESPACE,
+    DELIVERY_LIMIT,
+    REPLY_ROLE,
+    QueueSpec,
+    Topology,
+    build,
+)
 
 # The version of the contract as a whole; bump it when a message, route or code changes.
 CONTRACT_VERSION = "1.0.0"
@@ -31,10 +40,16 @@ ASYNCAPI_VERSION = "3.0.0"
 AMQP_BINDING_VERSION = "0.3.0"
 DEFAULT_OUTPUT = Path(__file__).with_name("asyncapi.json")
 SCHEMA_REF = "#/components/schemas/{model}"
+# Sent to a queue the request names (`reply_to`), not routed by type: workers never decode them, so they
+# are not in the registry; the document describes them as the reply of `modify.requested`.
+REPLY_CLASSES: tuple[type[Envelope], ...] = (ModifyOutcome,)
+REPLY_CHANNEL = "reply_modify_outcome"
+REPLY_TO_LOCATION = "$message.payload#/payload/reply_to"
 
 
 ACTORS: dict[str, str] = {
-    "portal": "A customer portal (external): publishes the customer's modify requests.",
+    "portal": "A customer portal (external): publishes the customer's modify requests and may receive "
+    "their outcomes on a reply queue of its own.",
     "office": "The office system (external): publishes appointments and self-service settings.",
     "policy_gate": "Our worker that decides each request against the business's rules.",
     "modify_handler": "Our worker that applies approved changes and records the office's appointments.",
@@ -147,6 +162,10 @@ changed after the decision; office changes become `appointment.updated` and `job
 Every message that follows from a request carries the request's `correlation_id`; `causation_id` is \
 the `message_id` of the message that caused it.
 
+**Replies.** A request may name `payload.reply_to`, a queue of the portal's bound to the direct \
+exchange `{ns}.replies` with its own name; `portal_sync` then sends the request's final outcome there \
+once (`modify.outcome`, the reply of the portal's `modify.requested` operation).
+
 **Publishing.** JSON bodies (`{content_type}`, UTF-8, at most {max_bytes} bytes), persistent, with \
 publisher confirms and `mandatory`. Set the AMQP `message_id`, `correlation_id` and `type` properties \
 to the envelope's values. Unknown fields are refused; ids and strings are bounded; times carry a \
@@ -234,15 +253,64 @@ def consumers(topology: Topology, cls: type[Envelope]) -> Iterator[tuple[QueueSp
 
 def _schemas() -> dict[str, dict]:
     """Every message's validation schema and its parts, named once, refs pointing into components."""
-    _, top = models_json_schema([(cls, "validation") for cls in MESSAGE_CLASSES], ref_template=SCHEMA_REF)
-    schemas = dict(sorted(top["$defs"].items()))
-    for cls in MESSAGE_CLASSES:
+    documented = (*MESSAGE_CLASSES, *REPLY_CLASSES)
+    _, top = models_json_schema([(cls, "validation") for cls in documented], ref_template=SCHEMA_REF)
+    renamed = {name: _schema_name(name) for name in top["$defs"]}
+    if len(set(renamed.values())) != len(renamed):
+        raise ValueError(f"two schemas would share a name: {sorted(renamed.values())}")
+    schemas = _renamed_refs({renamed[name]: schema for name, schema in sorted(top["$defs"].items())}, renamed)
+    for name, schema in schemas.items():
+        # Generators name classes after titles: each title is its schema's (unique) component name.
+        schema["title"] = name
+        _constants_as_enums(schema)
+        for prop in schema.get("properties", {}).values():
+            if "enum" in prop and "title" in prop:  # an inline enum becomes a class named after its title
+                prop["title"] = name + prop["title"].replace(" ", "")
+    for cls in documented:
         # decode() dispatches on these two before validating, so the wire requires them even though
         # the models give them defaults (which makes pydantic call them optional).
         _require(schemas[cls.__name__], "type", "schema_version")
     for schema in schemas.values():
         _walk_discriminators(schema, schemas)
     return schemas
+
+
+def _schema_name(name: str) -> str:
+    """pydantic names a model that two modules define `contracts__office_v1__Permission`; a generator
+    would turn that into a class name, so it becomes `OfficeV1Permission`."""
+    if "__" not in name:
+        return name
+    *modules, model = name.split("__")
+    module = modules[-1]
+    return "".join(part[:1].upper() + part[1:] for part in module.split("_")) + model
+
+
+def _renamed_refs(node, renamed: dict[str, str]):
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith(SCHEMA_REF.format(model="")):
+                name = value.rsplit("/", 1)[1]
+                out[key] = SCHEMA_REF.format(model=renamed.get(name, name))
+            else:
+                out[key] = _renamed_refs(value, renamed)
+        return out
+    if isinstance(node, list):
+        return [_renamed_refs(item, renamed) for item in node]
+    return node
+
+
+def _constants_as_enums(node: object) -> None:
+    """`const` alone is dropped by some generators (a generated publisher then sends no
+    `schema_version` and is dead-lettered); an enum of the one value survives every one we know."""
+    if isinstance(node, list):
+        for item in node:
+            _constants_as_enums(item)
+    elif isinstance(node, dict):
+        if "const" in node and "enum" not in node:
+            node["enum"] = [node["const"]]
+        for value in node.values():
+            _constants_as_enums(value)
 
 
 def _require(schema: dict, *fields: str) -> None:
@@ -335,7 +403,7 @@ def _message(cls: type[Envelope], schemas: dict[str, dict], topology: Topology) 
         "description": (
             f"Published by {' and '.join(publishers_of(type_))} to "
             f"`{topology.exchange(cls.exchange_role)}` with routing key "
-            f"`{cls.routing_key}`. AMQP properties: content_type `{CONTENT_TYPE}`, delivery_mode 2 "
+            f"{_routing_text(cls)}. AMQP properties: content_type `{CONTENT_TYPE}`, delivery_mode 2 "
             "(persistent), message_id = `message_id`, correlation_id = `correlation_id`, "
             "type = `type` (a mismatch is dead-lettered as `properties_mismatch`), app_id = `producer`, "
             "timestamp = `occurred_at`."
@@ -352,6 +420,15 @@ def _message(cls: type[Envelope], schemas: dict[str, dict], topology: Topology) 
         "payload": {"$ref": SCHEMA_REF.format(model=cls.__name__)},
         "bindings": {"amqp": {"messageType": type_, "bindingVersion": AMQP_BINDING_VERSION}},
     }
+
+
+def _routing_text(cls: type[Envelope]) -> str:
+    if cls in REPLY_CLASSES:
+        return (
+            "= the request's `payload.reply_to` (a queue of the portal's, bound to this direct exchange "
+            "with its own name); sent once, when the request's outcome is final"
+        )
+    return f"`{cls.routing_key}`"
 
 
 def _dead_letter_message() -> dict:
@@ -412,6 +489,22 @@ def _channels(topology: Topology) -> dict:
             f"Topic exchange `{topology.exchange(cls.exchange_role)}`, routing key `{cls.routing_key}`. "
             f"Consumed by: {', '.join(queues) or 'no queue of ours'}."
         )
+    channels[REPLY_CHANNEL] = {
+        # AsyncAPI 3: a channel whose address is only known at runtime has a null address; the reply
+        # of `modify.requested` says where it comes from (the request's reply_to).
+        "address": None,
+        "title": f"{topology.exchange(REPLY_ROLE)} / <the request's reply_to>",
+        "description": (
+            f"Direct exchange `{topology.exchange(REPLY_ROLE)}`, routing key = the request's "
+            "`payload.reply_to`. The portal declares that queue and binds it to the exchange with its own "
+            "name as the binding key; the final outcome of each request that named it arrives there once."
+        ),
+        "messages": {
+            message_key(cls): {"$ref": _pointer("components", "messages", message_key(cls))}
+            for cls in REPLY_CLASSES
+        },
+        "bindings": _exchange_binding(topology, REPLY_ROLE),
+    }
     for queue in topology.queues:
         if queue.dead_letter_queue is None:
             continue
@@ -455,6 +548,33 @@ def _operations(topology: Topology) -> dict:
                 cls.summary,
                 f"{ACTORS[publisher]} Publishes to `{topology.exchange(cls.exchange_role)}`.",
             )
+    replies = [message_key(cls) for cls in REPLY_CLASSES]
+    operations[f"{PUBLISHERS['modify.requested']}_send_modify_requested"]["reply"] = {
+        "address": {
+            "location": REPLY_TO_LOCATION,
+            "description": "Only when the request names a `reply_to` queue; the outcome also reaches the "
+            "read store and the `modify.*` / `appointment.*` events either way.",
+        },
+        "channel": {"$ref": _pointer("channels", REPLY_CHANNEL)},
+        "messages": [{"$ref": _pointer("channels", REPLY_CHANNEL, "messages", name)} for name in replies],
+    }
+    for cls in REPLY_CLASSES:
+        publisher = PUBLISHERS[type_name(cls)]
+        operations[f"{publisher}_send_{operation_subject(cls)}"] = _operation(
+            "send",
+            REPLY_CHANNEL,
+            [message_key(cls)],
+            cls.summary,
+            f"{ACTORS[publisher]} Publishes to `{topology.exchange(REPLY_ROLE)}` with the request's "
+            "`reply_to` as the routing key.",
+        )
+        operations[f"portal_receive_{operation_subject(cls)}"] = _operation(
+            "receive",
+            REPLY_CHANNEL,
+            [message_key(cls)],
+            cls.summary,
+            f"{ACTORS['portal']} Consumes its own `reply_to` queue.",
+        )
     receives = sorted(
         ((queue, bound, cls) for cls in MESSAGE_CLASSES for queue, bound in consumers(topology, cls)),
         key=lambda item: topology.queues.index(item[0]),  # grouped by worker, registry order within
@@ -520,7 +640,9 @@ def build_document(namespace: str = DEFAULT_NAMESPACE) -> dict:
     """The AsyncAPI 3.0 document as a JSON-serialisable dict, the same on every call."""
     topology = build(namespace)
     schemas = _schemas()
-    messages = {message_key(cls): _message(cls, schemas, topology) for cls in MESSAGE_CLASSES}
+    messages = {
+        message_key(cls): _message(cls, schemas, topology) for cls in (*MESSAGE_CLASSES, *REPLY_CLASSES)
+    }
     messages["DeadLetter"] = _dead_letter_message()
     description = DESCRIPTION.format(
         ns=namespace,

@@ -137,7 +137,7 @@ def settings(service_urls: ServiceUrls, database_url: str, topology) -> Settings
         APPT_NAMESPACE=topology.namespace,
         APPT_OUTBOX_POLL_S=0.5,
         APPT_DRAIN_TIMEOUT_S=10,
-        APPT_DB_POOL_SIZE=5,
+        APPT_DB_POOL_SIZE=2,  # README, Tests: the suite stays within 30 PostgreSQL connections
         APPT_TRANSIENT_RETRY_DELAY_S=0.05,
         APPT_RETRY_DELAYS_S=",".join(f"{d:g}" for d in TEST_RETRY_DELAYS_S),
     )

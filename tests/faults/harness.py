@@ -184,7 +184,7 @@ class FaultRun:
                 "APPT_OUTBOX_GRACE_S": "5",
                 "APPT_TRANSIENT_RETRY_DELAY_S": "0.1",
                 "APPT_DRAIN_TIMEOUT_S": "5",
-                "APPT_DB_POOL_SIZE": "5",
+                "APPT_DB_POOL_SIZE": "3",  # README, Tests: within the suite's connection budget
                 "APPT_STARTUP_RETRY_S": "120",
                 "LOG_LEVEL": "INFO",
                 **_retry_env(settings),

@@ -1,7 +1,7 @@
 """Capacity on real PostgreSQL: places taken and freed with the change, never overbooked under races.
 
 The handlers run as the worker runs them (one unit of work each, conflicts retried), many at once on
-their own connections; only the broker is left out, since what is under test is the transaction.
+RACE_CONNECTIONS connections; only the broker is left out, since what is under test is the transaction.
 """
 
 import asyncio
@@ -28,6 +28,9 @@ from workers.runtime.errors import is_conflict
 UNIT = f.BUSINESS_UNIT
 RACE_ROUNDS = int(os.environ.get("APPT_RACE_ROUNDS", "100"))
 RACERS = 50
+# The racers share this many connections: enough transactions at once to race for every place, and
+# within the suite's connection budget (README, Tests: at most 30 at any moment).
+RACE_CONNECTIONS = 12
 BASE = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=3)
 
 
@@ -40,8 +43,8 @@ def slot(n: int) -> ArrivalWindow:
 
 @pytest.fixture
 async def wide_engine(database_url, engine):
-    """An engine with a connection per racer, on the migrated test database."""
-    wide = create_async_engine(database_url, pool_size=RACERS + 5, max_overflow=0)
+    """An engine for the racers, on the migrated test database: RACE_CONNECTIONS transactions at once."""
+    wide = create_async_engine(database_url, pool_size=RACE_CONNECTIONS, max_overflow=0)
     yield wide
     await wide.dispose()
 

@@ -4,6 +4,7 @@ own process, against the real broker and database of the test's namespace."""
 import asyncio
 import json
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Callable
@@ -49,7 +50,9 @@ class Run:
         return json.loads(self.out)
 
 
-async def apptctl(settings: Settings, *args: str, stdin: Any = None, timeout_s: float = 60.0) -> Run:
+async def apptctl(
+    settings: Settings, *args: str, stdin: Any = None, timeout_s: float = 60.0, env: dict | None = None
+) -> Run:
     """`apptctl ARGS` in a subprocess on the test's namespace and database; no terminal on stdin."""
     env = {
         **os.environ,
@@ -57,6 +60,7 @@ async def apptctl(settings: Settings, *args: str, stdin: Any = None, timeout_s: 
         "DATABASE_URL": settings.database_url,
         "APPT_NAMESPACE": settings.namespace,
         "APPT_RETRY_DELAYS_S": settings.retry_delays,
+        **(env or {}),
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -75,7 +79,8 @@ async def apptctl(settings: Settings, *args: str, stdin: Any = None, timeout_s: 
 
 async def status_json(settings: Settings, *extra: str) -> tuple[int, dict]:
     run = await apptctl(settings, "status", "--json", *extra)
-    assert run.code in (0, 1), run.err
+    assert run.code in (0, 1, 2, 3), run.err
+    assert run.json()["exit_code"] == run.code
     return run.code, run.json()
 
 
@@ -177,23 +182,59 @@ async def test_status_is_healthy_with_the_workers_running_and_json_has_every_cou
 
 async def test_status_fails_and_says_which_worker_to_start_when_a_queue_has_no_consumer(settings, topology):
     run = await apptctl(settings, "status")
-    assert run.code == 1
-    assert "status: UNHEALTHY" in run.out
+    assert run.code == 2  # critical
+    assert "status: UNHEALTHY, CRITICAL" in run.out
     for worker in ("policy_gate", "modify_handler", "portal_sync"):
         assert f"queue {topology.namespace}.{worker} has no consumer" in run.out
         assert f"`apptctl worker {worker}`" in run.out
 
     code, data = await status_json(settings)
-    assert code == 1 and data["healthy"] is False
+    assert code == 2 and data["healthy"] is False and data["state"] == "critical"
     assert sum("has no consumer" in p for p in data["problems"]) == 3
 
 
 async def test_status_fails_when_the_topology_is_missing(settings, service_urls, database_url):
     missing = Settings(AMQP_URL=service_urls.amqp, DATABASE_URL=database_url, APPT_NAMESPACE="nosuch-ns")
     code, data = await status_json(missing)
-    assert code == 1
+    assert code == 2
     assert all(q["exists"] is False for q in data["queues"])
     assert any("apptctl topology apply" in p for p in data["problems"])
+
+
+async def test_an_unreachable_management_api_is_its_own_problem_with_exit_code_3(settings, workers):
+    nowhere = {"RABBITMQ_MANAGEMENT_URL": "http://guest:guest@127.0.0.1:9/"}  # the discard port: refused
+    run = await apptctl(settings, "status", env=nowhere)
+    assert run.code == 3, run.out + run.err  # unknown: everything that could be checked is fine
+    assert "status: UNKNOWN" in run.out and "status: healthy" not in run.out
+    assert "management API is unreachable" in run.out and "rabbitmq_management" in run.out
+
+    as_json = await apptctl(settings, "status", "--json", env=nowhere)
+    data = as_json.json()
+    assert as_json.code == 3 and data["state"] == "unknown" and data["problem_severities"] == ["unknown"]
+    assert data["management_api"]["reachable"] is False
+
+
+async def test_status_watch_refreshes_until_ctrl_c(settings, workers):
+    env = {
+        **os.environ,
+        "AMQP_URL": settings.amqp_url,
+        "DATABASE_URL": settings.database_url,
+        "APPT_NAMESPACE": settings.namespace,
+        "APPT_RETRY_DELAYS_S": settings.retry_delays,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "apptctl.main", "status", "--watch", "--interval", "0.5",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    reports: list[bytes] = []
+    while len(reports) < 2:
+        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        assert line, "status --watch ended by itself"
+        if line.startswith(b"status: "):
+            reports.append(line)
+    process.send_signal(signal.SIGINT)
+    await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0
 
 
 async def test_status_fails_when_an_outbox_row_waits_longer_than_the_limit(settings, engine, workers):

@@ -224,7 +224,7 @@ def test_status_lists_delay_queues_and_does_not_want_consumers_on_them():
     assert line.split()[3] == "-"  # consumers: not expected
     missing: QueueStatus = delay[0]
     missing.exists = False
-    assert any("apptctl topology apply" in problem for problem in problems_of(status))
+    assert any("apptctl topology apply" in problem.text for problem in problems_of(status))
 
 
 def test_a_crash_loop_after_a_delayed_retry_reads_as_delivery_limit_not_expired():

@@ -60,7 +60,10 @@ class HealthMonitor:
         metrics: WorkerMetrics,
         producer: str | None = None,
         interval_s: float = 5.0,
+        queues: tuple[tuple[str, str], ...] = (),
     ) -> None:
+        """`queues`: (name, role) of the queues whose depth and consumers this worker reports (its work
+        queue and its dead letters), read with a passive declare: no permission beyond connecting."""
         self.worker = worker
         self._broker = broker
         self._dsn = _dsn(database_url)
@@ -73,6 +76,9 @@ class HealthMonitor:
         self._task: asyncio.Task | None = None
         self.database = Check(ok=False, error="not checked yet")
         self._broker_was_ok: bool | None = None
+        self._queues = queues
+        self._queue_channel: Any = None
+        self._queue_problem: str | None = None
         metrics.track_broker(self.broker_ok)
 
     # --- broker ------------------------------------------------------------------------------------
@@ -126,6 +132,35 @@ class HealthMonitor:
         if connection is not None and not connection.is_closed():
             connection.terminate()  # no goodbye round trip to a database that may not answer
 
+    # --- queues -----------------------------------------------------------------------------------
+
+    async def probe_queues(self) -> None:
+        """Read each watched queue's ready messages and consumers into the gauges; a failure (broker
+        away, queue missing, access refused) drops this round's values and is logged once per cause."""
+        if not self._queues or not self.broker_ok():
+            self._metrics.forget_queues()
+            return
+        try:
+            await asyncio.wait_for(self._read_queues(), timeout=self._timeout)
+        except Exception as exc:
+            self._queue_channel = None
+            self._metrics.forget_queues()
+            problem = _describe(exc) or "timed out"
+            if problem != self._queue_problem:
+                log.warning("health.queue_probe_failed", worker=self.worker, error=problem)
+            self._queue_problem = problem
+        else:
+            self._queue_problem = None
+
+    async def _read_queues(self) -> None:
+        if self._queue_channel is None or self._queue_channel.is_closed:
+            assert self._broker.connection is not None
+            self._queue_channel = await self._broker.connection.channel()
+        for name, role in self._queues:
+            declared = await self._queue_channel.declare_queue(name, passive=True)
+            result = declared.declaration_result
+            self._metrics.queue(name, role, result.message_count, result.consumer_count)
+
     # --- the loop ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -137,6 +172,7 @@ class HealthMonitor:
             began = time.monotonic()
             await self.check_database()
             self._note_broker()
+            await self.probe_queues()
             await asyncio.sleep(max(self._interval - (time.monotonic() - began), 0.05))
 
     def _note_broker(self) -> None:
@@ -158,6 +194,10 @@ class HealthMonitor:
                 await self._task
             self._task = None
         await self._drop_connection()
+        channel, self._queue_channel = self._queue_channel, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     # --- what the endpoints say --------------------------------------------------------------------
 

@@ -1,13 +1,24 @@
 """A worker's Prometheus metrics, in a registry of its own (several workers in one process never clash).
 
 Every series carries a `worker` label, so dashboards can sum replicas of one worker. The consumer counts
-messages and retries, the health monitor sets the connection and outbox gauges, and the relay's confirmed
-publishes are read when scraped.
+messages and retries, the health monitor sets the connection, outbox and queue gauges, and the relay's
+confirmed publishes are read when scraped. Also: process_* (the process collector) and appt_build_info.
+Dashboards and alert rules built on these names: infra/grafana/, infra/prometheus/ (docs/operations.md).
 """
 
+import os
+import platform
 from collections.abc import Callable, Iterable
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -37,11 +48,44 @@ class _Published(Collector):
         yield family
 
 
+def build_version() -> str:
+    try:
+        return metadata.version("appointment-self-service")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
 class WorkerMetrics:
     def __init__(self, worker: str) -> None:
         self.worker = worker
         self.registry = CollectorRegistry()
         registry = self.registry
+        ProcessCollector(registry=registry)  # process_*: CPU, memory, open fds, start time (Linux)
+        self.build_info = Gauge(
+            "appt_build_info",
+            "Always 1: the running build (package version, revision from APPT_BUILD_REVISION, Python).",
+            ["worker", "version", "revision", "python"],
+            registry=registry,
+        )
+        self.build_info.labels(
+            worker,
+            build_version(),
+            os.environ.get("APPT_BUILD_REVISION", "unknown"),
+            platform.python_version(),
+        ).set(1)
+        self.queue_messages = Gauge(
+            "appt_queue_messages",
+            "Messages ready in a queue this worker watches (role: work, dead_letter), as of the last "
+            "health check; absent while the broker is unreachable.",
+            ["worker", "queue", "role"],
+            registry=registry,
+        )
+        self.queue_consumers = Gauge(
+            "appt_queue_consumers",
+            "Consumers of a queue this worker watches (all replicas), as of the last health check.",
+            ["worker", "queue", "role"],
+            registry=registry,
+        )
         self.messages = Counter(
             "appt_messages",
             "Deliveries by message type and outcome: handled, duplicate, dead_lettered, retried "
@@ -129,6 +173,15 @@ class WorkerMetrics:
     def outbox(self, backlog: int, oldest_age_s: float) -> None:
         self.outbox_backlog.labels(self.worker).set(backlog)
         self.outbox_oldest_age.labels(self.worker).set(oldest_age_s)
+
+    def queue(self, name: str, role: str, messages: int, consumers: int) -> None:
+        self.queue_messages.labels(self.worker, name, role).set(messages)
+        self.queue_consumers.labels(self.worker, name, role).set(consumers)
+
+    def forget_queues(self) -> None:
+        """A stale depth is worse than none: alerts on absence say the probe stopped."""
+        self.queue_messages.clear()
+        self.queue_consumers.clear()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -122,6 +122,8 @@ class Worker:
             metrics=self.metrics,
             producer=spec.name if spec.emits_events else None,
             interval_s=settings.health_interval_s,
+            queues=((queue.name, "work"),)
+            + (((queue.dead_letter_queue, "dead_letter"),) if queue.dead_letter_queue else ()),
         )
         self.ops_server = (
             OpsServer(
