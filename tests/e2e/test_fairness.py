@@ -244,6 +244,8 @@ async def _start_processes(settings, topology, log_dir, **env: str) -> WorkerPro
             "APPT_NAMESPACE": topology.namespace,
             "APPT_RETRY_DELAYS_S": settings.retry_delays,
             "LOG_LEVEL": os.environ.get("APPT_FLOOD_LOG_LEVEL", "WARNING"),
+            # Within the suite's connection budget (README): three workers on small pools.
+            "APPT_DB_POOL_SIZE": "4",
             **env,
         },
         log_dir,
