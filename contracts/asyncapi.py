@@ -22,7 +22,7 @@ from contracts.reasons import (
     customer_text,
 )
 from contracts.registry import MESSAGE_CLASSES, type_name
-from contracts.routes import publishers_of
+from contracts.routes import PUBLISHERS, publishers_of
 from contracts.signing import KEY_ID_HEADER, PORTAL_ROLE, SIGNATURE_HEADER, SIGNED_AT_HEADER
 from infra.topology import (
     DEAD_LETTER_ROLE,
