@@ -432,6 +432,12 @@ def _outbox_columns() -> list:
         Column("body", LargeBinary, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Column("published_at", DateTime(timezone=True)),
+        # The worker process that wrote the row (migration 0013; workers/runtime/outbox.py, writers).
+        Column(
+            "writer",
+            Integer,
+            server_default=text("NULLIF(current_setting('appt.outbox_writer', true), '')::integer"),
+        ),
         PrimaryKeyConstraint("producer", "id"),
     ]
 

@@ -36,7 +36,7 @@ from tests.waiting import eventually
 from workers.runtime import outbox as outbox_module
 from workers.runtime.broker import Broker
 from workers.runtime.consumer import MAX_CONFLICT_RETRIES, QueueConsumer
-from workers.runtime.database import UnitOfWork
+from workers.runtime.database import UnitOfWork, create_engine
 from workers.runtime.outbox import DirectPublisher, OutboxRelay
 
 pytestmark = pytest.mark.integration
@@ -705,6 +705,41 @@ async def test_events_a_direct_publish_could_not_send_are_left_to_the_relay_for_
     assert relay.published_total == 1 and publisher.published_total == 0
     publisher.stop()
     await asyncio.wait_for(task, timeout=5)
+
+
+async def test_events_a_dead_process_committed_go_out_at_once_not_after_the_grace_period(
+    engine, broker, channel, events_queue, start_relay, database_url
+):
+    """A worker process's rows carry its writer id; while its relay holds the writer lock, another
+    process's relay leaves them to it (grace period); once it is gone, that relay takes them at once."""
+    name = unique_name()
+    writer, survivor_writer = outbox_module.new_writer(), outbox_module.new_writer()
+    dying = start_relay(name, poll_interval_s=0.2, grace_s=60.0, writer=writer)
+    survivor = start_relay(name, poll_interval_s=0.2, grace_s=60.0, writer=survivor_writer)
+    await asyncio.wait_for(dying.writer_held.wait(), timeout=WAIT_S)
+    await asyncio.wait_for(survivor.writer_held.wait(), timeout=WAIT_S)
+    writers_engine = create_engine(database_url, 1, server_settings=outbox_module.writer_settings(writer))
+    try:
+        message = modify_requested()
+        event = rejection_of(message, producer=name, occurred_at=datetime.now(UTC))
+        script = outbox_module.write_script(name, [outbox_module.row_for(event, name)], notify=False)
+        async with writers_engine.begin() as connection:  # as the dying process's transaction
+            await connection.exec_driver_sql(script)
+    finally:
+        await writers_engine.dispose()
+    [row] = await outbox_rows(engine, name)
+    assert row.writer == writer and row.published_at is None
+    await settle()
+    await settle()
+    assert await ready_ids(channel, events_queue.name) == []  # its writer lives: left to its publisher
+
+    dying.stop()  # its LISTEN connection closes, and the server releases the writer lock with it
+    gone = time.monotonic()
+    [delivered] = await take(events_queue, 1, "the events queue", timeout_s=WAIT_S)
+    assert time.monotonic() - gone < 5.0  # seconds, not the 60 s grace period
+    assert delivered.message_id == str(event.message_id)
+    await eventually(lambda: _published(engine, name), "the survivor marked the row published")
+    assert survivor.published_total == 1 and dying.published_total == 0
 
 
 async def _published(engine: AsyncEngine, producer: str) -> bool:

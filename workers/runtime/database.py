@@ -18,6 +18,7 @@ statements be as cheap as a hand-written relay's:
 import asyncio
 import re
 import weakref
+from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import NoReturn
@@ -42,12 +43,22 @@ TENANT_SETTING = "appt.tenant_id"  # what the row-level security policies compar
 _AUTOCOMMIT_VIEWS: "weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine]" = weakref.WeakKeyDictionary()
 
 
-def create_engine(database_url: str, pool_size: int = 10, max_overflow: int = 0) -> AsyncEngine:
+def create_engine(
+    database_url: str,
+    pool_size: int = 10,
+    max_overflow: int = 0,
+    server_settings: Mapping[str, str] | None = None,
+) -> AsyncEngine:
     """A fixed-size pool by default: overflow connections are closed when returned and opened again
     moments later under load (a backend fork each time); a unit of work that finds the pool busy waits
-    for a connection instead. No pre-ping (see the module docstring)."""
+    for a connection instead. No pre-ping (see the module docstring). `server_settings`: session settings
+    every pooled connection opens with (a worker's outbox writer id, `outbox.writer_settings`)."""
     return create_async_engine(
-        database_url, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800
+        database_url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_recycle=1800,
+        connect_args={"server_settings": dict(server_settings)} if server_settings else {},
     )
 
 

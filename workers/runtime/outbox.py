@@ -11,8 +11,11 @@ Two ways out, one guarantee (a committed row is published at least once, marked 
   not race a direct publish still in flight), except when a writer that publishes nothing itself wakes
   it with NOTIFY: those rows it takes at once.
 
-A crash between commit and publish leaves the rows to the relay; a crash between publish and mark (or a
-direct publish racing the relay) publishes twice: consumers dedupe on message_id.
+A crash between commit and publish leaves the rows to the relay, which takes them at once, grace period or
+not: every row names its **writer** (the worker process whose transaction wrote it, migration 0013), each
+worker holds an advisory lock on its writer id for as long as it lives (on its relay's LISTEN
+connection), and a row whose writer holds no lock has nobody about to publish it. A crash between publish
+and mark (or a direct publish racing the relay) publishes twice: consumers dedupe on message_id.
 
 A worker writes into its own partition (`messaging.<worker>_outbox`, migration 0008), one tenant per
 transaction (row-level security); the relay's claim, mark, purge and backlog cross tenants only through
@@ -22,6 +25,7 @@ that worker's own functions (`relay_call`).
 import asyncio
 import contextlib
 import json
+import secrets
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import NamedTuple
@@ -48,6 +52,23 @@ log = structlog.get_logger(__name__)
 # other code paths); the relays listen on their producer's own channel, which `write` notifies, so a
 # commit wakes only the relay that has something to publish.
 NOTIFY_CHANNEL = "outbox"
+
+
+# Writers (migration 0013): a worker's pooled connections carry its writer id in this setting, which the
+# outbox's `writer` column takes as its default; its relay holds the advisory lock (WRITER_LOCK_CLASS,
+# writer id) while the process lives. The claim takes young rows of a writer without that lock at once.
+WRITER_SETTING = "appt.outbox_writer"
+WRITER_LOCK_CLASS = 1095782484  # 'APPT' as an int4; frozen in migration 0013
+
+
+def new_writer() -> int:
+    """A writer id for one worker process's life (a clash with a live process is detected at the lock)."""
+    return secrets.randbelow(2**31 - 2) + 1
+
+
+def writer_settings(writer: int) -> dict[str, str]:
+    """The session settings a writer's pooled connections open with (`database.create_engine`)."""
+    return {WRITER_SETTING: str(writer)}
 
 
 def _headers(value: dict | str) -> dict:
@@ -207,9 +228,15 @@ class OutboxRelay:
         poll_interval_s: float = 1.0,
         retention_s: float = 3600.0,
         grace_s: float = 0.0,
+        writer: int | None = None,
     ) -> None:
         """`grace_s`: leave rows younger than this to the direct publisher that wrote them (0 without
-        one); a NOTIFY still makes the next round take every unpublished row."""
+        one), unless that publisher's process is gone (see `writer`); a NOTIFY still makes the next
+        round take every unpublished row.
+
+        `writer`: this process's writer id (`new_writer`, also in its engine's `writer_settings`): the
+        relay holds its advisory lock on the LISTEN connection, so that other processes' relays leave
+        its young rows to its direct publisher, and take them at once when it is gone."""
         self._engine = engine
         self._broker = broker
         self._producer = producer
@@ -225,6 +252,9 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._listen_lost = asyncio.Event()
+        self._writer = writer
+        # Set while this process holds its writer lock (rows it writes are then known to be in hand).
+        self.writer_held = asyncio.Event()
         self.published_total = 0
 
     def stop(self) -> None:
@@ -287,6 +317,20 @@ class OutboxRelay:
             await uow.commit()
         return int(purged or 0)
 
+    async def _hold_writer_lock(self, connection: asyncpg.Connection, lost: asyncio.Event) -> None:
+        """Take this process's writer lock for the life of `connection` (the server drops it with the
+        session). Busy means another live session holds it: the same id drawn twice, or our own previous
+        LISTEN session not yet ended on the server; try again until it is free."""
+        while not await connection.fetchval(
+            "SELECT pg_try_advisory_lock($1::int4, $2::int4)", WRITER_LOCK_CLASS, self._writer
+        ):
+            log.warning("outbox.writer_lock_busy", writer=self._writer)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), timeout=self._poll_interval)
+            if lost.is_set():
+                return
+        self.writer_held.set()
+
     def _on_notify(self) -> None:
         self._notified = True
         self._wake.set()
@@ -301,12 +345,17 @@ class OutboxRelay:
                 self._listen_lost = lost
                 connection.add_termination_listener(lambda _, lost=lost: lost.set())
                 await connection.add_listener(channel_of(self._producer), lambda *_: self._on_notify())
+                if self._writer is not None:
+                    await self._hold_writer_lock(connection, lost)
                 self._wake.set()  # catch up on anything committed while we were not listening
                 await lost.wait()  # set when the connection drops, or by stop()
             except (OSError, asyncpg.PostgresError) as exc:
                 log.info("outbox.listen_unavailable", error=repr(exc)[:300])
                 await asyncio.sleep(self._poll_interval)
             finally:
+                # The server releases the lock with the session; other relays may take our young rows
+                # now (a duplicate at worst, if our direct publish gets them out too).
+                self.writer_held.clear()
                 if connection is not None and not connection.is_closed():
                     with contextlib.suppress(Exception):
                         await connection.close(timeout=2)
@@ -331,8 +380,9 @@ class DirectPublisher:
     down instead of letting the lag grow until the relay's grace period runs out and it publishes the
     same rows a second time (which loads the broker further).
 
-    Whatever is not confirmed (broker away, timeout, a crash before the confirm) stays unpublished and
-    the relay takes it once it is older than its grace period; a crash after the confirm but before the
+    Whatever is not confirmed (broker away, timeout) stays unpublished and the relay takes it once it is
+    older than its grace period; what a crashed process committed, any relay takes at once (its writer
+    lock is gone, see the module docstring); a crash after the confirm but before the
     mark publishes it twice, and consumers drop the copy by message id.
     """
 

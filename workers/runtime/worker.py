@@ -22,11 +22,12 @@ from workers.runtime.database import create_engine
 from workers.runtime.health import HealthMonitor
 from workers.runtime.metrics import WorkerMetrics
 from workers.runtime.ops_server import OpsServer
-from workers.runtime.outbox import DirectPublisher, OutboxRelay
+from workers.runtime.outbox import DirectPublisher, OutboxRelay, new_writer, writer_settings
 from workers.runtime.settings import Settings
 from workers.runtime.signatures import PORTAL_ROLE, SignaturePolicy
 
 log = structlog.get_logger(__name__)
+WRITER_LOCK_WAIT_S = 10.0
 
 
 class SignaturesNotConfigured(KeyringError):
@@ -51,7 +52,14 @@ class Worker:
         self.spec = spec
         self.settings = settings
         self.topology = topology or build_topology(settings.namespace, settings.retry_delays_s)
-        self.engine = create_engine(settings.database_url, settings.db_pool_size)
+        # The id every outbox row this process writes carries (migration 0013): while the relay holds
+        # its lock, other relays leave those rows to our direct publisher; once we are gone, they don't.
+        self.writer = new_writer() if spec.emits_events else None
+        self.engine = create_engine(
+            settings.database_url,
+            settings.db_pool_size,
+            server_settings=writer_settings(self.writer) if self.writer is not None else None,
+        )
         self.broker = Broker(
             settings.amqp_url,
             self.topology,
@@ -106,6 +114,7 @@ class Worker:
                 poll_interval_s=settings.outbox_poll_interval_s,
                 retention_s=settings.outbox_retention_s,
                 grace_s=settings.outbox_grace_s if self.publisher is not None else 0.0,
+                writer=self.writer,
             )
             if spec.emits_events
             else None
@@ -182,6 +191,10 @@ class Worker:
                 await self.broker.connect(retry_for_s=self.settings.startup_retry_s)
                 if self.relay is not None:
                     self._relay_task = asyncio.create_task(self.relay.run(), name=f"{self.spec.name}-relay")
+                    # Consume once our writer lock is held, so no other relay mistakes the rows we are
+                    # about to write for a dead process's (without it, a duplicate publish at worst).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.relay.writer_held.wait(), timeout=WRITER_LOCK_WAIT_S)
                 if self.publisher is not None:
                     self._publisher_task = asyncio.create_task(
                         self.publisher.run(), name=f"{self.spec.name}-outbox-direct"
