@@ -27,14 +27,16 @@ $(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 venv: $(STAMP)
 
 # requirements.lock: what the workers run on (the Dockerfile installs it); requirements-dev.lock: that plus
-# the dev tools (`make venv`). Existing pins are kept; `make lock UPGRADE=1` moves everything to the newest.
+# the dev tools and the bench's peers (`make venv`). Existing pins are kept; `make lock UPGRADE=1` moves
+# everything to the newest.
 PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
 	--no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade)
 lock:
 	test -x $(BIN)/pip-compile || { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
 		$(BIN)/python -m pip install -q 'pip-tools>=7.4'; }
 	$(PIP_COMPILE) --output-file requirements.lock pyproject.toml
-	$(PIP_COMPILE) --extra dev --constraint requirements.lock --output-file requirements-dev.lock pyproject.toml
+	$(PIP_COMPILE) --extra dev --extra bench --constraint requirements.lock --output-file requirements-dev.lock \
+		pyproject.toml
 
 services:
 	bash infra/services.sh

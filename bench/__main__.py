@@ -1,5 +1,6 @@
-"""`python -m bench [--quick] [--only ours,bare,runtime] [--replicas N] [--profile PROCESS] [--wait-quiet S]`,
-`python -m bench --scale [--quick]`; see docs/benchmarks.md and docs/scaling.md."""
+"""`python -m bench [--quick] [--only ours,bare,runtime,dramatiq,faststream] [--replicas N]
+[--profile PROCESS] [--wait-quiet S]`, `python -m bench --scale [--quick]`;
+see docs/benchmarks.md and docs/scaling.md."""
 
 import argparse
 import asyncio
@@ -7,7 +8,7 @@ import os
 import sys
 
 from apptctl.portal_keys import tool_keyring
-from bench.run import PROFILE_TARGETS, main_async
+from bench.run import PROFILE_TARGETS, SYSTEMS, main_async
 from workers.runtime.settings import Settings
 
 
@@ -20,8 +21,8 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        default="ours,bare,runtime",
-        help="comma-separated systems to run (the summary line needs all three)",
+        default="ours,bare,runtime,dramatiq,faststream",
+        help="comma-separated systems to run (the summary line needs all five)",
     )
     parser.add_argument(
         "--profile",
@@ -60,7 +61,7 @@ def main() -> int:
 
         return asyncio.run(scale_main(args.quick, args.wait_quiet))
     only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(only) - {"ours", "bare", "runtime"}
+    unknown = set(only) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown system(s): {', '.join(sorted(unknown))}")
     return asyncio.run(main_async(args.quick, only, args.profile, args.wait_quiet, args.replicas))

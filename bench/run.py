@@ -17,7 +17,7 @@ import asyncpg
 import psutil
 
 from apptctl.processes import WorkerProcesses
-from bench import rt_stage, seed
+from bench import peer_dramatiq, peer_faststream, rt_stage, seed
 from bench.common import (
     BARE_EXCHANGE,
     OURS_NAMESPACE,
@@ -42,9 +42,20 @@ PROFILE_TARGETS = {
     **{name: "ours" for name in WORKER_NAMES},
     **{f"bare{s}": "bare" for s in STAGES},
     **{f"rt_stage{s}": "runtime" for s in STAGES},
+    **{f"dramatiq{s}": "dramatiq" for s in STAGES},
+    **{f"faststream{s}": "faststream" for s in STAGES},
 }
+SYSTEMS = ("ours", "bare", "runtime", "dramatiq", "faststream")
+# The systems that run the same three trivial stages (bench.hops), with their stage processes' modules.
+STAGE_SYSTEMS = {
+    "bare": "bench.bare",
+    "runtime": "bench.rt_stage",
+    "dramatiq": "bench.peer_dramatiq",
+    "faststream": "bench.peer_faststream",
+}
+STAGE_PREFIX = {"bare": "bare", "runtime": "rt_stage", "dramatiq": "dramatiq", "faststream": "faststream"}
 # How a time budget is shared among the systems still to run (their run times on a quiet machine).
-BUDGET_WEIGHTS = {"ours": 0.45, "bare": 0.25, "runtime": 0.30}
+BUDGET_WEIGHTS = {"ours": 0.33, "bare": 0.17, "runtime": 0.2, "dramatiq": 0.15, "faststream": 0.15}
 TERMINAL = ["completed", "rejected", "failed"]
 # PostgreSQL's cumulative statistics lag by up to a second per backend: a per-phase approximation.
 XACTS_SQL = (
@@ -80,13 +91,13 @@ class Plan:
 
 
 # Quick: 7 s per rate, because OURS needs about three times as long again to work off 200/s on 2 cores,
-# and the three systems, set-up included, must fit in two minutes.
+# and the five systems, set-up included, must fit in about three minutes.
 QUICK = Plan(
     (Phase("w", 50, 1, measured=False), Phase("r50", 50, 7), Phase("r200", 200, 7), Phase("max", None, 5)),
-    {"ours": 1500, "bare": 5000, "runtime": 4000},
+    {"ours": 1500, "bare": 5000, "runtime": 4000, "dramatiq": 4000, "faststream": 4000},
     backlog=200,
     drain_timeout_s=15,
-    budget_s=105,
+    budget_s=170,
 )
 FULL = Plan(
     (
@@ -96,7 +107,7 @@ FULL = Plan(
         Phase("r400", 400, 20),
         Phase("max", None, 20),
     ),
-    {"ours": 6000, "bare": 20000, "runtime": 12000},
+    {"ours": 6000, "bare": 20000, "runtime": 12000, "dramatiq": 12000, "faststream": 12000},
     backlog=200,
     drain_timeout_s=150,
 )
@@ -153,6 +164,8 @@ class System:
     count_sql: str
     done_sql: str
     sign_as: str | None = None  # the portal producer whose key signs the load (our pipeline checks it)
+    # How the load generator's body is made from a request's id and bytes (Dramatiq's own message format)
+    body_of: Callable[[str, str], bytes] | None = None
 
 
 OURS_DONE_WHERE = "FROM portal.requests WHERE request_id LIKE $1 AND status = ANY($2::text[])"
@@ -197,6 +210,29 @@ def systems() -> dict[str, System]:
             f"SELECT count(*) {HOPS_DONE_WHERE}",
             f"SELECT id, 'completed', extract(epoch FROM at)::float8 {HOPS_DONE_WHERE}",
         ),
+        "dramatiq": System(
+            "dramatiq",
+            "DRAMATIQ: 3 actors (RabbitmqBroker, confirm_delivery, quorum queues, 1 PostgreSQL tx each)",
+            peer_dramatiq.exchange_name(),
+            peer_dramatiq.actor_name(1),
+            peer_dramatiq.queue_name(1),
+            [peer_dramatiq.queue_name(s) for s in STAGES],
+            [],
+            f"SELECT count(*) {HOPS_DONE_WHERE}",
+            f"SELECT id, 'completed', extract(epoch FROM at)::float8 {HOPS_DONE_WHERE}",
+            body_of=peer_dramatiq.first_message,
+        ),
+        "faststream": System(
+            "faststream",
+            "FASTSTREAM: 3 subscribers (RabbitBroker, confirms, persist, quorum, 1 PostgreSQL tx each)",
+            peer_faststream.exchange_name(),
+            peer_faststream.routing_key(1),
+            peer_faststream.queue_name(1),
+            [peer_faststream.queue_name(s) for s in STAGES],
+            [],
+            f"SELECT count(*) {HOPS_DONE_WHERE}",
+            f"SELECT id, 'completed', extract(epoch FROM at)::float8 {HOPS_DONE_WHERE}",
+        ),
     }
 
 
@@ -224,6 +260,9 @@ async def reset_broker(url: str) -> None:
                 bare_queue(stage), durable=True, arguments={"x-queue-type": "quorum"}
             )
             await queue.bind(exchange, routing_key=f"s{stage}")
+        for peer in (peer_dramatiq, peer_faststream):
+            await peer.delete(channel)
+            await peer.declare(channel)
 
 
 async def wait_consumers(
@@ -313,7 +352,7 @@ async def run_phase(
     tag = f"{system.key}-{phase.key}"
     plan_file = work_dir / f"{tag}.plan.jsonl"
     out_file = work_dir / f"{tag}.sent.json"
-    seed.write_plan(plan_file, messages)
+    seed.write_plan(plan_file, messages, system.body_of)
     command = [
         sys.executable, "-m", "bench.loadgen", "--plan", str(plan_file), "--out", str(out_file),
         "--exchange", system.exchange, "--routing-key", system.routing_key,
@@ -528,12 +567,24 @@ def summary_line(results: dict[str, SystemResult]) -> str:
         phase = results[key].phase("r200") if key in results else None
         return phase.p(99) if phase else None
 
+    def cpu_per_hop(key: str) -> float:
+        """CPU ms its three stage processes spent per request, per hop, at max (PostgreSQL, the broker
+        and the load generator left out: the framework's own cost)."""
+        phase = results[key].phase("max") if key in results else None
+        if phase is None:
+            return float("nan")
+        own = [phase.cpu_ms_per_request.get(name, float("nan")) for name in results[key].process_names]
+        return sum(own) / len(STAGES) if own else float("nan")
+
     ours, bare = thr("ours"), thr("bare")
     return (
         f"bench: throughput_ratio={ratio(ours, bare):.2f}"
         f" p99_ratio_at_200={ratio(p99_at_200('ours'), p99_at_200('bare')):.2f}"
         f" runtime_ratio={ratio(thr('runtime'), bare):.2f}"
+        f" dramatiq_ratio={ratio(thr('dramatiq'), bare):.2f}"
+        f" faststream_ratio={ratio(thr('faststream'), bare):.2f}"
         f" ours_rps={ours or float('nan'):.0f} bare_rps={bare or float('nan'):.0f}"
+        f" runtime_cpu_ms_per_hop={cpu_per_hop('runtime'):.2f} bare_cpu_ms_per_hop={cpu_per_hop('bare'):.2f}"
     )
 
 
@@ -568,6 +619,10 @@ def to_json(results: dict[str, SystemResult]) -> dict:
 
 
 # --- the run ------------------------------------------------------------------------------------------
+def _stage_queues(system: System) -> Callable[[int], str]:
+    return lambda stage: system.work_queues[stage - 1]
+
+
 def _phase_counts(plan: Plan, key: str) -> dict[str, int]:
     return {p.key: plan.max_count[key] if p.rate is None else int(p.rate * p.duration_s) for p in plan.phases}
 
@@ -624,7 +679,7 @@ async def main_async(
     await reset_broker(amqp)
     await seed.reset_database(db_url)
     now = datetime.now(UTC)
-    counts = {key: _phase_counts(plan, key) for key in ("ours", "bare", "runtime")}
+    counts = {key: _phase_counts(plan, key) for key in SYSTEMS}
     schedule = seed.plan_schedule(sum(counts["ours"].values()), now)
     targets = schedule.targets
     log(f"reset; schedule planned: {len(targets)} request targets in {len(seed.TENANTS)} tenants")
@@ -638,7 +693,7 @@ async def main_async(
         messages["ours"][phase_key] = [
             seed.modify_request(f"ours-{phase_key}", i, t, now) for i, t in enumerate(batch)
         ]
-    for key in ("bare", "runtime"):
+    for key in STAGE_SYSTEMS:
         messages[key] = {
             phase_key: [
                 seed.modify_request(f"{key}-{phase_key}", i, seed.synthetic_target(i), now) for i in range(n)
@@ -661,7 +716,7 @@ async def main_async(
 
     def system_deadline(key: str) -> float:
         """This system's share of what is left of the budget (weighted by typical run time)."""
-        remaining = [k for k in ("ours", "bare", "runtime") if k in only and k not in results]
+        remaining = [k for k in SYSTEMS if k in only and k not in results]
         share = BUDGET_WEIGHTS[key] / sum(BUDGET_WEIGHTS[k] for k in remaining)
         now = time.monotonic()
         return now + share * (deadline - now) if deadline != float("inf") else deadline
@@ -689,12 +744,10 @@ async def main_async(
                 defs["ours"], start_ours, workers.stop, messages["ours"], plan, db, work_dir,
                 system_deadline("ours"), setup_ours, (profile, spy_out) if profile else None,
             )  # fmt: skip
-        for key, module, prefix, queue_of in (
-            ("bare", "bench.bare", "bare", bare_queue),
-            ("runtime", "bench.rt_stage", "rt_stage", runtime_queue),
-        ):
+        for key, module in STAGE_SYSTEMS.items():
             if key not in only:
                 continue
+            prefix, queue_of = STAGE_PREFIX[key], _stage_queues(defs[key])
             env = {**base_env, "APPT_NAMESPACE": RUNTIME_NAMESPACE}
             if key == "runtime":
                 # The trivial stages pass modify.requested along their own exchanges, not the portals':
@@ -726,7 +779,7 @@ async def main_async(
         print_profile(spy_out)
         return 0
 
-    for key in ("ours", "bare", "runtime"):
+    for key in SYSTEMS:
         if key in results:
             print_system(results[key])
     (work_dir / "results.json").write_text(json.dumps(to_json(results), indent=2))

@@ -17,6 +17,7 @@ construction jobs every other request comes from the project's subcontractor ins
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -312,10 +313,16 @@ def synthetic_target(i: int) -> Target:
     return Target(TENANTS[i % len(TENANTS)], f"apt-x{i}", f"cust-{i % 3000}", cancel=i % 7 == 3)
 
 
-def write_plan(path: Path, messages: list[ModifyRequested]) -> None:
+def write_plan(
+    path: Path, messages: list[ModifyRequested], body_of: Callable[[str, str], bytes] | None = None
+) -> None:
+    """JSON lines for the load generator; `body_of(request_id, body)`: the body another system's first
+    stage takes (Dramatiq's message, whose arguments are the request id and bytes), made here, unmeasured."""
     with path.open("w") as out:
         for m in messages:
             body = encode(m).decode()
+            if body_of is not None:
+                body = body_of(m.correlation_id, body).decode()
             item = {"id": m.correlation_id, "mid": str(m.message_id), "type": m.type, "body": body}
             out.write(json.dumps(item))
             out.write("\n")

@@ -21,6 +21,8 @@ LOCAL_PACKAGES = {*SHIPPED, "tests", "bench"}
 PROJECT = PYPROJECT["project"]
 RUNTIME = [Requirement(text) for text in PROJECT["dependencies"]]
 DEV = [Requirement(text) for text in PROJECT["optional-dependencies"]["dev"]]
+# The bench's peers (Dramatiq, FastStream): in the dev lock (`make venv`), never in the image.
+BENCH = [Requirement(text) for text in PROJECT["optional-dependencies"]["bench"]]
 STALE = "run `make lock` (regenerates requirements.lock and requirements-dev.lock from pyproject.toml)"
 
 
@@ -42,11 +44,13 @@ def pins(name: str) -> dict[str, str]:
 
 
 def applies(requirement: Requirement) -> bool:
-    return requirement.marker is None or requirement.marker.evaluate(default_environment() | {"extra": "dev"})
+    return requirement.marker is None or any(
+        requirement.marker.evaluate(default_environment() | {"extra": extra}) for extra in ("dev", "bench")
+    )
 
 
 @pytest.mark.parametrize(
-    ("lock", "declared"), [("requirements.lock", RUNTIME), ("requirements-dev.lock", RUNTIME + DEV)]
+    ("lock", "declared"), [("requirements.lock", RUNTIME), ("requirements-dev.lock", RUNTIME + DEV + BENCH)]
 )
 def test_the_lock_pins_every_declared_dependency_at_an_allowed_version(lock: str, declared) -> None:
     pinned = pins(lock)
@@ -76,6 +80,7 @@ def test_the_runtime_lock_holds_no_dev_tool() -> None:
     }
     assert tools <= {canonicalize_name(r.name) for r in DEV}
     assert sorted(tools & set(pins("requirements.lock"))) == []
+    assert sorted({canonicalize_name(r.name) for r in BENCH} & set(pins("requirements.lock"))) == []
 
 
 def third_party_imports(folders: tuple[str, ...]) -> dict[str, set[str]]:
@@ -113,4 +118,4 @@ def test_every_package_the_shipped_code_imports_is_a_runtime_dependency() -> Non
 
 
 def test_every_package_the_tests_and_bench_import_is_declared() -> None:
-    assert undeclared(("tests", "bench"), RUNTIME + DEV) == []
+    assert undeclared(("tests", "bench"), RUNTIME + DEV + BENCH) == []
