@@ -15,14 +15,14 @@ rows used to wait out that grace period (30 s in production). Now:
   writer holds no such lock in this database: nobody is about to publish them, so they go out now.
 
 Revision ID: 0013
-Revises: 0010
+Revises: 0012
 Create Date: 2026-12-06
 """
 
 from alembic import op
 
 revision = "0013"
-down_revision = "0010"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
