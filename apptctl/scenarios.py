@@ -25,8 +25,8 @@ from contracts.office_v1 import (
     PortalSettingsPayload,
     PortalSettingsUpdated,
 )
-from contracts.office_v2 import Permission as PermissionV2
 from contracts.office_v2 import (
+    CancelSettings,
     PortalSettingsUpdatedV2,
     PortalSettingsV2Payload,
     RescheduleSettings,
@@ -34,6 +34,7 @@ from contracts.office_v2 import (
     SettingsLayer,
     SettingsScope,
 )
+from contracts.office_v2 import Permission as PermissionV2
 from contracts.portal_v1 import Cancel, ModifyRequested, ModifyRequestedPayload, Reschedule
 
 ALLOW, DENY = Permission.ALLOW, Permission.DENY
@@ -123,6 +124,29 @@ def build_world(run_id: str, now: datetime | None = None, tenant_suffix: str = "
                 ),
             )
         )
+
+    # Commercial service: the business keeps a list of cancel reasons (the portal offers them as a choice;
+    # the gate refuses a reason off the list), set on its commercial HVAC unit (settings schema v2).
+    world.settings.append(
+        PortalSettingsUpdatedV2(
+            **_meta(tenant("metro-hvac"), f"settings-{run_id}-cancel-reasons", "office", now),
+            payload=PortalSettingsV2Payload(
+                scope=SettingsScope(level=ScopeLevel.BUSINESS_UNIT, key="commercial-hvac"),
+                settings=SettingsLayer(
+                    cancel=CancelSettings(
+                        reason_required=True,
+                        allowed_reasons=[
+                            "Tenant moved out",
+                            "Work no longer needed",
+                            "Chose another company",
+                        ],
+                    )
+                ),
+                settings_version=settings_version,
+                changed_by="admin-1",
+            ),
+        )
+    )
 
     def book(
         tenant_name: str,

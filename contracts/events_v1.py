@@ -181,6 +181,17 @@ class PickRules(Strict):
     not_after: Timestamp | None = Field(default=None, description="The project's end, if dated.")
 
 
+class CancelRules(Strict):
+    """What a cancel must say, so the portal offers what the gate accepts (it refuses anything else)."""
+
+    reason_required: bool = Field(default=False, description="A cancel without a reason is refused.")
+    allowed_reasons: list[ShortText] | None = Field(
+        default=None,
+        max_length=50,
+        description="The reasons a customer may give (offer them as a list); null: any reason.",
+    )
+
+
 class AppointmentOfferChangedPayload(Strict):
     appointment_id: EntityId
     job_id: EntityId
@@ -194,6 +205,14 @@ class AppointmentOfferChangedPayload(Strict):
     )
     pick: PickRules | None = Field(
         default=None, description="What a new window must satisfy (the portal lists the free ones)."
+    )
+    cancel_rules: CancelRules | None = Field(
+        default=None, description="What a cancel must say (reason required, the business's list of reasons)."
+    )
+    contacts: list[EntityId] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Who else may act on the appointment with the same offer: its project's named contacts.",
     )
 
 

@@ -26,10 +26,19 @@ class ActionOffer(BaseModel):
     reason: str | None = Field(default=None, description="Why not, as a sentence for the customer.")
 
 
+class CancelOffer(ActionOffer):
+    reason_required: bool = Field(default=False, description="A cancel without a reason is refused.")
+    reasons: list[str] | None = Field(
+        default=None,
+        description="The business's list of cancel reasons: send one of them (offer it as a choice); "
+        "null: any reason.",
+    )
+
+
 class Offers(BaseModel):
     modify: bool = Field(description="Show the Modify button.")
     reschedule: ActionOffer
-    cancel: ActionOffer
+    cancel: CancelOffer
     until: datetime | None = Field(
         default=None, description="When this may change by itself (a notice window closing); null: never."
     )

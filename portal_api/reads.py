@@ -30,21 +30,27 @@ _APPOINTMENT_COLUMNS = (
     "a.appointment_id, a.job_id, a.customer_id, a.business_unit, a.job_type, a.window_start, a.window_end, "
     "a.status, a.confirmation, a.version, a.updated_at, coalesce(u.time_zone, 'UTC') AS time_zone, "
     "n.reschedule_offered, n.reschedule_needs_approval, n.reschedule_reason_code, n.reschedule_reason, "
-    "n.cancel_offered, n.cancel_needs_approval, n.cancel_reason_code, n.cancel_reason, n.offer_changes_at"
+    "n.cancel_offered, n.cancel_needs_approval, n.cancel_reason_code, n.cancel_reason, n.offer_changes_at, "
+    "coalesce(o.cancel_reason_required, false) AS cancel_reason_required, o.cancel_reasons"
 )
 _APPOINTMENT_FROM = (
     "FROM portal.appointments a "
     "LEFT JOIN portal.business_units u ON u.tenant_id = a.tenant_id AND u.business_unit = a.business_unit "
     "LEFT JOIN portal.offers_now n ON n.tenant_id = a.tenant_id AND n.appointment_id = a.appointment_id "
+    "LEFT JOIN portal.appointment_offers o "
+    "ON o.tenant_id = a.tenant_id AND o.appointment_id = a.appointment_id "
 )
+# Who may act on an appointment: its customer, or a named contact of its project (the gate's ownership
+# rule; the gate's offer lists them, so the read store never disagrees with the gate).
+_ACTS_ON = "(a.customer_id = :customer OR :customer = ANY(o.contact_ids))"
 CUSTOMER_UPCOMING = text(
     f"SELECT {_APPOINTMENT_COLUMNS} {_APPOINTMENT_FROM}"
-    "WHERE a.tenant_id = :tenant AND a.customer_id = :customer AND a.window_end > now() "
+    f"WHERE a.tenant_id = :tenant AND {_ACTS_ON} AND a.window_end > now() "
     "ORDER BY a.window_start, a.appointment_id"
 )
 ONE_APPOINTMENT = text(
     f"SELECT {_APPOINTMENT_COLUMNS} {_APPOINTMENT_FROM}"
-    "WHERE a.tenant_id = :tenant AND a.appointment_id = :appointment AND a.customer_id = :customer"
+    f"WHERE a.tenant_id = :tenant AND a.appointment_id = :appointment AND {_ACTS_ON}"
 )
 TENANT_UPCOMING = text(
     f"SELECT {_APPOINTMENT_COLUMNS} {_APPOINTMENT_FROM}"
@@ -55,11 +61,15 @@ APPOINTMENTS_BY_ID = text(
     "WHERE a.tenant_id = :tenant AND a.appointment_id IN :ids"
 ).bindparams(bindparam("ids", expanding=True))
 CUSTOMER_JOBS = text(
-    "SELECT job_id, status, version FROM portal.jobs WHERE tenant_id = :tenant AND customer_id = :customer"
+    "SELECT job_id, status, version FROM portal.jobs WHERE tenant_id = :tenant AND (customer_id = :customer "
+    "OR job_id IN (SELECT c.job_id FROM portal.appointment_offers c "
+    "WHERE c.tenant_id = :tenant AND :customer = ANY(c.contact_ids)))"
 )
 PICKABLE = text(
     "SELECT starts_at, ends_at, free FROM portal.pickable_windows "
-    "WHERE tenant_id = :tenant AND appointment_id = :appointment AND customer_id = :customer "
+    "WHERE tenant_id = :tenant AND appointment_id = :appointment "
+    "AND (customer_id = :customer OR EXISTS (SELECT 1 FROM portal.appointment_offers c "
+    "WHERE c.tenant_id = :tenant AND c.appointment_id = :appointment AND :customer = ANY(c.contact_ids))) "
     "ORDER BY starts_at LIMIT 200"
 )
 REQUEST_STATE = text(
@@ -73,7 +83,8 @@ OWN_REQUEST = text(
 REQUEST_OF_CUSTOMER = text(
     "SELECT r.request_id FROM portal.requests r "
     "JOIN portal.appointments a ON a.tenant_id = r.tenant_id AND a.appointment_id = r.appointment_id "
-    "WHERE r.tenant_id = :tenant AND r.request_id = :request AND a.customer_id = :customer"
+    "WHERE r.tenant_id = :tenant AND r.request_id = :request "
+    "AND (a.customer_id = :customer OR r.requester_id = :customer)"
 )
 APPROVALS = text(
     "SELECT r.request_id, r.appointment_id, a.customer_id, r.requester_id, r.action, r.reason_code, "
@@ -150,7 +161,11 @@ def _appointment_fields(row) -> dict:
         offers=models.Offers(
             modify=reschedule.offered or cancel.offered,
             reschedule=reschedule,
-            cancel=cancel,
+            cancel=models.CancelOffer(
+                **cancel.model_dump(),
+                reason_required=row.cancel_reason_required,
+                reasons=row.cancel_reasons,
+            ),
             until=row.offer_changes_at,
         ),
     )

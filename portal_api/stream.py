@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -51,12 +51,18 @@ class FeedEvent:
 class Subscription:
     tenant_id: str
     customer_id: str | None  # None: the whole business (office)
+    # As a project contact: the appointments (and their jobs) it may act on, as of subscribing.
+    appointments: frozenset[str] = frozenset()
+    jobs: frozenset[str] = frozenset()
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(SUBSCRIBER_BUFFER))
     overflowed: bool = False
 
     def wants(self, event: FeedEvent) -> bool:
         return event.tenant_id == self.tenant_id and (
-            self.customer_id is None or event.data.get("customer_id") == self.customer_id
+            self.customer_id is None
+            or event.data.get("customer_id") == self.customer_id
+            or event.data.get("appointment_id") in self.appointments
+            or (event.data.get("view") == "job" and event.data.get("job_id") in self.jobs)
         )
 
 
@@ -125,8 +131,20 @@ class FeedHub:
             for waiter in self._request_waiters.get((event.tenant_id, request_id), ()):
                 waiter.set()
 
-    def subscribe(self, tenant_id: str, customer_id: str | None) -> Subscription:
-        subscription = Subscription(tenant_id, customer_id)
+    def subscribe(
+        self,
+        tenant_id: str,
+        customer_id: str | None,
+        contact_of: Iterable[tuple[str, str]] = (),
+    ) -> Subscription:
+        """`contact_of`: (appointment, job) pairs the customer may act on as a project contact."""
+        pairs = list(contact_of)
+        subscription = Subscription(
+            tenant_id,
+            customer_id,
+            frozenset(appointment for appointment, _ in pairs),
+            frozenset(job for _, job in pairs),
+        )
         self._subscriptions.add(subscription)
         return subscription
 
@@ -149,31 +167,54 @@ class FeedHub:
 # What changed since a time, per view, as the feed would have said it (customer: NULL = all customers).
 REPLAY = text(
     """
+    WITH contact_of AS (
+        SELECT appointment_id, job_id FROM portal.appointment_offers
+        WHERE tenant_id = :tenant AND CAST(:customer AS varchar) = ANY(contact_ids)
+    )
     SELECT 'appointment' AS view, a.customer_id, a.job_id, a.appointment_id, NULL AS request_id,
            a.status, a.version, a.updated_at
     FROM portal.appointments a
     WHERE a.tenant_id = :tenant AND a.updated_at > :since
-      AND (CAST(:customer AS varchar) IS NULL OR a.customer_id = :customer)
+      AND (CAST(:customer AS varchar) IS NULL OR a.customer_id = :customer
+           OR a.appointment_id IN (SELECT appointment_id FROM contact_of))
     UNION ALL
     SELECT 'job', j.customer_id, j.job_id, NULL, NULL, j.status, j.version, j.updated_at
     FROM portal.jobs j
     WHERE j.tenant_id = :tenant AND j.updated_at > :since
-      AND (CAST(:customer AS varchar) IS NULL OR j.customer_id = :customer)
+      AND (CAST(:customer AS varchar) IS NULL OR j.customer_id = :customer
+           OR j.job_id IN (SELECT job_id FROM contact_of))
     UNION ALL
     SELECT 'request', a.customer_id, a.job_id, r.appointment_id, r.request_id, r.status, NULL, r.updated_at
     FROM portal.requests r
     JOIN portal.appointments a ON a.tenant_id = r.tenant_id AND a.appointment_id = r.appointment_id
     WHERE r.tenant_id = :tenant AND r.updated_at > :since
-      AND (CAST(:customer AS varchar) IS NULL OR a.customer_id = :customer)
+      AND (CAST(:customer AS varchar) IS NULL OR a.customer_id = :customer
+           OR a.appointment_id IN (SELECT appointment_id FROM contact_of))
     UNION ALL
     SELECT 'offer', o.customer_id, o.job_id, o.appointment_id, NULL, NULL, o.offer_version, o.updated_at
     FROM portal.appointment_offers o
     WHERE o.tenant_id = :tenant AND o.updated_at > :since
-      AND (CAST(:customer AS varchar) IS NULL OR o.customer_id = :customer)
+      AND (CAST(:customer AS varchar) IS NULL OR o.customer_id = :customer
+           OR o.appointment_id IN (SELECT appointment_id FROM contact_of))
     ORDER BY updated_at
     LIMIT 5000
     """
 )
+
+
+CONTACT_OF = text(
+    "SELECT appointment_id, job_id FROM portal.appointment_offers "
+    "WHERE tenant_id = :tenant AND :customer = ANY(contact_ids) LIMIT 5000"
+)
+
+
+async def contact_appointments(
+    engine: AsyncEngine, tenant_id: str, customer_id: str
+) -> list[tuple[str, str]]:
+    """The (appointment, job) pairs a project contact may act on (none for a plain customer)."""
+    async with tenant_transaction(engine, tenant_id) as conn:
+        rows = await conn.execute(CONTACT_OF, {"tenant": tenant_id, "customer": customer_id})
+        return [(r.appointment_id, r.job_id) for r in rows]
 
 
 async def replay(
@@ -215,7 +256,8 @@ async def sse(
     """The stream: subscribe first (nothing is missed while replaying), replay what came after
     `last_id`, then live events; a `ready` event carries an id so a client that saw nothing else yet
     still resumes from here."""
-    subscription = hub.subscribe(tenant_id, customer_id)
+    contact_of = await contact_appointments(engine, tenant_id, customer_id) if customer_id else []
+    subscription = hub.subscribe(tenant_id, customer_id, contact_of)
     try:
         yield "retry: 1000\n\n"
         if last_id is not None:

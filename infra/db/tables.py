@@ -21,7 +21,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 metadata = MetaData()
 
@@ -205,6 +205,7 @@ offers = Table(
     Column("segments", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("computed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("pick", JSONB),
+    Column("terms", JSONB),
     PrimaryKeyConstraint("tenant_id", "appointment_id"),
     schema="policy",
 )
@@ -287,6 +288,9 @@ portal_appointment_offers = Table(
     Column("max_horizon_days", Integer),
     Column("not_before", DateTime(timezone=True)),
     Column("not_after", DateTime(timezone=True)),
+    Column("cancel_reason_required", Boolean, nullable=False, server_default=text("false")),
+    Column("cancel_reasons", JSONB),
+    Column("contact_ids", ARRAY(ID), nullable=False, server_default=text("'{}'")),
     PrimaryKeyConstraint("tenant_id", "appointment_id"),
     Index("portal_offers_by_customer", "tenant_id", "customer_id"),
     schema="portal",

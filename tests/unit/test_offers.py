@@ -13,17 +13,23 @@ from contracts.reasons import RejectionCode
 from tests.unit.test_policy_rules import (
     CUSTOMER,
     NOW,
+    OPEN,
+    PROJECT_LEAD,
+    SUBCONTRACTOR,
     US,
     business,
+    cancel,
     effective,
     facts,
     known_facts,
     layer_sets,
     project,
+    run,
     window,
 )
+from workers.policy_gate.offering import cancel_rules, contacts_of
 from workers.policy_gate.offers import ActionOffer, change_points, offer_timeline, segment_at
-from workers.policy_gate.rules import check_action
+from workers.policy_gate.rules import Outcome, check_action
 from workers.policy_gate.settings import resolve
 
 ACTIONS = ("reschedule", "cancel")
@@ -161,3 +167,28 @@ def test_the_offer_equals_the_gate_for_any_settings(appointment, layers, offset)
     timeline = offer_timeline(appointment, settings_, NOW)
     for moment in (NOW, NOW + offset):
         assert offered_at(timeline, moment) == gate_answer(appointment, settings_, moment)
+
+
+def test_the_offer_carries_the_cancel_terms_the_gate_checks() -> None:
+    """The list the portal offers is the list the gate accepts: each listed reason passes, others don't."""
+    reasons = ["Tenant moved out", "Work no longer needed"]
+    settings = effective(business(cancel={"reason_required": True, "allowed_reasons": reasons}))
+    rules = cancel_rules(settings)
+    assert rules.reason_required is True and rules.allowed_reasons == reasons
+    for reason in rules.allowed_reasons:
+        assert run(change=cancel(reason), config=settings).outcome is Outcome.APPROVED
+    assert run(change=cancel("Other"), config=settings).reason_code == RejectionCode.CANCEL_REASON_NOT_ALLOWED
+    assert run(change=cancel(None), config=settings).reason_code == RejectionCode.CANCEL_REASON_REQUIRED
+    assert cancel_rules(effective(business())).model_dump() == {
+        "reason_required": False,
+        "allowed_reasons": None,
+    }
+
+
+def test_the_offer_names_the_project_contacts_the_gate_lets_act() -> None:
+    appointment = facts(project=project(contacts=frozenset({PROJECT_LEAD, SUBCONTRACTOR})))
+    assert contacts_of(appointment) == sorted([PROJECT_LEAD, SUBCONTRACTOR])
+    for contact in contacts_of(appointment):
+        assert run(requester_id=contact, appointment=appointment, config=OPEN).outcome is Outcome.APPROVED
+    assert run(requester_id="stranger-1", appointment=appointment, config=OPEN).outcome is Outcome.REJECTED
+    assert contacts_of(facts(project=None)) == []

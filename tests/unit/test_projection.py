@@ -22,10 +22,13 @@ from contracts.envelope import Envelope, Strict
 from contracts.events_v1 import (
     AppointmentCanceled,
     AppointmentCanceledPayload,
+    AppointmentOfferChanged,
+    AppointmentOfferChangedPayload,
     AppointmentRescheduled,
     AppointmentRescheduledPayload,
     AppointmentUpdated,
     AppointmentUpdatedPayload,
+    CancelRules,
     Initiator,
     JobStatusChanged,
     JobStatusChangedPayload,
@@ -33,6 +36,8 @@ from contracts.events_v1 import (
     ModifyFailedPayload,
     ModifyRejected,
     ModifyRejectedPayload,
+    OfferedAction,
+    OfferSegment,
 )
 from contracts.internal_v1 import ModifyApproved, ModifyApprovedPayload
 from contracts.office_v1 import (
@@ -51,6 +56,7 @@ from workers.portal_sync.projection import (
     appointment_snapshot,
     job_row,
     merge_request,
+    offer_row,
     request_outcome,
 )
 
@@ -452,3 +458,39 @@ def test_a_replayed_snapshot_of_the_same_version_is_not_rewritten() -> None:
     replay_with_other_state = canceled(version=6)
     row = fold_appointment_rows([first, replay_with_other_state])
     assert row == appointment_row(first.payload.appointment)
+
+
+def _offer(**extra) -> AppointmentOfferChanged:
+    action = OfferedAction(offered=True)
+    return message(
+        AppointmentOfferChanged,
+        AppointmentOfferChangedPayload(
+            appointment_id=APPOINTMENT_ID,
+            job_id="job-1",
+            customer_id=CUSTOMER,
+            offer_version=3,
+            appointment_version=2,
+            segments=[OfferSegment(reschedule=action, cancel=action)],
+            **extra,
+        ),
+    )
+
+
+def test_an_offer_projects_its_cancel_terms_and_project_contacts() -> None:
+    row = offer_row(
+        _offer(
+            cancel_rules=CancelRules(reason_required=True, allowed_reasons=["Weather", "Budget"]),
+            contacts=["lead-1", "sub-1"],
+        )
+    )
+    assert row is not None
+    assert row["cancel_reason_required"] is True
+    assert row["cancel_reasons"] == ["Weather", "Budget"]
+    assert row["contact_ids"] == ["lead-1", "sub-1"]
+
+
+def test_an_offer_without_terms_means_any_reason_and_only_the_customer() -> None:
+    """An offer from a gate that predates the terms (schema version 1 without them) still projects."""
+    row = offer_row(_offer())
+    assert row is not None
+    assert (row["cancel_reason_required"], row["cancel_reasons"], row["contact_ids"]) == (False, None, [])

@@ -10,6 +10,7 @@ from contracts.events_v1 import (
     AppointmentOfferChangedPayload,
     AppointmentRescheduled,
     AppointmentUpdated,
+    CancelRules,
     OfferedAction,
     OfferSegment,
     PickRules,
@@ -61,6 +62,20 @@ def pick_rules(facts, settings) -> PickRules:
     )
 
 
+def cancel_rules(settings) -> CancelRules:
+    """What a cancel must say (the gate refuses a missing required reason or one off the list)."""
+    allowed = settings.get("cancel.allowed_reasons")
+    return CancelRules(
+        reason_required=bool(settings.get("cancel.reason_required")),
+        allowed_reasons=list(allowed) if allowed is not None else None,
+    )
+
+
+def contacts_of(facts) -> list[str]:
+    """The project's named contacts: the gate lets them act on the appointment like its customer."""
+    return sorted(facts.project.contacts) if facts.project is not None else []
+
+
 async def refresh_offers(uow: UnitOfWork, cause: Envelope, tenant_id: str, appointment_ids: list[str]) -> int:
     """Recompute the offers of some appointments (locked in id order), as of the transaction's clock;
     emit one event per changed offer. Returns how many changed."""
@@ -79,9 +94,12 @@ async def refresh_offers(uow: UnitOfWork, cause: Envelope, tenant_id: str, appoi
         pick = pick_rules(facts, settings)
         document = [segment.model_dump(mode="json") for segment in segments]
         pick_document = pick.model_dump(mode="json")
-        if (document, pick_document, facts.version) == (
+        rules, contacts = cancel_rules(settings), contacts_of(facts)
+        terms = {"cancel_rules": rules.model_dump(mode="json"), "contacts": contacts}
+        if (document, pick_document, terms, facts.version) == (
             stored["segments"],
             stored["pick"],
+            stored["terms"],
             stored["appointment_version"],
         ):
             continue
@@ -94,6 +112,7 @@ async def refresh_offers(uow: UnitOfWork, cause: Envelope, tenant_id: str, appoi
             appointment_version=facts.version,
             segments=document,
             pick=pick_document,
+            terms=terms,
             computed_at=now,
         )
         await uow.emit(
@@ -109,6 +128,8 @@ async def refresh_offers(uow: UnitOfWork, cause: Envelope, tenant_id: str, appoi
                     appointment_version=facts.version,
                     segments=segments,
                     pick=pick,
+                    cancel_rules=rules,
+                    contacts=contacts,
                 ),
             )
         )
@@ -170,5 +191,6 @@ async def continue_refresh(message: RefreshOffers, uow: UnitOfWork) -> None:
 
 
 async def follow_project(message: ProjectUpdated, uow: UnitOfWork) -> None:
-    """A project's lock or dates changed: every upcoming appointment of it may offer something else."""
+    """A project's lock, dates or contacts changed: every upcoming appointment of it may offer something
+    else (or to someone else)."""
     await follow_scope(uow, message, ScopeLevel.PROJECT, message.payload.project_id)

@@ -386,7 +386,7 @@ INSERT INTO policy.offers (tenant_id, appointment_id) SELECT $1, unnest($2::text
 ON CONFLICT DO NOTHING
 """
 _LOCK_OFFERS = """
-SELECT appointment_id, offer_version, appointment_version, segments, pick FROM policy.offers
+SELECT appointment_id, offer_version, appointment_version, segments, pick, terms FROM policy.offers
  WHERE tenant_id = $1 AND appointment_id = ANY($2::text[])
  ORDER BY appointment_id
    FOR UPDATE
@@ -405,7 +405,7 @@ async def lock_offers(driver: asyncpg.Connection, tenant_id: str, appointment_id
 
 _SAVE_OFFER = """
 UPDATE policy.offers
-   SET offer_version = $3, appointment_version = $4, segments = $5, pick = $6, computed_at = $7
+   SET offer_version = $3, appointment_version = $4, segments = $5, pick = $6, computed_at = $7, terms = $8
  WHERE tenant_id = $1 AND appointment_id = $2
 """
 
@@ -420,6 +420,7 @@ async def save_offer(
     segments: list[dict],
     pick: dict,
     computed_at: datetime,
+    terms: dict,
 ) -> None:
     await driver.execute(
         _SAVE_OFFER,
@@ -430,4 +431,5 @@ async def save_offer(
         json.dumps(segments),
         json.dumps(pick),
         computed_at,
+        json.dumps(terms),
     )

@@ -145,6 +145,9 @@ def offer_row(event) -> dict | None:
             appointment_version=p.appointment_version,
             segments=[segment.model_dump(mode="json") for segment in p.segments],
             **_pick_columns(p.pick),
+            cancel_reason_required=p.cancel_rules.reason_required if p.cancel_rules else False,
+            cancel_reasons=p.cancel_rules.allowed_reasons if p.cancel_rules else None,
+            contact_ids=list(p.contacts),
         )
     return None
 
