@@ -313,6 +313,22 @@ def build_world(run_id: str, now: datetime | None = None, tenant_suffix: str = "
         )
         for n in (1, 2, 3)
     ]
+    # The same developer's annex, another project with its own lead: neither project's contacts may act
+    # on the other's installs (the portal's isolation between projects; no request of its own).
+    book(
+        "skyline-build",
+        "annex-1",
+        customer="dev-corp",
+        job="annex-1",
+        business_unit="commercial-build",
+        job_type="ductwork-install",
+        confirmation=Confirmation.CONFIRMED,
+        window=window_on(day + timedelta(days=1), 8),
+        project=Project(
+            project_id=f"prj-{run_id}-annex",
+            contacts=[ProjectContact(contact_id="lead-hal", role=ContactRole.PROJECT_LEAD)],
+        ),
+    )
     floor_new = window_on(later + timedelta(days=1), 7)
     add(
         "commercial-construction",

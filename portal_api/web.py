@@ -36,6 +36,13 @@ CUSTOMERS = text(
     "SELECT DISTINCT customer_id FROM portal.appointments WHERE tenant_id = :tenant AND window_end > now() "
     "ORDER BY customer_id LIMIT 50"
 )
+# A construction project's named contacts (project lead, subcontractor) act on its appointments too.
+CONTACTS = text(
+    "SELECT DISTINCT c.contact_id FROM portal.appointment_offers o "
+    "JOIN portal.appointments a ON a.tenant_id = o.tenant_id AND a.appointment_id = o.appointment_id "
+    "CROSS JOIN LATERAL unnest(o.contact_ids) AS c(contact_id) "
+    "WHERE o.tenant_id = :tenant AND a.window_end > now() ORDER BY c.contact_id LIMIT 50"
+)
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,8 @@ def install(app: FastAPI) -> None:
         for tenant in s.settings.demo_tenant_list:
             async with reads.tenant_transaction(s.reader, tenant) as conn:
                 customers = [r.customer_id for r in await conn.execute(CUSTOMERS, {"tenant": tenant})]
-            businesses.append({"tenant_id": tenant, "customers": customers})
+                contacts = [r.contact_id for r in await conn.execute(CONTACTS, {"tenant": tenant})]
+            businesses.append({"tenant_id": tenant, "customers": customers, "contacts": contacts})
         return render(request, "signin.html", businesses=businesses, who=None)
 
     @app.post("/signin", include_in_schema=False)

@@ -132,9 +132,10 @@ async def shot(page, name: str, viewport: str) -> None:
     await page.screenshot(path=str(SHOTS / f"{name}-{viewport}.png"), full_page=True)
 
 
-async def sign_in(page, portal: Portal, business: str, who: str) -> None:
-    """The demo sign-in: the business's card, then the customer's (or the office's) button."""
+async def sign_in(page, portal: Portal, business: str, who: str, *, as_: str = "Customer") -> None:
+    """The demo sign-in: the business's card, then the customer's (or the office's, or with
+    `as_="Project contact"` a project contact's) button."""
     await page.goto(portal.url + "/")
     card = page.locator("section.card", has=page.get_by_role("heading", name=portal.tenant(business)))
-    label = "Office board" if who == "@office" else f"Customer {who}"
+    label = "Office board" if who == "@office" else f"{as_} {who}"
     await card.get_by_role("button", name=label, exact=True).click()

@@ -73,9 +73,11 @@ async def test_commercial_confirmed_visit_shows_why_and_no_modify(portal: Portal
     await shot(page, "confirmed-blocked", viewport)
 
 
-async def test_construction_project_moves_one_install_of_several(portal: Portal, new_page, viewport):
+async def test_construction_project_contact_moves_one_install_of_several(portal: Portal, new_page, viewport):
+    """The project lead (a named contact, not the customer) moves floor 2's install; floors 1 and 3 stay,
+    and the page follows the move without a reload."""
     page = await new_page()
-    await sign_in(page, portal, "skyline-build", "dev-corp")
+    await sign_in(page, portal, "skyline-build", "lead-fay", as_="Project contact")
     await page.wait_for_url("**/portal/jobs")
     before = {
         key: await page.locator(f'[data-appointment-id="{portal.apt(key)}"]').inner_text()
@@ -83,14 +85,55 @@ async def test_construction_project_moves_one_install_of_several(portal: Portal,
     }
     await open_job(page, portal, "floor-2")
     await page.get_by_role("link", name="Modify").click()
-    await page.get_by_role("radio").first.check()
+    choice = page.get_by_role("radio").first
+    picked = (await choice.locator("xpath=..").inner_text()).strip()
+    await choice.check()
     await page.get_by_role("button", name="Move to this time").click()
     await page.wait_for_url("**/portal/requests/**")
-    await page.locator("[data-window]").wait_for()
+    await mark_no_reload(page)
+    done = page.locator("[data-window]")
+    await done.wait_for()
+    assert (await done.inner_text()) == picked
+    await assert_no_reload(page)
     await page.goto(portal.url + "/portal/jobs")
     for key, text in before.items():
         assert await page.locator(f'[data-appointment-id="{portal.apt(key)}"]').inner_text() == text
     await shot(page, "construction-jobs", viewport)
+
+
+async def test_another_projects_contact_cannot_reach_the_install_by_url(portal: Portal, new_page, viewport):
+    """lead-hal leads the developer's annex, not its tower: the tower's floor 2 is not found for him."""
+    page = await new_page()
+    await sign_in(page, portal, "skyline-build", "lead-hal", as_="Project contact")
+    await page.wait_for_url("**/portal/jobs")
+    assert await page.locator(f'[data-appointment-id="{portal.apt("annex-1")}"]').count() == 1
+    assert await page.locator(f'[data-appointment-id="{portal.apt("floor-2")}"]').count() == 0
+    response = await page.goto(portal.url + f"/portal/appointments/{portal.apt('floor-2')}/modify")
+    assert response is not None and response.status == 404
+
+
+async def test_commercial_cancel_offers_the_business_reasons(portal: Portal, new_page, viewport):
+    """metro-hvac keeps a list of cancel reasons: the form offers them as a choice, and the chosen one
+    passes the gate."""
+    page = await new_page()
+    await sign_in(page, portal, "metro-hvac", "pm-carla")
+    await open_job(page, portal, "rtu-1")
+    await page.get_by_role("link", name="Modify").click()
+    reason = page.get_by_label("Why are you canceling?")
+    assert await reason.evaluate("e => e.tagName") == "SELECT"
+    options = [o.strip() for o in await reason.locator("option").all_inner_texts()]
+    assert options == [
+        "Choose a reason",
+        "Tenant moved out",
+        "Work no longer needed",
+        "Chose another company",
+    ]
+    assert await reason.evaluate("e => e.required")
+    await reason.select_option("Tenant moved out")
+    await shot(page, "cancel-reasons", viewport)
+    await page.get_by_role("button", name="Cancel the appointment").click()
+    await page.wait_for_url("**/portal/requests/**")
+    await page.get_by_text("Your appointment is canceled.").wait_for()
 
 
 async def test_a_customer_cannot_reach_another_customers_appointment_by_url(
@@ -121,7 +164,7 @@ async def test_the_office_board_shows_a_customers_cancel_within_a_second(portal:
     await sign_in(customer, portal, "metro-hvac", "pm-carla")
     await open_job(customer, portal, "rtu-1")
     await customer.get_by_role("link", name="Modify").click()
-    await customer.get_by_label("Why are you canceling?").fill("Tenant moved out")
+    await customer.get_by_label("Why are you canceling?").select_option("Tenant moved out")
     clicked = time.monotonic()
     await customer.get_by_role("button", name="Cancel the appointment").click()
     await board.wait_for_function(
