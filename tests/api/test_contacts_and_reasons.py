@@ -10,8 +10,9 @@ from apptctl.scenario_runner import publish_all, wait_until
 from contracts.common import ContactRole, Project, ProjectContact
 from contracts.office_v2 import CancelSettings
 from tests import factories as f
-from tests.api.conftest import Api, checksum
+from tests.api.conftest import Api, checksum, events, is_ready
 from tests.api.test_customer import capacity_in_chicago, offered
+from tests.api.test_streams_and_office import saw
 from tests.e2e.test_policy_engine import World, everything
 
 pytestmark = pytest.mark.integration
@@ -142,3 +143,42 @@ async def test_without_a_list_any_reason_is_offered(api: Api, world: World):
     await world.book("apt-1")
     cancel = (await offered(api.customer(CUSTOMER), "apt-1"))["offers"]["cancel"]
     assert (cancel["reasons"], cancel["reason_required"]) == (None, False)
+
+
+async def test_a_contacts_stream_follows_its_projects_installs_live_and_after_a_reconnect(
+    api: Api, world: World
+):
+    await world.settings({"settings": everything()})
+    tower = project("tower", "lead-fay")
+    await world.book("floor-1", project=tower)
+    await world.book("floor-2", project=tower)
+    await world.book("house-1")  # the same customer's, not the project's
+    fay, customer = api.customer("lead-fay"), api.customer(CUSTOMER)
+    for appointment_id in ("floor-1", "floor-2", "house-1"):
+        await offered(customer, appointment_id)
+
+    async with events(fay, "/v1/events") as stream:
+        last_id = (await stream.until(is_ready))[-1]["id"]
+        sent = await fay.post(
+            "/v1/appointments/floor-1/cancel", json={}, headers={"Idempotency-Key": key(), "If-Match": '"1"'}
+        )
+        request_id = sent.json()["request_id"]
+        live = await stream.until(
+            lambda events: (
+                saw(events, "request", request_id=request_id, status="completed")
+                and saw(events, "appointment", appointment_id="floor-1", status="canceled")
+            )
+        )
+        assert saw(live, "request", request_id=request_id, status="completed")
+        assert saw(live, "appointment", appointment_id="floor-1", status="canceled")
+        # The customer's own appointment outside the project is not the contact's to see.
+        await customer.post(
+            "/v1/appointments/house-1/cancel", json={}, headers={"Idempotency-Key": key(), "If-Match": '"1"'}
+        )
+        quiet = await stream.until(lambda events: False, timeout_s=3)
+        assert not [e for e in live + quiet if e["data"].get("appointment_id") == "house-1"]
+
+    async with events(fay, "/v1/events", headers={"Last-Event-ID": last_id}) as stream:
+        missed = await stream.until(is_ready)
+        assert saw(missed, "appointment", appointment_id="floor-1", status="canceled")
+        assert not [e for e in missed if e["data"].get("appointment_id") == "house-1"]
