@@ -8,14 +8,14 @@ offer, so they are versioned with it (an older offer never overwrites a newer on
 never disagrees with the gate. The tables are tenant-walled already (migration 0007).
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-06
 """
 
 from alembic import op
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
