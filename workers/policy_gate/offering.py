@@ -21,6 +21,7 @@ from contracts.office_v2 import ScopeLevel, SettingsScope
 from workers.policy_gate import store
 from workers.policy_gate.offers import ActionOffer, offer_timeline
 from workers.policy_gate.offers import OfferSegment as TimelineSegment
+from workers.policy_gate.rules import window_rules
 from workers.policy_gate.settings import resolve
 from workers.runtime.database import UnitOfWork
 
@@ -51,14 +52,14 @@ def segments_of(timeline: list[TimelineSegment]) -> list[OfferSegment]:
 
 def pick_rules(facts, settings) -> PickRules:
     """What a new window must satisfy for this appointment, for the portal's list of free times."""
-    project = facts.project
+    rules = window_rules(facts, settings)
     return PickRules(
         business_unit=facts.business_unit,
         zone=facts.zone or None,
-        min_lead_hours=settings.get("reschedule.min_lead_hours"),
-        max_horizon_days=settings.get("reschedule.max_horizon_days"),
-        not_before=project.starts_at if project else None,
-        not_after=project.ends_at if project else None,
+        min_lead_hours=rules.min_lead_hours,
+        max_horizon_days=rules.max_horizon_days,
+        not_before=rules.not_before,
+        not_after=rules.not_after,
     )
 
 

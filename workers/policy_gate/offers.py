@@ -10,12 +10,10 @@ a notice window is crossed. Facts or settings changing make the gate compute a n
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from workers.policy_gate.rules import AppointmentFacts, Decision, Outcome, check_action
+from workers.policy_gate.rules import AppointmentFacts, Decision, Outcome, offer, window_rules
 from workers.policy_gate.settings import EffectiveSettings
 
 ACTIONS = ("reschedule", "cancel")
-# A new window starts strictly after now (rules._no_bookable_window): the smallest lead there is.
-SMALLEST_LEAD = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -65,27 +63,19 @@ def change_points(facts: AppointmentFacts, settings: EffectiveSettings) -> set[d
     points = {
         facts.window.start - timedelta(hours=settings.get(f"{action}.min_notice_hours")) for action in ACTIONS
     }
-    project = facts.project
-    if project is not None:
-        lead = max(timedelta(hours=settings.get("reschedule.min_lead_hours")), SMALLEST_LEAD)
-        if project.ends_at is not None:
-            points.add(project.ends_at - lead)
-        if project.starts_at is not None:
-            points.add(project.starts_at - timedelta(days=settings.get("reschedule.max_horizon_days")))
+    rules = window_rules(facts, settings)
+    if rules.not_after is not None:
+        points.add(rules.not_after - rules.lead)
+    if rules.not_before is not None:
+        points.add(rules.not_before - rules.horizon)
     return points
 
 
 def _offer_at(
     facts: AppointmentFacts, settings: EffectiveSettings, moment: datetime
 ) -> tuple[ActionOffer, ...]:
-    return tuple(
-        ActionOffer.of(
-            check_action(
-                requester_id=facts.customer_id, action=action, facts=facts, settings=settings, now=moment
-            )
-        )
-        for action in ACTIONS
-    )
+    shown = offer(requester_id=facts.customer_id, facts=facts, settings=settings, now=moment)
+    return (ActionOffer.of(shown.reschedule), ActionOffer.of(shown.cancel))
 
 
 def offer_timeline(facts: AppointmentFacts, settings: EffectiveSettings, now: datetime) -> list[OfferSegment]:

@@ -21,6 +21,7 @@ from contracts.common import AppointmentStatus, ArrivalWindow, Confirmation
 from contracts.office_v2 import Permission
 from contracts.portal_v1 import Cancel, Reschedule
 from contracts.reasons import PendingCode, RejectionCode, customer_text
+from workers.policy_gate.new_window import Refusal, WindowRules, no_start_left, refusal
 from workers.policy_gate.settings import EffectiveSettings
 
 
@@ -72,8 +73,38 @@ class Decision:
     def approved(self) -> bool:
         return self.outcome is Outcome.APPROVED
 
+    @classmethod
+    def rejected(
+        cls,
+        code: RejectionCode,
+        rule: str,
+        settings: EffectiveSettings | None = None,
+        setting: str | None = None,
+        *,
+        level: str | None = None,
+        **text_args,
+    ) -> "Decision":
+        """A refusal: the rule (and the setting, with the level that set it) that refused, and why."""
+        if level is None and settings is not None and setting is not None:
+            level = settings.level_of(setting)
+        return cls(Outcome.REJECTED, rule, setting, level, code.value, customer_text(code, **text_args))
+
+    @classmethod
+    def awaiting_approval(cls, settings: EffectiveSettings, permission_path: str) -> "Decision":
+        """The permission says the office approves: the request waits."""
+        code = PendingCode.AWAITING_OFFICE_APPROVAL
+        return cls(
+            Outcome.NEEDS_APPROVAL,
+            permission_path,
+            permission_path,
+            settings.level_of(permission_path),
+            code.value,
+            customer_text(code),
+        )
+
 
 APPROVED = Decision(Outcome.APPROVED, "all_rules_passed")
+_reject = Decision.rejected
 
 
 def may_act_for(requester_id: str, facts: AppointmentFacts) -> bool:
@@ -83,15 +114,44 @@ def may_act_for(requester_id: str, facts: AppointmentFacts) -> bool:
     )
 
 
-def _reject(
-    code: RejectionCode,
-    rule: str,
-    settings: EffectiveSettings | None = None,
-    setting: str | None = None,
-    **text_args,
-) -> Decision:
-    level = settings.level_of(setting) if settings is not None and setting is not None else None
-    return Decision(Outcome.REJECTED, rule, setting, level, code.value, customer_text(code, **text_args))
+def window_rules(facts: AppointmentFacts, settings: EffectiveSettings) -> WindowRules:
+    """The new-window rules for this appointment (settings + the project's dates)."""
+    project = facts.project
+    return WindowRules(
+        min_lead_hours=settings.get("reschedule.min_lead_hours"),
+        max_horizon_days=settings.get("reschedule.max_horizon_days"),
+        not_before=project.starts_at if project else None,
+        not_after=project.ends_at if project else None,
+    )
+
+
+def _window_refused(refused: Refusal, settings: EffectiveSettings) -> Decision:
+    """The decision for a new-window refusal (new_window.py says which rule refused)."""
+    match refused:
+        case Refusal.IN_PAST:
+            return _reject(RejectionCode.NEW_WINDOW_IN_PAST, "new_window")
+        case Refusal.SAME_WINDOW:
+            return _reject(RejectionCode.SAME_WINDOW, "new_window")
+        case Refusal.TOO_SOON:
+            lead = settings.get("reschedule.min_lead_hours")
+            return _reject(
+                RejectionCode.NEW_WINDOW_TOO_SOON,
+                "lead_time",
+                settings,
+                "reschedule.min_lead_hours",
+                hours=lead,
+            )
+        case Refusal.TOO_FAR:
+            horizon = settings.get("reschedule.max_horizon_days")
+            return _reject(
+                RejectionCode.NEW_WINDOW_TOO_FAR,
+                "horizon",
+                settings,
+                "reschedule.max_horizon_days",
+                days=horizon,
+            )
+        case Refusal.OUTSIDE_PROJECT_DATES:
+            return _reject(RejectionCode.OUTSIDE_PROJECT_DATES, "project_dates", level="project")
 
 
 def check_action(
@@ -109,14 +169,7 @@ def check_action(
     if not settings.get("feature_enabled"):
         return _reject(RejectionCode.SELF_SERVICE_DISABLED, "feature_switch", settings, "feature_enabled")
     if facts.project is not None and facts.project.portal_locked:
-        return Decision(
-            Outcome.REJECTED,
-            "project_lock",
-            None,
-            "project",
-            RejectionCode.PROJECT_LOCKED.value,
-            customer_text(RejectionCode.PROJECT_LOCKED),
-        )
+        return _reject(RejectionCode.PROJECT_LOCKED, "project_lock", level="project")
     if facts.status in settings.get("blocking_statuses"):
         return _reject(
             RejectionCode.APPOINTMENT_NOT_MODIFIABLE,
@@ -150,83 +203,21 @@ def check_action(
                 "reschedule.max_customer_reschedules",
                 limit=limit,
             )
-    if action == "reschedule":
-        closed = _no_bookable_window(facts, settings, now)
+        # No start a new window could have (lead time, horizon, the project's dates): refuse up front,
+        # so the portal does not offer a reschedule that every pick would fail.
+        closed = no_start_left(window_rules(facts, settings), now)
         if closed is not None:
-            return closed
+            return _window_refused(closed, settings)
     if permission is Permission.REQUIRE_APPROVAL:
-        return Decision(
-            Outcome.NEEDS_APPROVAL,
-            permission_path,
-            permission_path,
-            settings.level_of(permission_path),
-            PendingCode.AWAITING_OFFICE_APPROVAL.value,
-            customer_text(PendingCode.AWAITING_OFFICE_APPROVAL),
-        )
+        return Decision.awaiting_approval(settings, permission_path)
     return APPROVED
-
-
-def _no_bookable_window(
-    facts: AppointmentFacts, settings: EffectiveSettings, now: datetime
-) -> Decision | None:
-    """Refuse up front when lead time, horizon and the project's dates leave no start a new window could
-    have, so the portal does not offer a reschedule that every pick would fail."""
-    # A new window starts strictly after now, so the earliest start is at least 1 µs ahead.
-    earliest = max(
-        now + timedelta(microseconds=1), now + timedelta(hours=settings.get("reschedule.min_lead_hours"))
-    )
-    latest = now + timedelta(days=settings.get("reschedule.max_horizon_days"))
-    project = facts.project
-    if project is not None and project.starts_at is not None:
-        earliest = max(earliest, project.starts_at)
-    if project is not None and project.ends_at is not None and earliest >= project.ends_at:
-        return Decision(
-            Outcome.REJECTED,
-            "project_dates",
-            None,
-            "project",
-            RejectionCode.OUTSIDE_PROJECT_DATES.value,
-            customer_text(RejectionCode.OUTSIDE_PROJECT_DATES),
-        )
-    if earliest > latest:
-        horizon = settings.get("reschedule.max_horizon_days")
-        return _reject(
-            RejectionCode.NEW_WINDOW_TOO_FAR, "horizon", settings, "reschedule.max_horizon_days", days=horizon
-        )
-    return None
 
 
 def _check_new_window(
     new_window: ArrivalWindow, facts: AppointmentFacts, settings: EffectiveSettings, now: datetime
 ) -> Decision | None:
-    if new_window.start <= now:
-        return _reject(RejectionCode.NEW_WINDOW_IN_PAST, "new_window")
-    if new_window == facts.window:
-        return _reject(RejectionCode.SAME_WINDOW, "new_window")
-    lead = settings.get("reschedule.min_lead_hours")
-    if new_window.start < now + timedelta(hours=lead):
-        return _reject(
-            RejectionCode.NEW_WINDOW_TOO_SOON, "lead_time", settings, "reschedule.min_lead_hours", hours=lead
-        )
-    horizon = settings.get("reschedule.max_horizon_days")
-    if new_window.start > now + timedelta(days=horizon):
-        return _reject(
-            RejectionCode.NEW_WINDOW_TOO_FAR, "horizon", settings, "reschedule.max_horizon_days", days=horizon
-        )
-    project = facts.project
-    if project is not None and (
-        (project.starts_at is not None and new_window.start < project.starts_at)
-        or (project.ends_at is not None and new_window.end > project.ends_at)
-    ):
-        return Decision(
-            Outcome.REJECTED,
-            "project_dates",
-            None,
-            "project",
-            RejectionCode.OUTSIDE_PROJECT_DATES.value,
-            customer_text(RejectionCode.OUTSIDE_PROJECT_DATES),
-        )
-    return None
+    refused = refusal(window_rules(facts, settings), new_window, facts.window, now)
+    return None if refused is None else _window_refused(refused, settings)
 
 
 def _check_cancel_reason(reason: str | None, settings: EffectiveSettings) -> Decision | None:
