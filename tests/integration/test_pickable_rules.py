@@ -1,5 +1,5 @@
-"""The portal's `portal.pickable_windows` view agrees with the new-window rules (workers/policy_gate/new_window.py)
-on generated appointments, pick rules and free windows, on the real database."""
+"""The portal's `portal.pickable_windows` view agrees with the new-window rules
+(workers/policy_gate/new_window.py) on generated appointments, pick rules and windows, on a real database."""
 
 import json
 from datetime import datetime, timedelta
@@ -97,7 +97,8 @@ async def _seed(conn, tenant: str, now: datetime, c: dict) -> tuple[WindowRules,
         await conn.execute(
             text(
                 "INSERT INTO portal.available_windows (tenant_id, business_unit, zone, starts_at, ends_at, "
-                "free, version, updated_at) VALUES (:tenant, :unit, :zone, :starts_at, :ends_at, :free, 1, now())"
+                "free, version, updated_at) "
+                "VALUES (:tenant, :unit, :zone, :starts_at, :ends_at, :free, 1, now())"
             ),
             dict(tenant=tenant, unit=UNIT, zone=zone, starts_at=starts_at, ends_at=ends_at, free=free),
         )
