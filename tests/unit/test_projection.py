@@ -1,5 +1,6 @@
 """Portal read-model projection: request outcomes, merge order, and the appointment version rule."""
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -49,7 +50,9 @@ from contracts.office_v1 import (
 )
 from contracts.portal_v1 import Cancel, ModifyRequested, ModifyRequestedPayload, Reschedule
 from contracts.reasons import FailureCode, RejectionCode, customer_text
+from workers.portal_sync import store as portal_store
 from workers.portal_sync.projection import (
+    REQUEST_RANK,
     TERMINAL_REQUEST_STATUSES,
     RequestOutcome,
     appointment_row,
@@ -358,6 +361,16 @@ MERGE_TABLE = [
 @pytest.mark.parametrize(("current", "incoming", "expected"), MERGE_TABLE)
 def test_merge_request(current: str | None, incoming: str, expected: str | None) -> None:
     assert merge_request(current, outcome(incoming)) == expected
+
+
+@pytest.mark.parametrize("incoming", sorted(set(REQUEST_RANK) - {"pending"}))
+def test_the_read_stores_sql_applies_the_projections_precedence(incoming: str) -> None:
+    """portal_sync/store.py's statement for an outcome overwrites exactly the statuses merge_request would
+    replace (pending only fills in details: it never changes a status)."""
+    sql = portal_store._RECORD_BY_STATUS[incoming]
+    replaced = set(re.search(r"WHERE t\.status IN \(([^)]*)\)", sql).group(1).replace("'", "").split(", "))
+    assert replaced == {current for current in REQUEST_RANK if merge_request(current, outcome(incoming))}
+    assert "WHERE t.status" not in portal_store._RECORD_BY_STATUS["pending"]
 
 
 def test_terminal_statuses() -> None:

@@ -242,10 +242,14 @@ def office_outcome_row(event) -> dict | None:
     )
 
 
+def advances_from(status: str) -> frozenset[str]:
+    """The stored statuses an incoming `status` replaces: those of a lower rank (the read store's SQL
+    applies exactly this; a new row takes any status)."""
+    return frozenset(s for s, rank in REQUEST_RANK.items() if rank < REQUEST_RANK[status])
+
+
 def merge_request(current_status: str | None, incoming: RequestOutcome) -> str | None:
     """The status to store, or None to leave the row as it is."""
-    if current_status is None:
+    if current_status is None or current_status in advances_from(incoming.status):
         return incoming.status
-    if REQUEST_RANK[incoming.status] <= REQUEST_RANK[current_status]:
-        return None
-    return incoming.status
+    return None

@@ -23,7 +23,12 @@ from infra.db.tables import (
     portal_jobs,
     portal_office_outcomes,
 )
-from workers.portal_sync.projection import TERMINAL_REQUEST_STATUSES, RequestOutcome
+from workers.portal_sync.projection import (
+    REQUEST_RANK,
+    TERMINAL_REQUEST_STATUSES,
+    RequestOutcome,
+    advances_from,
+)
 
 _TABLES = {
     table.fullname: table
@@ -129,6 +134,13 @@ RETURNING now() AS now, t.status, t.reply_to IS NOT NULL AND t.replied_at IS NUL
 _OUTCOME_SET = (
     "status = EXCLUDED.status, reason_code = EXCLUDED.reason_code, reason_text = EXCLUDED.reason_text, "
 )
+
+
+def _advancing_from(status: str) -> str:
+    """The WHERE that lets `status` replace only the statuses it outranks (projection.advances_from)."""
+    return "WHERE t.status IN (" + ", ".join(f"'{s}'" for s in sorted(advances_from(status))) + ")"
+
+
 _RECORD_BY_STATUS = {
     # Pending never overwrites an outcome: it only fills in the request's own details, once (a request
     # id re-sent or reused later changes nothing: its first sighting stands).
@@ -137,14 +149,12 @@ _RECORD_BY_STATUS = {
         "reply_to = EXCLUDED.reply_to",
         where="WHERE t.requested_at IS NULL",
     ),
-    "awaiting_approval": _RECORD_REQUEST.format(
-        set=_OUTCOME_SET + "updated_at = now()", where="WHERE t.status = 'pending'"
-    ),
-    # The first outcome is final.
-    "terminal": _RECORD_REQUEST.format(
-        set=_OUTCOME_SET + "updated_at = now()",
-        where="WHERE t.status NOT IN (" + ", ".join(f"'{s}'" for s in _TERMINAL) + ")",
-    ),
+    # An outcome replaces only a status of a lower rank (the first terminal outcome is final).
+    **{
+        status: _RECORD_REQUEST.format(set=_OUTCOME_SET + "updated_at = now()", where=_advancing_from(status))
+        for status in REQUEST_RANK
+        if status != "pending"
+    },
 }
 
 
@@ -165,7 +175,7 @@ async def record_request(
     (requester, time, reply queue) are filled in whenever the request itself is seen, whichever came
     first. None when nothing was written (a late or repeated outcome: a reply that was due became due,
     and was claimed, when the row last changed)."""
-    sql = _RECORD_BY_STATUS.get(outcome.status, _RECORD_BY_STATUS["terminal"])
+    sql = _RECORD_BY_STATUS[outcome.status]
     row = await driver.fetchrow(
         sql,
         tenant_id,
