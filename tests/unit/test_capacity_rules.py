@@ -7,17 +7,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.common import ArrivalWindow
+from contracts.common import AppointmentStatus, ArrivalWindow, Confirmation
 from contracts.decoding import DecodeFailure, decode, encode
 from contracts.local_time import to_utc, zone
 from contracts.office_v1 import CapacityUpdatedPayload
 from contracts.reasons import DeadLetterReason, FailureCode
 from tests import factories as f
 from workers.modify_handler.domain import (
+    Appointment,
     Failure,
     Place,
+    PlacePlan,
+    office_place_keys,
+    plan_move,
+    plan_office_record,
     release,
     set_places,
+    starts_to_lock,
     take_for_customer,
     take_for_office,
 )
@@ -205,3 +211,66 @@ def test_any_sequence_keeps_booked_within_capacity_and_capacity_covering_places(
         assert 0 <= current.booked <= current.capacity
         assert current.capacity == max(current.places, current.booked)
         assert current.free == max(current.places - current.booked, 0)
+
+
+# --- plans: which places a change takes and frees --------------------------------------------------
+
+W2 = ArrivalWindow(start=W.start + timedelta(days=1), end=W.end + timedelta(days=1))
+
+
+def booked_at(window: ArrivalWindow, *, holds_place: bool = True, status=AppointmentStatus.SCHEDULED):
+    return Appointment(
+        tenant_id="t",
+        appointment_id="apt-1",
+        job_id="job-1",
+        customer_id="cus-1",
+        business_unit="bu",
+        job_type="install",
+        project_id=None,
+        window=window,
+        status=status,
+        confirmation=Confirmation.UNCONFIRMED,
+        version=1,
+        zone="z",
+        holds_place=holds_place,
+    )
+
+
+def test_a_move_in_a_managed_unit_takes_the_new_place_and_frees_the_old() -> None:
+    current, moved = booked_at(W), booked_at(W2)
+    assert starts_to_lock(current, moved, managed=True) == [W2.start, W.start]
+    plan = plan_move(
+        current, moved, managed=True, places={W.start: place(2, 2), W2.start: Place(W2, 1, 1, 0)}
+    )
+    assert plan == PlacePlan((("bu", "z", Place(W2, 1, 1, 1)), ("bu", "z", place(2, 1))), holds_place=True)
+
+
+def test_a_move_to_a_full_window_fails_and_plans_nothing() -> None:
+    plan = plan_move(booked_at(W), booked_at(W2), managed=True, places={W2.start: Place(W2, 1, 1, 1)})
+    assert plan == Failure(FailureCode.TIME_NO_LONGER_AVAILABLE)
+
+
+def test_a_move_in_an_unmanaged_unit_locks_nothing_and_holds_no_place() -> None:
+    current, moved = booked_at(W, holds_place=False), booked_at(W2, holds_place=False)
+    assert starts_to_lock(current, moved, managed=False) == []
+    assert plan_move(current, moved, managed=False, places={}) == PlacePlan((), holds_place=False)
+
+
+def test_an_office_record_moving_the_appointment_frees_the_old_place_and_takes_the_new() -> None:
+    previous, recorded = booked_at(W), booked_at(W2, holds_place=False)
+    old, new = office_place_keys(previous, recorded)
+    assert (old, new) == (("bu", "z", W.start), ("bu", "z", W2.start))
+    plan = plan_office_record(old, new, {old: place(1, 1), new: Place(W2, 1, 1, 1)}, recorded)
+    assert plan == PlacePlan((("bu", "z", place(1, 0)), ("bu", "z", Place(W2, 1, 2, 2))), holds_place=True)
+
+
+def test_a_canceled_record_frees_its_place_and_an_unchanged_one_keeps_it() -> None:
+    previous = booked_at(W)
+    canceled = booked_at(W, holds_place=False, status=AppointmentStatus.CANCELED)
+    old, new = office_place_keys(previous, canceled)
+    assert new is None
+    assert plan_office_record(old, new, {old: place(1, 1)}, canceled) == PlacePlan(
+        (("bu", "z", place(1, 0)),), holds_place=False
+    )
+    same = office_place_keys(previous, booked_at(W, holds_place=False))
+    assert plan_office_record(*same, {}, booked_at(W)) == PlacePlan((), holds_place=True)

@@ -4,6 +4,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from contracts.common import AppointmentSnapshot, AppointmentStatus, ArrivalWindow, Confirmation, JobStatus
+from contracts.office_v1 import AppointmentRecordedPayload
 from contracts.reasons import FailureCode, OfficeOutcomeCode
 
 # Appointments that still hold the job open.
@@ -161,6 +162,102 @@ def set_places(place: Place, places: int) -> Place:
 def holds_a_place(status: AppointmentStatus) -> bool:
     """Every appointment not canceled keeps its place (a done one keeps the record of its visit)."""
     return status is not AppointmentStatus.CANCELED
+
+
+# Where a place is: the unit, the zone and the window's start.
+PlaceKey = tuple[str, str, datetime]
+
+
+@dataclass(frozen=True)
+class PlacePlan:
+    """What a change does to places: the places to save (with where they are, in lock order) and
+    whether the appointment holds a place afterwards."""
+
+    updates: tuple[tuple[str, str, Place], ...]
+    holds_place: bool
+
+
+def starts_to_lock(current: Appointment, moved: Appointment, *, managed: bool) -> list[datetime]:
+    """The window starts (in the appointment's unit and zone) a customer's move must lock: none when the
+    unit does not manage capacity and the appointment holds no place."""
+    if not managed and not current.holds_place:
+        return []
+    return [moved.window.start] + ([current.window.start] if current.holds_place else [])
+
+
+def plan_move(
+    current: Appointment, moved: Appointment, *, managed: bool, places: dict[datetime, Place]
+) -> PlacePlan | Failure:
+    """A customer's reschedule: take a free place in the new window (if the unit manages capacity) and
+    free the old one, given the locked places by start. Fails when the new window has no free place."""
+    unit, zone = current.business_unit, current.zone
+    updates: list[tuple[str, str, Place]] = []
+    if managed:
+        taken = take_for_customer(places.get(moved.window.start), moved.window)
+        if isinstance(taken, Failure):
+            return taken
+        updates.append((unit, zone, taken))
+    if current.holds_place and current.window.start in places:
+        updates.append((unit, zone, release(places[current.window.start])))
+    return PlacePlan(tuple(updates), managed)
+
+
+def plan_free(appointment: Appointment, place: Place | None) -> PlacePlan:
+    """A cancel gives back the place the appointment held (if its window still exists)."""
+    if not appointment.holds_place or place is None:
+        return PlacePlan((), False)
+    return PlacePlan(((appointment.business_unit, appointment.zone, release(place)),), False)
+
+
+def office_place_keys(
+    previous: Appointment | None, recorded: Appointment
+) -> tuple[PlaceKey | None, PlaceKey | None]:
+    """The place an appointment held before the office's record and the one the record wants (None: no
+    place; it holds one unless canceled)."""
+    old = (
+        (previous.business_unit, previous.zone, previous.window.start)
+        if previous is not None and previous.holds_place
+        else None
+    )
+    wants = holds_a_place(recorded.status)
+    new = (recorded.business_unit, recorded.zone, recorded.window.start) if wants else None
+    return old, new
+
+
+def plan_office_record(
+    old: PlaceKey | None, new: PlaceKey | None, locked: dict[PlaceKey, Place], recorded: Appointment
+) -> PlacePlan:
+    """The office's state decides which place the appointment holds: free the old one if it moved,
+    changed unit or zone, or was canceled; take the new window's place (always: the office decides),
+    when a window of exactly the recorded span exists."""
+    if old == new:
+        return PlacePlan((), old is not None)
+    updates: list[tuple[str, str, Place]] = []
+    if old is not None and old in locked:
+        updates.append((old[0], old[1], release(locked[old])))
+    holds = new is not None and new in locked and locked[new].window == recorded.window
+    if holds:
+        assert new is not None
+        updates.append((new[0], new[1], take_for_office(locked[new])))
+    return PlacePlan(tuple(updates), holds)
+
+
+def office_state(tenant_id: str, payload: AppointmentRecordedPayload, version: int) -> Appointment:
+    """The appointment as the office recorded it (before its place is decided)."""
+    return Appointment(
+        tenant_id=tenant_id,
+        appointment_id=payload.appointment_id,
+        job_id=payload.job_id,
+        customer_id=payload.customer_id,
+        business_unit=payload.business_unit,
+        job_type=payload.job_type,
+        project_id=payload.project.project_id if payload.project else None,
+        window=payload.window,
+        status=payload.status,
+        confirmation=payload.confirmation,
+        version=version,
+        zone=payload.zone or "",
+    )
 
 
 def job_status(current: JobStatus, statuses: list[AppointmentStatus]) -> JobStatus:

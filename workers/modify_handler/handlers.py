@@ -108,7 +108,7 @@ async def record_office_appointment(
     versioned = isinstance(message, AppointmentRecordedV2)
     await repository.guard_appointment_id(uow.driver, message.tenant_id, payload.appointment_id)
     previous = await repository.lock_appointment(uow.driver, message.tenant_id, payload.appointment_id)
-    recorded = repository.office_state(message.tenant_id, payload, previous.version + 1 if previous else 1)
+    recorded = domain.office_state(message.tenant_id, payload, previous.version + 1 if previous else 1)
     not_applied = domain.judge_office_record(
         previous,
         recorded,

@@ -97,29 +97,23 @@ async def save_place(
     return ChangedPlace(business_unit, zone, place, version)
 
 
+async def _save(conn: AsyncConnection, tenant_id: str, plan: domain.PlacePlan) -> list[ChangedPlace]:
+    return [await save_place(conn, tenant_id, unit, zone, place) for unit, zone, place in plan.updates]
+
+
 async def move_for_customer(
     conn: AsyncConnection, current: Appointment, moved: Appointment
 ) -> tuple[Appointment, list[ChangedPlace]] | Failure:
-    """A customer's reschedule: take a free place in the new window (if the unit manages capacity) and
-    free the old one. Fails, changing nothing, when the new window has no free place."""
+    """A customer's reschedule, as `domain.plan_move` plans it on the locked places. Fails, changing
+    nothing, when the new window has no free place."""
     tenant, unit, zone = current.tenant_id, current.business_unit, current.zone
     managed = await unit_uses_capacity(conn, tenant, unit, zone)
-    if not managed and not current.holds_place:
-        return moved, []
-    starts = [moved.window.start] + ([current.window.start] if current.holds_place else [])
-    places = await lock_places(conn, tenant, unit, zone, starts)
-    updates: list[Place] = []
-    holds = False
-    if managed:
-        taken = domain.take_for_customer(places.get(moved.window.start), moved.window)
-        if isinstance(taken, Failure):
-            return taken
-        updates.append(taken)
-        holds = True
-    if current.holds_place and current.window.start in places:
-        updates.append(domain.release(places[current.window.start]))
-    changed = [await save_place(conn, tenant, unit, zone, place) for place in updates]
-    return replace(moved, holds_place=holds), changed
+    starts = domain.starts_to_lock(current, moved, managed=managed)
+    locked = await lock_places(conn, tenant, unit, zone, starts) if starts else {}
+    plan = domain.plan_move(current, moved, managed=managed, places=locked)
+    if isinstance(plan, Failure):
+        return plan
+    return replace(moved, holds_place=plan.holds_place), await _save(conn, tenant, plan)
 
 
 async def free_place(conn: AsyncConnection, appointment: Appointment) -> list[ChangedPlace]:
@@ -128,39 +122,24 @@ async def free_place(conn: AsyncConnection, appointment: Appointment) -> list[Ch
         return []
     tenant, unit, zone = appointment.tenant_id, appointment.business_unit, appointment.zone
     places = await lock_places(conn, tenant, unit, zone, [appointment.window.start])
-    place = places.get(appointment.window.start)
-    return [] if place is None else [await save_place(conn, tenant, unit, zone, domain.release(place))]
+    return await _save(conn, tenant, domain.plan_free(appointment, places.get(appointment.window.start)))
 
 
 async def follow_office_record(
     conn: AsyncConnection, previous: Appointment | None, recorded: Appointment
 ) -> tuple[bool, list[ChangedPlace]]:
-    """The office's state of an appointment decides which place it holds: free the old one if it moved,
-    changed unit or zone, or was canceled; take the new window's place (always: the office decides).
-    Returns whether the appointment now holds a place, and the windows that changed."""
+    """Apply `domain.plan_office_record` to the places involved. Returns whether the appointment now
+    holds a place, and the windows that changed."""
     tenant = recorded.tenant_id
-    old = (
-        (previous.business_unit, previous.zone, previous.window.start)
-        if previous is not None and previous.holds_place
-        else None
-    )
-    wants = domain.holds_a_place(recorded.status)
-    new = (recorded.business_unit, recorded.zone, recorded.window.start) if wants else None
-    if old == new:
-        return old is not None, []
-    # Lock every window involved in one fixed order (unit, zone, start) before changing any.
-    locked: dict[tuple[str, str, datetime], Place] = {}
-    for unit, zone, start in sorted(k for k in (old, new) if k is not None):
-        for found_start, place in (await lock_places(conn, tenant, unit, zone, [start])).items():
-            locked[(unit, zone, found_start)] = place
-    changed: list[ChangedPlace] = []
-    if old is not None and old in locked:
-        changed.append(await save_place(conn, tenant, old[0], old[1], domain.release(locked[old])))
-    holds = False
-    if new is not None and new in locked and locked[new].window == recorded.window:
-        changed.append(await save_place(conn, tenant, new[0], new[1], domain.take_for_office(locked[new])))
-        holds = True
-    return holds, changed
+    old, new = domain.office_place_keys(previous, recorded)
+    locked: dict[domain.PlaceKey, Place] = {}
+    if old != new:
+        # Lock every window involved in one fixed order (unit, zone, start) before changing any.
+        for unit, zone, start in sorted(k for k in (old, new) if k is not None):
+            for found_start, place in (await lock_places(conn, tenant, unit, zone, [start])).items():
+                locked[(unit, zone, found_start)] = place
+    plan = domain.plan_office_record(old, new, locked, recorded)
+    return plan.holds_place, await _save(conn, tenant, plan)
 
 
 async def set_places(

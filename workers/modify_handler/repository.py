@@ -131,24 +131,6 @@ async def ensure_job(conn: AsyncConnection, tenant_id: str, job_id: str, custome
     return result.first() is not None
 
 
-def office_state(tenant_id: str, payload: AppointmentRecordedPayload, version: int) -> Appointment:
-    """The appointment as the office recorded it (before its place is decided)."""
-    return Appointment(
-        tenant_id=tenant_id,
-        appointment_id=payload.appointment_id,
-        job_id=payload.job_id,
-        customer_id=payload.customer_id,
-        business_unit=payload.business_unit,
-        job_type=payload.job_type,
-        project_id=payload.project.project_id if payload.project else None,
-        window=payload.window,
-        status=payload.status,
-        confirmation=payload.confirmation,
-        version=version,
-        zone=payload.zone or "",
-    )
-
-
 async def record_office_appointment(
     conn: AsyncConnection,
     tenant_id: str,
