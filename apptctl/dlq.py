@@ -20,6 +20,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import ChannelNotFoundEntity
 
+from apptctl.probe import missing_exchanges
 from contracts.decoding import DecodeFailure, decode
 from contracts.routes import SUBSCRIPTIONS, RouteTable
 from infra.topology import DEAD_LETTER, Topology
@@ -363,20 +364,6 @@ class ReplayResult:
     warnings: list[str] = field(default_factory=list)
 
 
-async def _missing_exchanges(connection: AbstractConnection, names: set[str]) -> set[str]:
-    missing: set[str] = set()
-    for name in sorted(n for n in names if n):  # "" is the default exchange, always there
-        channel = await connection.channel(publisher_confirms=False)
-        try:
-            await channel.declare_exchange(name, passive=True)
-        except ChannelNotFoundEntity:
-            missing.add(name)
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
-    return missing
-
-
 def owner_of(topology: Topology, dead_letter_queue: str) -> str | None:
     """The worker whose dead-letter queue this is."""
     for spec in topology.queues:
@@ -454,7 +441,7 @@ async def replay(broker: Broker, queues: Sequence[str], selection: Selection) ->
         chosen = [held for held in sweep.held if selection.matches(held.letter)]
         result.matched = len(chosen)
         targets = {t[0] for t in (_target(broker.topology, h.letter) for h in chosen) if t is not None}
-        missing = await _missing_exchanges(broker.connection, targets)
+        missing = await missing_exchanges(broker.connection, targets)
         for held in chosen:
             await _replay_one(broker, held, missing, result)
     return result

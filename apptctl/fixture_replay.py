@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from aiormq.exceptions import ChannelNotFoundEntity
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from apptctl import dlq
 from apptctl.fixtures import Checked, Outgoing, Rewrite, consumers_of, prepare
 from apptctl.portal_keys import tool_keyring
+from apptctl.probe import missing_exchanges
 from contracts.portal_v1 import ModifyRequested
 from contracts.signing import SIGNATURE_HEADER, Keyring, KeyringError
 from infra.db.tables import inbox, portal_requests
@@ -170,7 +170,10 @@ async def _publish_all(
                 "or set AMQP_URL"
             )
             return
-        missing = await _missing_exchanges(broker, {topology.exchange(o.exchange_role) for o in outgoing})
+        assert broker.connection is not None
+        missing = await missing_exchanges(
+            broker.connection, {topology.exchange(o.exchange_role) for o in outgoing}
+        )
         if missing:
             summary.error = (
                 f"exchange(s) {', '.join(sorted(missing))} do not exist: run `apptctl topology apply` "
@@ -213,21 +216,6 @@ def _sign_portal_messages(outgoing: list[Outgoing], keyring: Keyring) -> None:
         named = [item.message.producer if item.message is not None else None, item.amqp.app_id]
         producer = next((p for p in named if p in keyring.current), next(iter(keyring.current)))
         sign(item.amqp, keyring.current_for(producer))
-
-
-async def _missing_exchanges(broker: Broker, names: set[str]) -> set[str]:
-    assert broker.connection is not None
-    missing = set()
-    for name in sorted(names):
-        channel = await broker.connection.channel()
-        try:
-            await channel.get_exchange(name, ensure=True)
-        except ChannelNotFoundEntity:
-            missing.add(name)
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
-    return missing
 
 
 @contextlib.contextmanager

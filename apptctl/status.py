@@ -5,19 +5,18 @@ Icinga, Sensu) read it: 0 ok, 1 warning, 2 critical, 3 unknown. Critical outrank
 unknown: a known problem is reported even when something else could not be found out.
 """
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aio_pika.abc import AbstractConnection
-from aiormq.exceptions import ChannelNotFoundEntity
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from apptctl import dlq
 from apptctl.management import ManagementApi, ManagementUnavailable, QueueCounts, vhost_of
+from apptctl.probe import queue_declaration
 from infra.db.tables import outbox
 from infra.nodes import connect_first
 from infra.topology import Topology, build
@@ -126,17 +125,11 @@ def initial_queues(topology: Topology) -> list[QueueStatus]:
 
 async def _declare_counts(connection: AbstractConnection, queue: QueueStatus) -> None:
     """Live ready and consumer counts from a passive declare (a missing queue closes the channel)."""
-    channel = await connection.channel(publisher_confirms=False)
-    try:
-        declared = await channel.declare_queue(queue.name, passive=True)
-        queue.exists = True
-        queue.ready = declared.declaration_result.message_count
-        queue.consumers = declared.declaration_result.consumer_count
-    except ChannelNotFoundEntity:
-        queue.exists = False
-    finally:
-        with contextlib.suppress(Exception):
-            await channel.close()
+    declared = await queue_declaration(connection, queue.name)
+    queue.exists = declared is not None
+    if declared is not None:
+        queue.ready = declared.message_count
+        queue.consumers = declared.consumer_count
 
 
 def _apply_management(queue: QueueStatus, counts: QueueCounts | None, now: datetime) -> None:
