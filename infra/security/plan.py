@@ -14,6 +14,7 @@ from infra.nodes import node_urls
 from infra.security import postgres, rabbitmq
 from infra.security.rabbitmq import AUDITOR, IDENTITIES, WORKERS
 from infra.topology import build
+from workers.runtime.outbox import asyncpg_dsn
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,7 @@ async def apply_database_roles(
     db_prefix = role_prefix(prefix or namespace)
     emitters = rabbitmq.emitters()
     roles: dict[str, tuple[str, str, str]] = {}
-    connection = await asyncpg.connect(
-        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         for name in DATABASE_IDENTITIES:
             role = f"{db_prefix}_{name}"
@@ -162,7 +161,7 @@ async def apply(
 async def database_auth_warnings(database_url: str, roles: dict[str, Credentials]) -> list[str]:
     """What makes the roles' passwords meaningless on this server, in sentences for the operator: a role
     that got in with a wrong password, and the `trust` lines of pg_hba.conf (when readable)."""
-    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    dsn = asyncpg_dsn(database_url)
     let_in = [
         c.db_role for c in roles.values() if c.db_role and await postgres.accepts_any_password(dsn, c.db_role)
     ]
@@ -198,9 +197,7 @@ async def drop(
         if api.call("GET", f"/api/users/{quote(user, safe='')}", missing_ok=True) is not None:
             api.delete_user(user)
             removed.append(f"rabbitmq user {user}")
-    connection = await asyncpg.connect(
-        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         for name in DATABASE_IDENTITIES:
             role = f"{role_prefix(prefix)}_{name}"
@@ -219,9 +216,7 @@ async def apply_api_roles(
     broker user. Writes `env_dir/<name>.env` with DATABASE_URL if given; passwords there are kept."""
     db_prefix = role_prefix(prefix or namespace)
     result: dict[str, Credentials] = {}
-    connection = await asyncpg.connect(
-        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         for name in postgres.API_ROLES:
             old = _read_env(env_dir / f"{name}.env") if env_dir else {}
@@ -239,9 +234,7 @@ async def apply_api_roles(
 
 async def drop_api_roles(*, database_url: str, namespace: str, prefix: str | None = None) -> list[str]:
     removed = []
-    connection = await asyncpg.connect(
-        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         for name in postgres.API_ROLES:
             role = f"{role_prefix(prefix or namespace)}_{name}"
