@@ -22,6 +22,7 @@ from tests.cluster.timeline import around, throughput
 from tests.faults.harness import REPORT_DIR, SETTLE_S, FaultRun, scaled, timeout_s
 from tests.faults.load import build_plan, publish_confirmed, wait_for_setup
 from tests.faults.supervisor import Supervisor
+from tests.waiting import eventually
 from workers.registry import WORKER_NAMES
 from workers.runtime.broker import Broker
 
@@ -76,17 +77,16 @@ async def wait_for_consumers(run: FaultRun, count: int, timeout_s: float = 120.0
     """Until every work queue has `count` consumers (every replica consumes)."""
     assert run.broker.connection is not None
     channel = await run.broker.connection.channel()
-    deadline = time.monotonic() + timeout_s
+
+    async def every_queue_has_them() -> bool:
+        counts = []
+        for name in WORKER_NAMES:
+            queue = await channel.declare_queue(run.topology.queue_of(name).name, passive=True)
+            counts.append(queue.declaration_result.consumer_count)
+        return min(counts) >= count
+
     try:
-        while True:
-            counts = []
-            for name in WORKER_NAMES:
-                queue = await channel.declare_queue(run.topology.queue_of(name).name, passive=True)
-                counts.append(queue.declaration_result.consumer_count)
-            if min(counts) >= count:
-                return
-            assert time.monotonic() < deadline, f"consumers per work queue: {counts}, wanted {count}"
-            await asyncio.sleep(0.5)
+        await eventually(every_queue_has_them, f"{count} consumers on every work queue", timeout_s, 0.5)
     finally:
         await channel.close()
 

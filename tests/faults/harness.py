@@ -21,6 +21,7 @@ from infra.security.rabbitmq import ManagementClient
 from infra.topology import Topology
 from tests.faults.load import Office, Plan, build_plan, publish_confirmed, publish_paced, wait_for_setup
 from tests.faults.supervisor import Supervisor
+from tests.waiting import eventually
 from workers.registry import WORKER_NAMES
 from workers.runtime.broker import Broker
 from workers.runtime.database import create_engine
@@ -399,18 +400,19 @@ async def consumed_all(run: FaultRun, consumer: str, message_ids: list[str], tim
 
     from infra.db.tables import inbox
 
-    deadline = time.monotonic() + timeout_s
-    while True:
+    async def seen() -> int:
         async with run.engine.connect() as conn:
-            seen = (
+            return (
                 await conn.execute(
                     select(func.count()).where(
                         inbox.c.consumer == consumer, inbox.c.message_id.in_(message_ids)
                     )
                 )
             ).scalar_one()
-        if seen >= len(message_ids):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{consumer} consumed {seen} of {len(message_ids)} replayed messages")
-        await asyncio.sleep(0.3)
+
+    async def all_seen() -> bool:
+        return await seen() >= len(message_ids)
+
+    await eventually(
+        all_seen, f"{consumer} consuming all {len(message_ids)} replayed messages", timeout_s, 0.3
+    )

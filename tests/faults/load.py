@@ -28,6 +28,7 @@ from contracts.portal_v1 import ModifyRequested
 from infra.db.tables import portal_appointments, portal_requests, settings_layers
 from tests import factories
 from tests.conftest import unique_tenant
+from tests.waiting import eventually
 from workers.runtime.broker import Broker
 
 APPROVAL_JOB_TYPE = "panel-upgrade"  # the office must approve changes of these
@@ -265,8 +266,8 @@ async def publish_paced(
 
 async def wait_for_setup(engine: AsyncEngine, plan: Plan, timeout_s: float = 60.0) -> None:
     """Until every tenant's settings and every booking are in (the read store shows the bookings)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    async def counts() -> tuple[int, int]:
         async with engine.connect() as conn:
             layers = (
                 await conn.execute(
@@ -280,13 +281,15 @@ async def wait_for_setup(engine: AsyncEngine, plan: Plan, timeout_s: float = 60.
                     )
                 )
             ).all()
-        if len(layers) >= 2 * len(plan.tenants) and len(booked) >= len(plan.bookings):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"set-up not in after {timeout_s}s: {len(layers)} layers, {len(booked)}/{len(plan.bookings)}"
-            )
-        await asyncio.sleep(0.2)
+        return len(layers), len(booked)
+
+    async def set_up() -> tuple[int, int] | None:
+        layers, booked = await counts()
+        return (layers, booked) if layers >= 2 * len(plan.tenants) and booked >= len(plan.bookings) else None
+
+    await eventually(
+        set_up, f"the set-up ({2 * len(plan.tenants)} layers, {len(plan.bookings)} bookings)", timeout_s, 0.2
+    )
 
 
 class Office:
