@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, Field, StringConstraints
+from pydantic import AwareDatetime, Field, StringConstraints
 
 # A tenant is a business; its id is a lowercase slug so it is safe in routing keys and log lines.
 TenantId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
@@ -20,12 +20,3 @@ LongText = Annotated[str, StringConstraints(min_length=1, max_length=1000, strip
 Timestamp = AwareDatetime
 
 Version = Annotated[int, Field(ge=0, le=2**62)]
-
-
-def _non_empty(items: list) -> list:
-    if not items:
-        raise ValueError("must not be empty")
-    return items
-
-
-NonEmpty = AfterValidator(_non_empty)
