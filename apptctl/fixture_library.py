@@ -1,5 +1,6 @@
-"""The fixture library under tests/fixtures and generated load sets, built from the contract models so they
-stay valid as the contracts evolve (`apptctl fixtures generate library|load`).
+"""The fixture library (tests/fixtures) and generated load sets, built from the contract models.
+
+They stay valid as the contracts evolve (`apptctl fixtures generate library|load`).
 
 Everything is deterministic for a given anchor and seed: message ids are uuid5s of where the message sits,
 so regenerating the library changes a file only when its content really changed.

@@ -1,5 +1,6 @@
-"""Does an exchange or queue exist on the broker: a passive declare on a channel of its own (a missing
-one closes the channel it was asked on, so never ask on a channel used for anything else)."""
+"""Does an exchange or queue exist on the broker: one passive declare, on a channel of its own.
+
+A missing entity closes the channel it was asked on, so never ask on a channel used for anything else."""
 
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable

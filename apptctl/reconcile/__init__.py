@@ -1,5 +1,7 @@
-"""Reconciliation: every accepted request has exactly one outcome, every customer change has a request,
-and the read store equals the source of truth.
+"""Reconciliation's public entry points: does every request have one outcome, does the read store agree.
+
+Every accepted request has exactly one outcome, every customer change has a request, and the read store
+equals the source of truth.
 
 `reconcile(facts, ...)` (classify.py) is pure: it classifies what the system recorded (portal.requests,
 policy.decisions, the messaging outbox and inbox, the scheduling and portal tables, dead letters, and

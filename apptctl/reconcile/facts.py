@@ -1,5 +1,6 @@
-"""The facts reconciliation reads (requests, decisions, events, appointments, jobs, dead letters, places),
-pure data; the message types, producers and statuses they are compared by come from the contracts."""
+"""The facts reconciliation reads, pure data: requests, decisions, events, appointments, jobs, places.
+
+The message types, producers and statuses they are compared by come from the contracts."""
 
 from dataclasses import dataclass, field
 from datetime import datetime

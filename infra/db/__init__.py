@@ -1,0 +1,1 @@
+"""The database: table definitions (tables.py), migrations (migrate.py), creating databases (admin.py)."""

@@ -1,5 +1,7 @@
-"""Keep the portal's offers current: recompute an appointment's offer timeline when a fact it rests on
-changes (the appointment itself, its project, a settings layer) and announce it when it differs."""
+"""Keeping the portal's offers current: recompute and announce an appointment's offer timeline.
+
+It is recomputed when a fact it rests on changes (the appointment itself, its project, a settings
+layer) and announced when it differs."""
 
 import structlog
 
