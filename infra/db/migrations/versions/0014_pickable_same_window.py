@@ -3,14 +3,14 @@ gate's new-window rules (workers/policy_gate/new_window.py) do; it used to hide 
 current start. tests/integration/test_pickable_rules.py proves the view and the rules agree.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-06
 """
 
 from alembic import op
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
