@@ -1,5 +1,7 @@
-"""`apptctl fixtures replay`: validate every fixture, then publish them through the real broker, file by
-file, letting each file settle before the next, and optionally check what they were expected to do.
+"""`apptctl fixtures replay`: validate every fixture, publish them through the real broker, check them.
+
+File by file, letting each file settle before the next, and optionally checking what they were expected
+to do.
 
 Nothing is published unless every fixture is valid (or intentionally malformed, as it says). Publishes go
 through `workers.runtime.broker.Broker`: confirm channel, persistent, mandatory, with a timeout.

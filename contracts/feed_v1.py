@@ -1,5 +1,6 @@
-"""The live feed (schema version 1): a small event after each read-store change, for office boards and
-portals to subscribe to exactly what they show.
+"""The live feed (schema version 1): a small event after each read-store change.
+
+Office boards and portals subscribe to exactly what they show.
 
 Published on the `feed` exchange (topic) with the routing key `<tenant>.<customer>.<job>`: bind
 `acme.#` for one business's board, `acme.cust-7.#` for one customer's portal, `acme.*.job-42` for one

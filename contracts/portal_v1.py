@@ -1,5 +1,6 @@
-"""Messages between portals and us (schema version 1): the customer's modify request, and the reply to it
-when the request named a queue."""
+"""Messages between portals and us (schema version 1): the modify request, and the reply to it.
+
+The reply goes out when the request named a queue."""
 
 from typing import Annotated, ClassVar, Literal
 

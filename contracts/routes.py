@@ -1,5 +1,7 @@
-"""The routes: which message type and schema version travels on which exchange and routing key, who
-publishes it, and which routes each worker subscribes to. The one declaration that the topology's
+"""The routes: which message travels on which exchange and key, who publishes it, who subscribes.
+
+Which message type and schema version travels on which exchange and routing key, who publishes it,
+and which routes each worker subscribes to. The one declaration that the topology's
 bindings, the broker permissions, every consumer's route check, `dlq replay` and the AsyncAPI document read.
 
 A route decides the type: a worker accepts a delivery only when the exchange and routing key it came by

@@ -1,5 +1,6 @@
-"""The RabbitMQ topology, declared from one spec: exchanges, quorum queues, bindings, dead letters, and
-the delay queues transient failures are retried through.
+"""The RabbitMQ topology, declared from one spec: exchanges, queues, bindings, dead letters, delays.
+
+Quorum queues, and the delay queues transient failures are retried through.
 
 Queue arguments are part of the contract: RabbitMQ refuses to redeclare a queue with other arguments
 (PRECONDITION_FAILED), so changing one needs a migration (new queue name, move consumers, delete old).

@@ -1,5 +1,7 @@
-"""What the API sends: a customer's reschedule or cancel (`modify.requested`, signed as the portal's
-producer) and an office's approval decision, each published persistent, mandatory and confirmed.
+"""What the API sends: a customer's reschedule or cancel, and an office's approval decision.
+
+A request is `modify.requested`, signed as the portal's producer; each is published persistent, mandatory
+and confirmed.
 
 A request is recorded under its request id (the `Idempotency-Key`) in the same transaction that is
 committed only after the broker confirmed the publish: the broker away leaves no record, so a retry with

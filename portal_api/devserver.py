@@ -1,5 +1,7 @@
-"""`make portal`: migrations, topology, the three workers, the four stories seeded, and the API with the
-reference portal and office board on one URL; Ctrl-C stops everything."""
+"""`make portal`: the whole demo (services set up, workers, stories, API, portal) on one URL.
+
+Migrations, topology, the three workers, the four stories seeded, and the API with the reference portal
+and office board; Ctrl-C stops everything."""
 
 import argparse
 import asyncio

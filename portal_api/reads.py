@@ -1,5 +1,7 @@
-"""Read-store queries for the API, each in a transaction that sets the tenant (row-level security) and
-scoped by customer in SQL: another tenant's or customer's rows are simply not found."""
+"""Read-store queries for the API, each scoped by tenant (row-level security) and customer (in SQL).
+
+Each runs in a transaction that sets the tenant: another tenant's or customer's rows are simply not
+found."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager

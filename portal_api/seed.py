@@ -1,4 +1,6 @@
-"""The reference portal's demo data: the four industry stories' businesses, customers, jobs and settings
+"""The reference portal's demo data: businesses, customers, jobs, settings and arrival windows.
+
+The four industry stories' businesses, customers, jobs and settings
 (apptctl/scenarios.py, without their requests: the visitor makes those by clicking), plus each business
 unit's arrival windows in its own time zone so there are times to pick."""
 

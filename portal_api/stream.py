@@ -1,6 +1,8 @@
-"""The live feed inside the API: one exclusive queue on the feed exchange per process, fanned out to
-Server-Sent Events streams (per customer, or per business for office keys) and to long-polls waiting for
-a request's outcome; on reconnect, what a stream missed is replayed from the read store's row times."""
+"""The live feed inside the API: one queue per process, fanned out to event streams and long-polls.
+
+One exclusive queue on the feed exchange per process, fanned out to Server-Sent Events streams (per
+customer, or per business for office keys) and to long-polls waiting for a request's outcome; on
+reconnect, what a stream missed is replayed from the read store's row times."""
 
 import asyncio
 import contextlib

@@ -1,5 +1,6 @@
-"""The reference Customer Portal and office board: server-rendered pages (Jinja2) over the same reads
-and commands as the API, kept current by a small EventSource script of our own (static/live.js).
+"""The reference Customer Portal and office board: server-rendered pages over the API's reads and commands.
+
+Jinja2 pages, kept current by a small EventSource script of our own (static/live.js).
 
 Sign-in is a clearly marked demo: the visitor picks a seeded customer or a business's office and a
 cookie remembers it, with no password. The pages exist only when APPT_DEMO_PAGES is on (`make portal`,
