@@ -2,15 +2,15 @@
 gate's new-window rules (workers/policy_gate/new_window.py) do; it used to hide every window at the
 current start. tests/integration/test_pickable_rules.py proves the view and the rules agree.
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-06
 """
 
 from alembic import op
 
-revision = "0014"
-down_revision = "0013"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
