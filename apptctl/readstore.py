@@ -167,9 +167,10 @@ async def settings_version(
 ) -> int | None:
     """The version of one of the business's settings layers (its own by default), if it has one."""
     from workers.policy_gate.store import layer_version
+    from workers.runtime.database import UnitOfWork
 
-    async with engine.connect() as conn:
-        return await layer_version(conn, tenant_id, level, key)
+    async with UnitOfWork(engine, "apptctl") as uow:  # read only: rolled back
+        return await layer_version(uow.driver, tenant_id, level, key)
 
 
 @dataclass(frozen=True)

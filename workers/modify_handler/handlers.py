@@ -39,7 +39,7 @@ PRODUCER = "modify_handler"
 
 async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> None:
     request = message.payload
-    conn = uow.connection
+    conn = uow.driver
     now = await uow.now()
     current = await repository.lock_appointment(uow.driver, message.tenant_id, request.appointment_id)
     if current is None:
@@ -103,7 +103,7 @@ async def record_office_appointment(
     """Apply the office's record unless it is older than one applied or would undo a customer's change
     it did not know of (domain.judge_office_record); answer with an `office.outcome` either way."""
     payload = message.payload
-    conn = uow.connection
+    conn = uow.driver
     now = await uow.now()
     versioned = isinstance(message, AppointmentRecordedV2)
     await repository.guard_appointment_id(uow.driver, message.tenant_id, payload.appointment_id)
@@ -177,8 +177,8 @@ async def record_office_project(message: ProjectRecorded, uow: UnitOfWork) -> No
     """The office changed a project on its own (not with one of its appointments)."""
     project = message.payload.project
     now = await uow.now()
-    await repository.record_project(uow.connection, message.tenant_id, project)
-    await repository.replace_project_contacts(uow.connection, message.tenant_id, project)
+    await repository.record_project(uow.driver, message.tenant_id, project)
+    await repository.replace_project_contacts(uow.driver, message.tenant_id, project)
     await uow.emit(
         ProjectUpdated.follow(
             message,
@@ -201,7 +201,7 @@ async def set_office_capacity(message: CapacityUpdated, uow: UnitOfWork) -> None
     payload = message.payload
     now = await uow.now()
     changed = await places.set_places(
-        uow.connection,
+        uow.driver,
         message.tenant_id,
         payload.business_unit,
         payload.zone or "",

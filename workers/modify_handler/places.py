@@ -14,13 +14,9 @@ already in a window that did not hold a place there (booked before the window ex
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+import asyncpg
 
 from contracts.common import ArrivalWindow
-from infra.db.tables import appointments
-from infra.db.tables import capacity_windows as windows
 from workers.modify_handler import domain
 from workers.modify_handler.domain import Appointment, Failure, Place
 
@@ -35,74 +31,82 @@ class ChangedPlace:
     version: int
 
 
-def _key(tenant_id: str, business_unit: str, zone: str):
-    return and_(
-        windows.c.tenant_id == tenant_id, windows.c.business_unit == business_unit, windows.c.zone == zone
+def _place(row) -> Place:
+    return Place(
+        ArrivalWindow(start=row["starts_at"], end=row["ends_at"]),
+        row["places"],
+        row["capacity"],
+        row["booked"],
     )
 
 
-_UNIT_KEY = "hashtext('capacity:' || :tenant || ':' || :unit || ':' || :zone)"
 _UNIT_LOCK = {
-    False: text(f"SELECT pg_advisory_xact_lock_shared({_UNIT_KEY})"),
-    True: text(f"SELECT pg_advisory_xact_lock({_UNIT_KEY})"),
+    False: "SELECT pg_advisory_xact_lock_shared(hashtext('capacity:' || $1 || ':' || $2 || ':' || $3))",
+    True: "SELECT pg_advisory_xact_lock(hashtext('capacity:' || $1 || ':' || $2 || ':' || $3))",
 }
+_UNIT_HAS_WINDOWS = """
+SELECT EXISTS (SELECT 1 FROM scheduling.capacity_windows
+                WHERE tenant_id = $1 AND business_unit = $2 AND zone = $3)
+"""
+_LOCK_PLACES = """
+SELECT starts_at, ends_at, places, capacity, booked FROM scheduling.capacity_windows
+ WHERE tenant_id = $1 AND business_unit = $2 AND zone = $3 AND starts_at = ANY($4::timestamptz[])
+ ORDER BY starts_at
+   FOR UPDATE
+"""
+_SAVE_PLACE = """
+UPDATE scheduling.capacity_windows
+   SET places = $5, capacity = $6, booked = $7, version = version + 1, updated_at = now()
+ WHERE tenant_id = $1 AND business_unit = $2 AND zone = $3 AND starts_at = $4
+RETURNING version
+"""
 
 
 async def guard_unit(
-    conn: AsyncConnection, tenant_id: str, business_unit: str, zone: str, *, exclusive: bool = False
+    conn: asyncpg.Connection, tenant_id: str, business_unit: str, zone: str, *, exclusive: bool = False
 ) -> None:
     """Until commit: shared by every change of a place in the unit (zone), exclusive while its places are
     set, so a booking never decides "no capacity here" while windows are being created unseen."""
-    await conn.execute(_UNIT_LOCK[exclusive], dict(tenant=tenant_id, unit=business_unit, zone=zone))
+    await conn.execute(_UNIT_LOCK[exclusive], tenant_id, business_unit, zone)
 
 
-async def unit_uses_capacity(conn: AsyncConnection, tenant_id: str, business_unit: str, zone: str) -> bool:
+async def unit_uses_capacity(conn: asyncpg.Connection, tenant_id: str, business_unit: str, zone: str) -> bool:
     await guard_unit(conn, tenant_id, business_unit, zone)
-    return bool((await conn.execute(select(exists().where(_key(tenant_id, business_unit, zone))))).scalar())
+    return bool(await conn.fetchval(_UNIT_HAS_WINDOWS, tenant_id, business_unit, zone))
 
 
 async def lock_places(
-    conn: AsyncConnection, tenant_id: str, business_unit: str, zone: str, starts: list[datetime]
+    conn: asyncpg.Connection, tenant_id: str, business_unit: str, zone: str, starts: list[datetime]
 ) -> dict[datetime, Place]:
     await guard_unit(conn, tenant_id, business_unit, zone)
-    rows = await conn.execute(
-        select(windows)
-        .where(_key(tenant_id, business_unit, zone), windows.c.starts_at.in_(sorted(set(starts))))
-        .order_by(windows.c.starts_at)
-        .with_for_update()
-    )
-    return {
-        r.starts_at: Place(ArrivalWindow(start=r.starts_at, end=r.ends_at), r.places, r.capacity, r.booked)
-        for r in rows
-    }
+    rows = await conn.fetch(_LOCK_PLACES, tenant_id, business_unit, zone, sorted(set(starts)))
+    return {r["starts_at"]: _place(r) for r in rows}
 
 
 async def save_place(
-    conn: AsyncConnection, tenant_id: str, business_unit: str, zone: str, place: Place
+    conn: asyncpg.Connection, tenant_id: str, business_unit: str, zone: str, place: Place
 ) -> ChangedPlace:
-    version = (
-        await conn.execute(
-            update(windows)
-            .where(_key(tenant_id, business_unit, zone), windows.c.starts_at == place.window.start)
-            .values(
-                places=place.places,
-                capacity=place.capacity,
-                booked=place.booked,
-                version=windows.c.version + 1,
-                updated_at=func.now(),
-            )
-            .returning(windows.c.version)
-        )
-    ).scalar_one()
+    version = await conn.fetchval(
+        _SAVE_PLACE,
+        tenant_id,
+        business_unit,
+        zone,
+        place.window.start,
+        place.places,
+        place.capacity,
+        place.booked,
+    )
+    if version is None:  # as SQLAlchemy's scalar_one() did: the window was locked, so it is there
+        raise LookupError(f"capacity window {business_unit}/{zone}/{place.window.start} is gone")
     return ChangedPlace(business_unit, zone, place, version)
 
 
-async def _save(conn: AsyncConnection, tenant_id: str, plan: domain.PlacePlan) -> list[ChangedPlace]:
+async def _save(conn: asyncpg.Connection, tenant_id: str, plan: domain.PlacePlan) -> list[ChangedPlace]:
     return [await save_place(conn, tenant_id, unit, zone, place) for unit, zone, place in plan.updates]
 
 
 async def move_for_customer(
-    conn: AsyncConnection, current: Appointment, moved: Appointment
+    conn: asyncpg.Connection, current: Appointment, moved: Appointment
 ) -> tuple[Appointment, list[ChangedPlace]] | Failure:
     """A customer's reschedule, as `domain.plan_move` plans it on the locked places. Fails, changing
     nothing, when the new window has no free place."""
@@ -116,7 +120,7 @@ async def move_for_customer(
     return replace(moved, holds_place=plan.holds_place), await _save(conn, tenant, plan)
 
 
-async def free_place(conn: AsyncConnection, appointment: Appointment) -> list[ChangedPlace]:
+async def free_place(conn: asyncpg.Connection, appointment: Appointment) -> list[ChangedPlace]:
     """Give back the place an appointment held (a cancel)."""
     if not appointment.holds_place:
         return []
@@ -126,7 +130,7 @@ async def free_place(conn: AsyncConnection, appointment: Appointment) -> list[Ch
 
 
 async def follow_office_record(
-    conn: AsyncConnection, previous: Appointment | None, recorded: Appointment
+    conn: asyncpg.Connection, previous: Appointment | None, recorded: Appointment
 ) -> tuple[bool, list[ChangedPlace]]:
     """Apply `domain.plan_office_record` to the places involved. Returns whether the appointment now
     holds a place, and the windows that changed."""
@@ -142,8 +146,22 @@ async def follow_office_record(
     return plan.holds_place, await _save(conn, tenant, plan)
 
 
+# New windows are created; the others updated unless this unit's capacity was already set by a newer
+# message. Places below the bookings keep the bookings (capacity = greatest(places, booked)).
+_SET_PLACES = """
+INSERT INTO scheduling.capacity_windows AS w (tenant_id, business_unit, zone, starts_at, ends_at, places,
+                                              capacity, capacity_version)
+SELECT $1, $2, $3, s, e, p, p, $7 FROM unnest($4::timestamptz[], $5::timestamptz[], $6::int[]) AS u(s, e, p)
+ON CONFLICT (tenant_id, business_unit, zone, starts_at) DO UPDATE
+   SET places = EXCLUDED.places, capacity = greatest(EXCLUDED.places, w.booked), ends_at = EXCLUDED.ends_at,
+       capacity_version = EXCLUDED.capacity_version, version = w.version + 1, updated_at = now()
+ WHERE w.capacity_version < EXCLUDED.capacity_version
+RETURNING starts_at, ends_at, places, capacity, booked, version
+"""
+
+
 async def set_places(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     tenant_id: str,
     business_unit: str,
     zone: str,
@@ -156,40 +174,19 @@ async def set_places(
     if not settings:
         return []
     await guard_unit(conn, tenant_id, business_unit, zone, exclusive=True)
-    statement = insert(windows).values(
-        [
-            dict(
-                tenant_id=tenant_id,
-                business_unit=business_unit,
-                zone=zone,
-                starts_at=window.start,
-                ends_at=window.end,
-                places=places,
-                capacity=places,
-                capacity_version=capacity_version,
-            )
-            for window, places in sorted(settings, key=lambda item: item[0].start)
-        ]
+    ordered = sorted(settings, key=lambda item: item[0].start)
+    rows = await conn.fetch(
+        _SET_PLACES,
+        tenant_id,
+        business_unit,
+        zone,
+        [window.start for window, _ in ordered],
+        [window.end for window, _ in ordered],
+        [places for _, places in ordered],
+        capacity_version,
     )
-    ex = statement.excluded
-    statement = statement.on_conflict_do_update(
-        index_elements=[windows.c.tenant_id, windows.c.business_unit, windows.c.zone, windows.c.starts_at],
-        set_={
-            "places": ex.places,
-            "capacity": func.greatest(ex.places, windows.c.booked),
-            "ends_at": ex.ends_at,
-            "capacity_version": ex.capacity_version,
-            "version": windows.c.version + 1,
-            "updated_at": func.now(),
-        },
-        where=windows.c.capacity_version < ex.capacity_version,
-    ).returning(windows)
-    rows = list(await conn.execute(statement))
-    found = {
-        r.starts_at: Place(ArrivalWindow(start=r.starts_at, end=r.ends_at), r.places, r.capacity, r.booked)
-        for r in rows
-    }
-    versions = {r.starts_at: r.version for r in rows}
+    found = {r["starts_at"]: _place(r) for r in rows}
+    versions = {r["starts_at"]: r["version"] for r in rows}
     for start, count in (await _count_earlier_bookings(conn, tenant_id, business_unit, zone, found)).items():
         place = found[start]
         booked = place.booked + count
@@ -198,28 +195,24 @@ async def set_places(
     return [ChangedPlace(business_unit, zone, found[start], versions[start]) for start in sorted(found)]
 
 
+_COUNT_EARLIER_BOOKINGS = """
+UPDATE scheduling.appointments SET holds_place = true
+ WHERE tenant_id = $1 AND business_unit = $2 AND zone = $3 AND NOT holds_place AND status <> 'canceled'
+   AND (window_start, window_end) IN (SELECT * FROM unnest($4::timestamptz[], $5::timestamptz[]))
+RETURNING window_start
+"""
+
+
 async def _count_earlier_bookings(
-    conn: AsyncConnection, tenant_id: str, business_unit: str, zone: str, found: dict[datetime, Place]
+    conn: asyncpg.Connection, tenant_id: str, business_unit: str, zone: str, found: dict[datetime, Place]
 ) -> dict[datetime, int]:
     """Appointments in exactly one of these windows that hold no place (booked before the window
     existed, or before its end was set as it is now) now hold one: how many per window start."""
     if not found:
         return {}
-    rows = await conn.execute(
-        update(appointments)
-        .where(
-            appointments.c.tenant_id == tenant_id,
-            appointments.c.business_unit == business_unit,
-            appointments.c.zone == zone,
-            ~appointments.c.holds_place,
-            appointments.c.status != "canceled",
-            tuple_(appointments.c.window_start, appointments.c.window_end).in_(
-                [(place.window.start, place.window.end) for place in found.values()]
-            ),
-        )
-        .values(holds_place=True)
-        .returning(appointments.c.window_start)
-    )
+    starts = [place.window.start for place in found.values()]
+    ends = [place.window.end for place in found.values()]
+    rows = await conn.fetch(_COUNT_EARLIER_BOOKINGS, tenant_id, business_unit, zone, starts, ends)
     counts: dict[datetime, int] = {}
     for (start,) in rows:
         counts[start] = counts.get(start, 0) + 1

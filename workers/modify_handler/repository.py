@@ -1,18 +1,14 @@
 """The scheduling store: appointments and jobs, locked and versioned, always scoped by tenant."""
 
 import asyncpg
-from sqlalchemy import delete, func
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.common import AppointmentStatus, ArrivalWindow, Confirmation, JobStatus
 from contracts.office_v1 import AppointmentRecordedPayload
-from infra.db.tables import appointments, jobs, project_contacts, projects
 from workers.modify_handler.domain import Appointment
 
 
 def _to_domain(row) -> Appointment:
-    """A row (SQLAlchemy or asyncpg, by column name) as the domain's appointment."""
+    """A row (by column name) as the domain's appointment."""
     return Appointment(
         tenant_id=row["tenant_id"],
         appointment_id=row["appointment_id"],
@@ -120,19 +116,42 @@ async def set_job_status(driver: asyncpg.Connection, tenant_id: str, job_id: str
     return await driver.fetchval(_SET_JOB_STATUS, tenant_id, job_id, status.value)
 
 
-async def ensure_job(conn: AsyncConnection, tenant_id: str, job_id: str, customer_id: str) -> bool:
+_ENSURE_JOB = """
+INSERT INTO scheduling.jobs (tenant_id, job_id, customer_id, status) VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING
+RETURNING job_id
+"""
+
+
+async def ensure_job(driver: asyncpg.Connection, tenant_id: str, job_id: str, customer_id: str) -> bool:
     """Create the job the office booked against, if new; True when it was created."""
-    result = await conn.execute(
-        insert(jobs)
-        .values(tenant_id=tenant_id, job_id=job_id, customer_id=customer_id, status=JobStatus.SCHEDULED.value)
-        .on_conflict_do_nothing()
-        .returning(jobs.c.job_id)
-    )
-    return result.first() is not None
+    created = await driver.fetchval(_ENSURE_JOB, tenant_id, job_id, customer_id, JobStatus.SCHEDULED.value)
+    return created is not None
+
+
+# The office's state overwrites the appointment; its version goes up, and is remembered as the version
+# the office's last record produced (with the record's revision, if it has one).
+_RECORD_OFFICE_APPOINTMENT = """
+INSERT INTO scheduling.appointments AS a (tenant_id, appointment_id, job_id, customer_id, business_unit,
+                                          job_type, project_id, window_start, window_end, status,
+                                          confirmation, zone, holds_place, version, office_version,
+                                          office_revision)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, 1, $14)
+ON CONFLICT (tenant_id, appointment_id) DO UPDATE
+   SET job_id = EXCLUDED.job_id, customer_id = EXCLUDED.customer_id, business_unit = EXCLUDED.business_unit,
+       job_type = EXCLUDED.job_type, project_id = EXCLUDED.project_id,
+       window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end, status = EXCLUDED.status,
+       confirmation = EXCLUDED.confirmation, zone = EXCLUDED.zone, holds_place = EXCLUDED.holds_place,
+       version = a.version + 1, office_version = a.version + 1,
+       office_revision = coalesce(EXCLUDED.office_revision, a.office_revision), updated_at = now()
+RETURNING tenant_id, appointment_id, job_id, customer_id, business_unit, job_type, project_id, window_start,
+          window_end, status, confirmation, version, zone, holds_place, office_revision, office_version,
+          customer_version
+"""
 
 
 async def record_office_appointment(
-    conn: AsyncConnection,
+    driver: asyncpg.Connection,
     tenant_id: str,
     payload: AppointmentRecordedPayload,
     *,
@@ -141,81 +160,66 @@ async def record_office_appointment(
 ) -> Appointment:
     """Insert or overwrite the appointment with the office's state; bumps its version, and remembers it
     as the version the office's last record produced (with the record's revision, if it has one)."""
-    values = dict(
-        tenant_id=tenant_id,
-        appointment_id=payload.appointment_id,
-        job_id=payload.job_id,
-        customer_id=payload.customer_id,
-        business_unit=payload.business_unit,
-        job_type=payload.job_type,
-        project_id=payload.project.project_id if payload.project else None,
-        window_start=payload.window.start,
-        window_end=payload.window.end,
-        status=payload.status.value,
-        confirmation=payload.confirmation.value,
-        zone=payload.zone or "",
-        holds_place=holds_place,
+    row = await driver.fetchrow(
+        _RECORD_OFFICE_APPOINTMENT,
+        tenant_id,
+        payload.appointment_id,
+        payload.job_id,
+        payload.customer_id,
+        payload.business_unit,
+        payload.job_type,
+        payload.project.project_id if payload.project else None,
+        payload.window.start,
+        payload.window.end,
+        payload.status.value,
+        payload.confirmation.value,
+        payload.zone or "",
+        holds_place,
+        office_revision,
     )
-    statement = insert(appointments).values(
-        **values, version=1, office_version=1, office_revision=office_revision
-    )
-    statement = statement.on_conflict_do_update(
-        index_elements=[appointments.c.tenant_id, appointments.c.appointment_id],
-        set_={
-            **{k: statement.excluded[k] for k in values if k not in ("tenant_id", "appointment_id")},
-            "version": appointments.c.version + 1,
-            "office_version": appointments.c.version + 1,
-            "office_revision": func.coalesce(
-                statement.excluded.office_revision, appointments.c.office_revision
-            ),
-            "updated_at": func.now(),
-        },
-    ).returning(*appointments.c)
-    row = (await conn.execute(statement)).one()._mapping
     if payload.project is not None:
-        await record_project(conn, tenant_id, payload.project)
-        await replace_project_contacts(conn, tenant_id, payload.project)
+        await record_project(driver, tenant_id, payload.project)
+        await replace_project_contacts(driver, tenant_id, payload.project)
     return _to_domain(row)
 
 
-async def record_project(conn: AsyncConnection, tenant_id: str, project) -> None:
+_RECORD_PROJECT = """
+INSERT INTO scheduling.projects (tenant_id, project_id, portal_locked, starts_at, ends_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (tenant_id, project_id) DO UPDATE
+   SET portal_locked = EXCLUDED.portal_locked, starts_at = EXCLUDED.starts_at, ends_at = EXCLUDED.ends_at,
+       updated_at = now()
+"""
+
+
+async def record_project(driver: asyncpg.Connection, tenant_id: str, project) -> None:
     """The project's portal lock and dates, as the office last sent them."""
-    values = dict(portal_locked=project.portal_locked, starts_at=project.starts_at, ends_at=project.ends_at)
-    statement = insert(projects).values(tenant_id=tenant_id, project_id=project.project_id, **values)
-    await conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[projects.c.tenant_id, projects.c.project_id],
-            set_={**{k: statement.excluded[k] for k in values}, "updated_at": func.now()},
-        )
+    await driver.execute(
+        _RECORD_PROJECT,
+        tenant_id,
+        project.project_id,
+        project.portal_locked,
+        project.starts_at,
+        project.ends_at,
     )
 
 
-async def replace_project_contacts(conn: AsyncConnection, tenant_id: str, project) -> None:
+_DROP_OTHER_CONTACTS = """
+DELETE FROM scheduling.project_contacts
+ WHERE tenant_id = $1 AND project_id = $2 AND contact_id <> ALL($3::text[])
+"""
+_SAVE_CONTACTS = """
+INSERT INTO scheduling.project_contacts (tenant_id, project_id, contact_id, role)
+SELECT $1, $2, contact_id, role FROM unnest($3::text[], $4::text[]) AS c(contact_id, role)
+ON CONFLICT (tenant_id, project_id, contact_id) DO UPDATE SET role = EXCLUDED.role
+"""
+
+
+async def replace_project_contacts(driver: asyncpg.Connection, tenant_id: str, project) -> None:
     """Make the stored contacts equal the office's list. Upsert, not delete-then-insert: several bookings
     of one project may be recorded at the same time, and each must see the others' rows, not collide."""
     keep = [c.contact_id for c in project.contacts]
-    await conn.execute(
-        delete(project_contacts).where(
-            project_contacts.c.tenant_id == tenant_id,
-            project_contacts.c.project_id == project.project_id,
-            project_contacts.c.contact_id.not_in(keep),
-        )
-    )
+    await driver.execute(_DROP_OTHER_CONTACTS, tenant_id, project.project_id, keep)
     if project.contacts:
-        statement = insert(project_contacts).values(
-            [
-                dict(
-                    tenant_id=tenant_id,
-                    project_id=project.project_id,
-                    contact_id=c.contact_id,
-                    role=c.role.value,
-                )
-                for c in project.contacts
-            ]
-        )
-        await conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=list(project_contacts.primary_key.columns),
-                set_={"role": statement.excluded.role},
-            )
-        )
+        roles = [c.role.value for c in project.contacts]
+        await driver.execute(_SAVE_CONTACTS, tenant_id, project.project_id, keep, roles)

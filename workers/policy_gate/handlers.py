@@ -225,7 +225,7 @@ async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> N
     """The office approved or declined a waiting request. A decision for a request that is not waiting
     (unknown, or already settled) changes nothing."""
     decision = message.payload
-    conn = uow.connection
+    conn = uow.driver
     now = await uow.now()
     pending = await store.lock_pending_approval(conn, message.tenant_id, decision.request_id)
     if pending is None:
@@ -272,7 +272,7 @@ async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> N
 async def update_settings_layer(message: PortalSettingsUpdatedV2, uow: UnitOfWork) -> None:
     p = message.payload
     applied = await store.save_layer(
-        uow.connection,
+        uow.driver,
         message.tenant_id,
         p.scope,
         p.settings,
@@ -316,7 +316,7 @@ def business_layer_from_v1(message: PortalSettingsUpdated) -> SettingsLayer:
 
 async def update_portal_settings_v1(message: PortalSettingsUpdated, uow: UnitOfWork) -> None:
     applied = await store.save_layer(
-        uow.connection,
+        uow.driver,
         message.tenant_id,
         SettingsScope(level=ScopeLevel.BUSINESS),
         business_layer_from_v1(message),

@@ -149,7 +149,7 @@ async def follow_appointment(
     ids = [snapshot.appointment_id]
     if snapshot.project_id is not None:
         ids += await store.upcoming_appointments(
-            uow.connection, message.tenant_id, await uow.now(), ScopeLevel.PROJECT, snapshot.project_id
+            uow.driver, message.tenant_id, await uow.now(), ScopeLevel.PROJECT, snapshot.project_id
         )
     changed = await refresh_offers(uow, message, message.tenant_id, ids)
     log.info("gate.offers", appointments=len(set(ids)), changed=changed)
@@ -168,7 +168,7 @@ async def follow_scope(
     else now. The first chunk (after `after_id`) here; the rest in messages that follow this one."""
     now = await uow.now()
     ids = await store.upcoming_appointments(
-        uow.connection, cause.tenant_id, now, level, key, after_id=after_id, limit=REFRESH_CHUNK
+        uow.driver, cause.tenant_id, now, level, key, after_id=after_id, limit=REFRESH_CHUNK
     )
     changed = await refresh_offers(uow, cause, cause.tenant_id, ids)
     more = len(ids) == REFRESH_CHUNK

@@ -4,21 +4,13 @@ history, decisions by request id, and the offer timelines it last computed (poli
 import json
 from datetime import datetime
 from functools import lru_cache
+from typing import NamedTuple
 from uuid import UUID
 
 import asyncpg
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts.common import AppointmentStatus, ArrivalWindow, Confirmation
 from contracts.office_v2 import ScopeLevel, SettingsLayer, SettingsScope
-from infra.db.tables import (
-    appointments,
-    decisions,
-    settings_history,
-    settings_layers,
-)
 from workers.policy_gate.rules import AppointmentFacts, Decision, ProjectFacts
 from workers.policy_gate.settings import ScopedLayer
 from workers.runtime.database import UnitOfWork
@@ -93,25 +85,41 @@ async def load_facts_and_layers(
     return facts, layers
 
 
+_LAYER_VERSION = """
+SELECT settings_version FROM policy.settings_layers WHERE tenant_id = $1 AND level = $2 AND scope_key = $3
+"""
+
+
 async def layer_version(
-    connection: AsyncConnection,
+    driver: asyncpg.Connection,
     tenant_id: str,
     level: str = ScopeLevel.BUSINESS.value,
     key: str | None = None,
 ) -> int | None:
-    return (
-        await connection.execute(
-            select(settings_layers.c.settings_version).where(
-                settings_layers.c.tenant_id == tenant_id,
-                settings_layers.c.level == level,
-                settings_layers.c.scope_key == (key or BUSINESS_KEY),
-            )
-        )
-    ).scalar_one_or_none()
+    return await driver.fetchval(_LAYER_VERSION, tenant_id, level, key or BUSINESS_KEY)
+
+
+_LOCK_LAYER = """
+SELECT settings::text AS settings, settings_version FROM policy.settings_layers
+ WHERE tenant_id = $1 AND level = $2 AND scope_key = $3
+   FOR UPDATE
+"""
+_SAVE_LAYER = """
+INSERT INTO policy.settings_layers (tenant_id, level, scope_key, settings, settings_version, changed_by)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (tenant_id, level, scope_key) DO UPDATE
+   SET settings = EXCLUDED.settings, settings_version = EXCLUDED.settings_version,
+       changed_by = EXCLUDED.changed_by, updated_at = EXCLUDED.updated_at
+"""
+_RECORD_LAYER_CHANGE = """
+INSERT INTO policy.settings_history (tenant_id, level, scope_key, settings_version, settings, previous,
+                                     changed_by, message_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+"""
 
 
 async def save_layer(
-    connection: AsyncConnection,
+    driver: asyncpg.Connection,
     tenant_id: str,
     scope: SettingsScope,
     layer: SettingsLayer,
@@ -123,51 +131,22 @@ async def save_layer(
     """Store a layer unless the same or a newer version is stored; keep the change in the history.
     True when it was applied."""
     key = scope.key or BUSINESS_KEY
-    document = layer.model_dump(mode="json", exclude_none=True)
-    previous = (
-        await connection.execute(
-            select(settings_layers.c.settings, settings_layers.c.settings_version)
-            .where(
-                settings_layers.c.tenant_id == tenant_id,
-                settings_layers.c.level == scope.level.value,
-                settings_layers.c.scope_key == key,
-            )
-            .with_for_update()
-        )
-    ).first()
-    if previous is not None and previous.settings_version >= settings_version:
+    level = scope.level.value
+    document = json.dumps(layer.model_dump(mode="json", exclude_none=True))  # jsonb: JSON text
+    previous = await driver.fetchrow(_LOCK_LAYER, tenant_id, level, key)
+    if previous is not None and previous["settings_version"] >= settings_version:
         return False
-    statement = insert(settings_layers).values(
-        tenant_id=tenant_id,
-        level=scope.level.value,
-        scope_key=key,
-        settings=document,
-        settings_version=settings_version,
-        changed_by=changed_by,
-    )
-    await connection.execute(
-        statement.on_conflict_do_update(
-            index_elements=[
-                settings_layers.c.tenant_id,
-                settings_layers.c.level,
-                settings_layers.c.scope_key,
-            ],
-            set_={
-                k: statement.excluded[k] for k in ("settings", "settings_version", "changed_by", "updated_at")
-            },
-        )
-    )
-    await connection.execute(
-        insert(settings_history).values(
-            tenant_id=tenant_id,
-            level=scope.level.value,
-            scope_key=key,
-            settings_version=settings_version,
-            settings=document,
-            previous=previous.settings if previous else None,
-            changed_by=changed_by,
-            message_id=message_id,
-        )
+    await driver.execute(_SAVE_LAYER, tenant_id, level, key, document, settings_version, changed_by)
+    await driver.execute(
+        _RECORD_LAYER_CHANGE,
+        tenant_id,
+        level,
+        key,
+        settings_version,
+        document,
+        previous["settings"] if previous is not None else None,
+        changed_by,
+        message_id,
     )
     return True
 
@@ -307,23 +286,46 @@ async def record_refusal(
     )
 
 
-async def lock_pending_approval(connection: AsyncConnection, tenant_id: str, request_id: str):
+class PendingApproval(NamedTuple):
+    """A decided request still waiting for the office."""
+
+    request_id: str
+    appointment_id: str
+    requester_id: str | None
+    action: str
+    change: dict | None
+    decided_on_version: int | None
+
+
+_LOCK_PENDING_APPROVAL = """
+SELECT request_id, appointment_id, requester_id, action, change::text AS change, decided_on_version
+  FROM policy.decisions
+ WHERE tenant_id = $1 AND request_id = $2 AND outcome = 'needs_approval'
+   FOR UPDATE
+"""
+
+
+async def lock_pending_approval(
+    driver: asyncpg.Connection, tenant_id: str, request_id: str
+) -> PendingApproval | None:
     """The decision row of a request still waiting for the office, locked; None if there is none."""
-    return (
-        await connection.execute(
-            select(decisions)
-            .where(
-                decisions.c.tenant_id == tenant_id,
-                decisions.c.request_id == request_id,
-                decisions.c.outcome == "needs_approval",
-            )
-            .with_for_update()
-        )
-    ).first()
+    row = await driver.fetchrow(_LOCK_PENDING_APPROVAL, tenant_id, request_id)
+    if row is None:
+        return None
+    change = None if row["change"] is None else json.loads(row["change"])
+    return PendingApproval(*row.values())._replace(change=change)
+
+
+_SETTLE_APPROVAL = """
+UPDATE policy.decisions
+   SET outcome = $3, rule = 'office_approval', reason_code = $4, reason_text = $5, office_decided_by = $6,
+       office_decided_at = $7
+ WHERE tenant_id = $1 AND request_id = $2
+"""
 
 
 async def settle_approval(
-    connection: AsyncConnection,
+    driver: asyncpg.Connection,
     tenant_id: str,
     request_id: str,
     *,
@@ -333,31 +335,37 @@ async def settle_approval(
     decided_by: str,
     decided_at: datetime,
 ) -> None:
-    await connection.execute(
-        update(decisions)
-        .where(decisions.c.tenant_id == tenant_id, decisions.c.request_id == request_id)
-        .values(
-            outcome="approved" if approved else "rejected",
-            rule="office_approval",
-            reason_code=reason_code,
-            reason_text=reason_text,
-            office_decided_by=decided_by,
-            office_decided_at=decided_at,
-        )
+    await driver.execute(
+        _SETTLE_APPROVAL,
+        tenant_id,
+        request_id,
+        "approved" if approved else "rejected",
+        reason_code,
+        reason_text,
+        decided_by,
+        decided_at,
     )
 
 
 # Which appointments a settings layer covers: every appointment of the business, or those of one unit,
-# job type or project.
-_SCOPE_COLUMN = {
-    ScopeLevel.BUSINESS_UNIT: appointments.c.business_unit,
-    ScopeLevel.JOB_TYPE: appointments.c.job_type,
-    ScopeLevel.PROJECT: appointments.c.project_id,
+# job type or project; in id order (the lock order), after an id ('' for the first chunk), at most
+# `limit` of them (NULL: all).
+_UPCOMING = """
+SELECT appointment_id FROM scheduling.appointments
+ WHERE tenant_id = $1 AND window_start > $2 AND appointment_id > $3 {scope}
+ ORDER BY appointment_id
+ LIMIT $4
+"""
+_UPCOMING_IN = {
+    ScopeLevel.BUSINESS: _UPCOMING.format(scope=""),
+    ScopeLevel.BUSINESS_UNIT: _UPCOMING.format(scope="AND business_unit = $5"),
+    ScopeLevel.JOB_TYPE: _UPCOMING.format(scope="AND job_type = $5"),
+    ScopeLevel.PROJECT: _UPCOMING.format(scope="AND project_id = $5"),
 }
 
 
 async def upcoming_appointments(
-    connection: AsyncConnection,
+    driver: asyncpg.Connection,
     tenant_id: str,
     after: datetime,
     level: ScopeLevel = ScopeLevel.BUSINESS,
@@ -368,17 +376,10 @@ async def upcoming_appointments(
 ) -> list[str]:
     """Ids of the appointments (of a business unit, job type or project) that start after a moment, in
     id order (the lock order); with `after_id` and `limit`, the next chunk of them."""
-    statement = select(appointments.c.appointment_id).where(
-        appointments.c.tenant_id == tenant_id, appointments.c.window_start > after
-    )
+    arguments: list = [tenant_id, after, after_id or "", limit]
     if level is not ScopeLevel.BUSINESS:
-        statement = statement.where(_SCOPE_COLUMN[level] == key)
-    if after_id is not None:
-        statement = statement.where(appointments.c.appointment_id > after_id)
-    statement = statement.order_by(appointments.c.appointment_id)
-    if limit is not None:
-        statement = statement.limit(limit)
-    return list((await connection.execute(statement)).scalars())
+        arguments.append(key)
+    return [row[0] for row in await driver.fetch(_UPCOMING_IN[level], *arguments)]
 
 
 _CREATE_OFFER = """

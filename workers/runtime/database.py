@@ -1,14 +1,15 @@
 """Engine creation and the unit of work: one transaction per message, rolled back unless committed.
 
-The unit of work drives the transaction itself on the connection's asyncpg driver (BEGIN / COMMIT /
-ROLLBACK), and SQLAlchemy runs on the same connection in autocommit mode, so that handlers' statements
-land in our transaction without SQLAlchemy adding its own round trips. That lets the runtime's own
-statements be as cheap as a hand-written relay's:
+The unit of work holds one pooled connection and drives its transaction by hand (BEGIN / COMMIT /
+ROLLBACK). It exposes ONE handle on that transaction, `uow.driver` (the asyncpg connection): every store
+runs module-level parameterised SQL (`$1`, `$2`, ...) through it, which asyncpg prepares once per
+connection and caches by its text. No value is ever pasted into SQL text (tests/unit/test_sql_idiom.py
+scans the workers for that); SQLAlchemy only pools the connections.
 
-- BEGIN and the inbox claim travel in one round trip (`claim=` below);
+- BEGIN, then the inbox claim, which also sets the transaction's tenant (`claim=` below);
 - `now()` is asked only when a handler wants it, once per transaction;
-- the outbox rows a handler emits are written with the COMMIT, in the same round trip (`written`
-  holds them afterwards, for the consumer to publish directly); with `notify`, the same round trip
+- the outbox rows a handler emits are written in one statement just before the COMMIT (`written`
+  holds them afterwards, for the consumer to publish directly); with `notify`, the same statement
   wakes this producer's relay (per-producer NOTIFY channel, delivered at commit);
 - no pre-ping: a connection found dead at BEGIN is invalidated and the BEGIN retried on another (as
   many times as the pool has connections, since one outage kills them all; a dead one fails at once);
@@ -17,7 +18,6 @@ statements be as cheap as a hand-written relay's:
 
 import asyncio
 import re
-import weakref
 from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
@@ -36,11 +36,10 @@ log = structlog.get_logger(__name__)
 
 # How often BEGIN is retried on another connection when the first one turns out to be dead, at least.
 BEGIN_ATTEMPTS = 3
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")  # contracts.types.TenantId
 TENANT_SETTING = "appt.tenant_id"  # what the row-level security policies compare tenant_id with
-# One AUTOCOMMIT view per engine (it shares the engine's pool; building one per unit of work costs).
-_AUTOCOMMIT_VIEWS: "weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine]" = weakref.WeakKeyDictionary()
+_SET_TENANT = "SELECT set_config('appt.tenant_id', $1, true)"  # SET LOCAL, with the tenant as a parameter
+_NOW = "SELECT now()"
 
 
 def create_engine(
@@ -60,13 +59,6 @@ def create_engine(
         pool_recycle=1800,
         connect_args={"server_settings": dict(server_settings)} if server_settings else {},
     )
-
-
-def _autocommit(engine: AsyncEngine) -> AsyncEngine:
-    view = _AUTOCOMMIT_VIEWS.get(engine)
-    if view is None:
-        view = _AUTOCOMMIT_VIEWS[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
-    return view
 
 
 def _pool_size(engine: AsyncEngine) -> int:
@@ -100,16 +92,15 @@ def _reraise(error: Exception, lost: bool) -> NoReturn:
     raise error
 
 
-async def execute_alone(engine: AsyncEngine, statement: str) -> str:
-    """One parameterless statement as a transaction of its own (autocommit: one round trip) on a pooled
-    connection; for statements built only from values the caller made safe."""
-    connection = await _autocommit(engine).connect()
+async def execute_alone(engine: AsyncEngine, statement: str, *args: object) -> str:
+    """One parameterised statement as a transaction of its own (one round trip) on a pooled connection."""
+    connection = await engine.connect()
     driver: asyncpg.Connection | None = None
     broken = True  # until the statement succeeded or failed on a connection that is still sound
     try:
         raw = await connection.get_raw_connection()
         driver = raw.driver_connection
-        status = await driver.execute(statement)
+        status = await driver.execute(statement, *args)
         broken = False
         return status
     except Exception as exc:
@@ -150,8 +141,8 @@ class UnitOfWork:
         self._tenant = tenant
         self._engine = engine
         self.producer = producer
-        self.connection: AsyncConnection
-        self.driver: asyncpg.Connection
+        self._connection: AsyncConnection  # the pooled connection; SQLAlchemy never runs a statement on it
+        self.driver: asyncpg.Connection  # the one handle on the transaction (see the module docstring)
         self.emitted: list[Envelope] = []
         self.written: list[outbox.OutboxRow] = []  # the outbox rows the commit wrote
         self.claimed = True
@@ -172,9 +163,9 @@ class UnitOfWork:
         # Every pooled connection may have died in the same outage: try each (a dead one fails at once).
         attempts = max(BEGIN_ATTEMPTS, _pool_size(self._engine) + 1)
         for attempt in range(1, attempts + 1):
-            self.connection = await _autocommit(self._engine).connect()
+            self._connection = await self._engine.connect()
             try:
-                raw = await self.connection.get_raw_connection()
+                raw = await self._connection.get_raw_connection()
                 self.driver = raw.driver_connection
                 self.claimed = await self._begin()
             except BaseException as exc:
@@ -196,25 +187,14 @@ class UnitOfWork:
         driver = self.driver
         if driver.is_in_transaction():  # never expected; don't let a leftover transaction swallow ours
             raise asyncpg.exceptions.InterfaceError("pooled connection was left inside a transaction")
-        # Simple-query protocol: BEGIN, the tenant and the inbox claim in one round trip. Values are
-        # inlined, which is safe only because of what they are: a tenant id and a consumer name checked
-        # against their patterns, a UUID object.
-        begin = "BEGIN"
+        await driver.execute("BEGIN")
+        if self._claim is not None:
+            # The tenant setting travels with the claim: one statement (see `inbox.claim`).
+            consumer, message_id = self._claim
+            return await inbox.claim(driver, consumer, self._tenant or "", message_id)
         if self._tenant is not None:
-            begin += f";SET LOCAL {TENANT_SETTING} = '{self._tenant}'"
-        if self._claim is None:
-            await driver.execute(begin)
-            return True
-        consumer, message_id = self._claim
-        # The claim carries the transaction's tenant ('' without one: only the owner may write that).
-        tenant = self._tenant or ""
-        if _SAFE_NAME.match(consumer):
-            status = await driver.execute(
-                f"{begin};{inbox.claim_sql(consumer, tenant, UUID(str(message_id)))}"
-            )
-            return status != "INSERT 0 0"
-        await driver.execute(begin)
-        return await inbox.claim_on(driver, consumer, tenant, message_id)
+            await driver.execute(_SET_TENANT, self._tenant)
+        return True
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -223,7 +203,7 @@ class UnitOfWork:
             return
         self._open = False
         if self._committed:
-            await self.connection.close()
+            await self._connection.close()
             return
         # A handler's own statement on `driver` failed because the connection was lost under it (a
         # terminated backend leaves asyncpg's protocol mid-operation): discard the connection and raise
@@ -256,8 +236,8 @@ class UnitOfWork:
     async def _discard(self, *, invalidate: bool) -> None:
         try:
             if invalidate:
-                await asyncio.shield(self.connection.invalidate())
-            await asyncio.shield(self.connection.close())
+                await asyncio.shield(self._connection.invalidate())
+            await asyncio.shield(self._connection.close())
         except Exception as exc:
             log.info("database.close_failed", error=repr(exc)[:200])
 
@@ -270,7 +250,7 @@ class UnitOfWork:
         """The transaction's clock (PostgreSQL `now()`), the same for every statement in it."""
         if self._now is None:
             try:
-                self._now = await self.driver.fetchval("SELECT now()")
+                self._now = await self.driver.fetchval(_NOW)
             except Exception as exc:
                 self._failed(exc)
         return self._now
@@ -288,22 +268,14 @@ class UnitOfWork:
         self.emitted.append(message)
 
     async def commit(self) -> None:
-        await self._commit("COMMIT")
-
-    async def commit_with(self, statement: str) -> None:
-        """Run a parameterless `statement` and COMMIT in one round trip (simple-query protocol); for
-        statements built only from values the caller made safe (integers from the database)."""
-        await self._commit(f"{statement};COMMIT")
-
-    async def _commit(self, script: str) -> None:
+        """Write the queued outbox rows (and, with `notify`, wake the producer's relay: delivered at
+        commit) in one statement, then COMMIT. `written` holds the rows afterwards."""
         rows, self._pending = self._pending, []
-        if rows:
-            # The outbox rows, the relay's wake-up (unless the caller publishes them) and the COMMIT:
-            # one round trip.
-            script = f"{outbox.write_script(self.producer, rows, notify=self._notify)};{script}"
         fault_point(FaultPoint.BEFORE_COMMIT)
         try:
-            await self.driver.execute(script)
+            if rows:
+                await outbox.write(self.driver, self.producer, rows, notify=self._notify)
+            await self.driver.execute("COMMIT")
         except Exception as exc:
             # A lost COMMIT may or may not have committed: the retry's inbox claim tells.
             self._failed(exc)

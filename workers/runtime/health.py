@@ -112,9 +112,8 @@ class HealthMonitor:
             await self._connection.fetchval("SELECT 1")
             return
         # Every tenant's unpublished rows: through the worker's own backlog function (migration 0008).
-        backlog, oldest_age_s = await self._connection.fetchrow(
-            f"SELECT * FROM {relay_call(self._producer, 'backlog')}"
-        )
+        call, leading = relay_call(self._producer, "backlog")
+        backlog, oldest_age_s = await self._connection.fetchrow(f"SELECT * FROM {call}", *leading)
         self._metrics.outbox(int(backlog), float(oldest_age_s))
 
     def _set_database(self, ok: bool, error: str | None, now: datetime) -> None:

@@ -34,13 +34,12 @@ from uuid import UUID
 import aiormq.exceptions
 import asyncpg
 import structlog
-from sqlalchemy import func, insert, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.decoding import encode
 from contracts.envelope import Envelope
-from infra.db.tables import OUTBOXES, WORKERS, outbox, outbox_function, outbox_table
+from infra.db.tables import WORKERS, outbox_function, outbox_table
 from infra.topology import REPLY_ROLE
 from workers.runtime import database
 from workers.runtime.broker import amqp_properties, headers_for
@@ -95,9 +94,9 @@ class OutboxRow(NamedTuple):
 
 
 def row_for(message: Envelope, producer: str) -> OutboxRow:
-    """What `write_script` and a direct publish need of one message, computed when it is emitted."""
+    """What `write` and a direct publish need of one message, computed when it is emitted."""
     return OutboxRow(
-        message.message_id,  # a UUID; write_script renders it in canonical form
+        message.message_id,
         message.exchange_role,
         message.route(),
         message.type,
@@ -108,56 +107,59 @@ def row_for(message: Envelope, producer: str) -> OutboxRow:
     )
 
 
-def _text(value: str) -> str:
-    """A text literal that cannot break out of its quotes, whatever `value` holds: its UTF-8 bytes in
-    hex, turned back into text by the server."""
-    return f"convert_from('\\x{value.encode().hex()}','UTF8')"
-
-
-def relay_call(producer: str, operation: str, arguments: str = "") -> str:
+def relay_call(producer: str, operation: str, arity: int = 0) -> tuple[str, tuple[str, ...]]:
     """A call of the relay's `operation` (claim, mark, purge, backlog) on `producer`'s rows of every
     tenant (migration 0008): a worker's role may only call its own worker's functions, which take no
-    producer name; `arguments` are the rest, already SQL (placeholders or safe literals)."""
+    producer name. Returns the call with `$n` placeholders for the leading arguments and then the
+    operation's `arity` own ones, and the leading values to pass first."""
     name, leading = outbox_function(producer, operation)
-    values = [_text(value) for value in leading] + ([arguments] if arguments else [])
-    return f"{name}({','.join(values)})"
+    placeholders = ", ".join(f"${i}" for i in range(1, len(leading) + arity + 1))
+    return f"{name}({placeholders})", leading
 
 
-def write_script(producer: str, rows: list[OutboxRow], *, notify: bool = True) -> str:
-    """SQL that inserts the rows and, with `notify`, wakes the producer's relay (delivered at commit),
-    to run in the caller's transaction as part of one simple-query round trip (the unit of work adds
-    the COMMIT). A writer that publishes its rows itself right after the commit passes `notify=False`.
-
-    No parameters in the simple-query protocol, so every value is a literal that carries only hex
-    digits (text, bytea) or a UUID's canonical form: nothing in a message can end a literal early."""
-    values = ",".join(
-        f"('{UUID(str(m))}'::uuid,{_text(producer)},{_text(r)},{_text(k)},{_text(t)},{_text(c)},{_text(tn)},"
-        f"{_text(json.dumps(h))}::jsonb,'\\x{b.hex()}'::bytea)"
-        for m, r, k, t, c, tn, h, b in rows
+# The rows, as parallel arrays, in one statement; the writer's relay is woken (delivered at commit) by
+# the same statement unless the writer publishes its rows itself right after the commit.
+_WRITE = """
+INSERT INTO {table} (message_id, producer, exchange_role, routing_key, message_type, correlation_id,
+                     tenant_id, headers, body)
+SELECT m, $1, r, k, t, c, tn, h::jsonb, b
+  FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+              $9::bytea[]) AS u(m, r, k, t, c, tn, h, b)
+"""
+_WRITE_AND_NOTIFY = """
+WITH written AS ({insert} RETURNING 1)
+SELECT pg_notify($10, '') FROM (SELECT count(*) FROM written) n
+"""
+_WRITES = {
+    (producer, notify): (
+        _WRITE_AND_NOTIFY.format(insert=_WRITE.format(table=outbox_table(producer)).strip())
+        if notify
+        else _WRITE.format(table=outbox_table(producer))
     )
-    script = (
-        f"INSERT INTO {outbox_table(producer)} (message_id,producer,exchange_role,routing_key,message_type,"
-        f"correlation_id,tenant_id,headers,body) VALUES {values}"
-    )
-    return f"{script};SELECT pg_notify({_text(channel_of(producer))},'')" if notify else script
+    for producer in (*WORKERS, "")
+    for notify in (True, False)
+}
 
 
-async def add(connection: AsyncConnection, message: Envelope, *, producer: str) -> None:
-    """One row through SQLAlchemy, on a connection whose transaction the caller holds."""
-    await connection.execute(
-        insert(OUTBOXES[producer] if producer in WORKERS else outbox).values(
-            message_id=message.message_id,
-            producer=producer,
-            exchange_role=message.exchange_role,
-            routing_key=message.route(),
-            message_type=message.type,
-            correlation_id=message.correlation_id,
-            tenant_id=message.tenant_id,
-            headers=headers_for(message),
-            body=encode(message),
-        )
-    )
-    await connection.execute(select(func.pg_notify(channel_of(producer), "")))
+async def write(
+    driver: asyncpg.Connection, producer: str, rows: Sequence[OutboxRow], *, notify: bool = True
+) -> None:
+    """Insert the rows in the caller's transaction and, with `notify`, wake the producer's relay."""
+    statement = _WRITES[(producer if producer in WORKERS else "", notify)]
+    columns = [
+        [r.message_id for r in rows],
+        [r.exchange_role for r in rows],
+        [r.routing_key for r in rows],
+        [r.message_type for r in rows],
+        [r.correlation_id for r in rows],
+        [r.tenant_id for r in rows],
+        [json.dumps(r.headers) for r in rows],
+        [r.body for r in rows],
+    ]
+    if notify:
+        await driver.execute(statement, producer, *columns, channel_of(producer))
+    else:
+        await driver.execute(statement, producer, *columns)
 
 
 def _undeliverable_reply(exchange_role: str, error: BaseException) -> bool:
@@ -207,11 +209,6 @@ async def _publish_rows(broker, producer: str, rows: Sequence[OutboxRow]) -> lis
     return results
 
 
-def _uuid_array(ids: Sequence[UUID]) -> str:
-    """A uuid[] literal: canonical UUID forms only, so nothing can end it early."""
-    return "'{" + ",".join(str(UUID(str(i))) for i in ids) + "}'::uuid[]"
-
-
 def asyncpg_dsn(database_url: str) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
@@ -243,8 +240,10 @@ class OutboxRelay:
         self._dsn = asyncpg_dsn(database_url)
         self._batch_size = batch_size
         # The columns after `id` are OutboxRow's fields, in its order.
-        self._claim_batch = f"SELECT * FROM {relay_call(producer, 'claim', '$1, $2')}"
-        self._purge = f"SELECT {relay_call(producer, 'purge', '$1')}"
+        claim, self._leading = relay_call(producer, "claim", 2)
+        self._claim_batch = f"SELECT * FROM {claim}"
+        self._purge = f"SELECT {relay_call(producer, 'purge', 1)[0]}"
+        self._mark = f"SELECT {relay_call(producer, 'mark', 1)[0]}"
         self._poll_interval = poll_interval_s
         self._retention = timedelta(seconds=retention_s)
         self._grace = timedelta(seconds=grace_s)
@@ -298,7 +297,7 @@ class OutboxRelay:
         """
         grace = timedelta(0) if all_ages else self._grace
         async with database.UnitOfWork(self._engine, self._producer) as uow:
-            records = await uow.driver.fetch(self._claim_batch, self._batch_size, grace)
+            records = await uow.driver.fetch(self._claim_batch, *self._leading, self._batch_size, grace)
             if not records:
                 return 0
             rows = [OutboxRow(*r[1:])._replace(headers=_headers(r["headers"])) for r in records]
@@ -306,14 +305,14 @@ class OutboxRelay:
             fault_point(FaultPoint.RELAY_AFTER_PUBLISH)
             confirmed = [r.message_id for r, result in zip(rows, results, strict=True) if result is None]
             if confirmed:
-                # UUIDs, inlined in canonical form: the mark and the COMMIT in one round trip.
-                await uow.commit_with(f"SELECT {relay_call(self._producer, 'mark', _uuid_array(confirmed))}")
+                await uow.driver.execute(self._mark, *self._leading, confirmed)
+                await uow.commit()
         self.published_total += len(confirmed)
         return len(confirmed)
 
     async def purge_published(self) -> int:
         async with database.UnitOfWork(self._engine, self._producer) as uow:
-            purged = await uow.driver.fetchval(self._purge, self._retention)
+            purged = await uow.driver.fetchval(self._purge, *self._leading, self._retention)
             await uow.commit()
         return int(purged or 0)
 
@@ -404,6 +403,8 @@ class DirectPublisher:
         self._max_pending = max_pending
         self._mark_interval = mark_interval_s
         self._retry_interval = retry_interval_s
+        mark, self._leading = relay_call(producer, "mark", 1)
+        self._mark = f"SELECT {mark}"
         self._queued: list[OutboxRow] = []
         self._waiting: dict[str, int] = {}  # tenant -> its rows queued or awaiting their confirms
         self._publishing = 0  # rows of the burst awaiting their confirms
@@ -506,9 +507,7 @@ class DirectPublisher:
         if not ids:
             return True
         try:
-            await database.execute_alone(
-                self._engine, f"SELECT {relay_call(self._producer, 'mark', _uuid_array(ids))}"
-            )
+            await database.execute_alone(self._engine, self._mark, *self._leading, ids)
         except Exception as exc:
             log.warning("outbox.mark_failed", events=len(ids), error=repr(exc)[:300])
             self._confirmed[:0] = ids
