@@ -121,9 +121,8 @@ class Effects:
     table: str
 
     async def write(self, uow: UnitOfWork, message: Envelope, note: str = "handled") -> None:
-        await uow.connection.execute(
-            text(f"INSERT INTO public.{self.table} (message_id, note) VALUES (:id, :note)"),
-            {"id": message.message_id, "note": note},
+        await uow.driver.execute(
+            f"INSERT INTO public.{self.table} (message_id, note) VALUES ($1, $2)", message.message_id, note
         )
 
     async def count(self, message_id: uuid.UUID | None = None) -> int:
