@@ -609,9 +609,10 @@ async def test_two_relays_on_the_same_rows_publish_each_and_mark_each_once(
     producer = unique_name()
     cause = modify_requested()
     events = [rejection_of(cause, producer=producer, occurred_at=datetime.now(UTC)) for _ in range(40)]
-    async with engine.begin() as connection:
+    async with UnitOfWork(engine, producer, notify=False) as uow:
         for event in events:
-            await outbox_module.add(connection, event, producer=producer)
+            await uow.emit(event)
+        await uow.commit()
 
     first = start_relay(producer, batch_size=5, poll_interval_s=0.2)
     second = start_relay(producer, batch_size=5, poll_interval_s=0.2)

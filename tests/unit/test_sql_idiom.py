@@ -101,8 +101,8 @@ def problems_in(source: str, name: str = "<source>") -> list[str]:
                 report(node, "literal_binds")
         elif isinstance(node, ast.keyword) and node.arg == "literal_binds":
             report(node.value, "literal_binds")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format":
-            receiver = node.func.value
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "format":
+            receiver = node.func.value  # type: ignore[attr-defined]
             template = None
             if isinstance(receiver, ast.Constant) and isinstance(receiver.value, str):
                 template = receiver.value

@@ -66,13 +66,11 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
     await repository.save_appointment(
         uow.driver, result, customer_reschedule=isinstance(request.change, Reschedule), by_customer=True
     )
-    event: Envelope
     if isinstance(request.change, Reschedule):
-        event = AppointmentRescheduled.follow(
+        await uow.follow(
             message,
-            producer=PRODUCER,
-            occurred_at=now,
-            payload=AppointmentRescheduledPayload(
+            AppointmentRescheduled,
+            AppointmentRescheduledPayload(
                 appointment=result.snapshot(),
                 previous_window=current.window,
                 initiated_by=Initiator.CUSTOMER,
@@ -80,18 +78,16 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
             ),
         )
     else:
-        event = AppointmentCanceled.follow(
+        await uow.follow(
             message,
-            producer=PRODUCER,
-            occurred_at=now,
-            payload=AppointmentCanceledPayload(
+            AppointmentCanceled,
+            AppointmentCanceledPayload(
                 appointment=result.snapshot(),
                 reason=request.change.reason,
                 initiated_by=Initiator.CUSTOMER,
                 request_id=message.correlation_id,
             ),
         )
-    await uow.emit(event)
     await _announce_places(message, uow, changed_places, now)
     await _follow_job_status(message, uow, result, now, count_changed=current.is_active != result.is_active)
     log.info("schedule.applied", action=request.change.action, version=result.version)
@@ -133,21 +129,18 @@ async def record_office_appointment(
         holds_place=holds,
         office_revision=payload.office_revision if versioned else None,
     )
-    await uow.emit(
-        AppointmentUpdated.follow(
-            message,
-            producer=PRODUCER,
-            occurred_at=now,
-            payload=AppointmentUpdatedPayload(
-                appointment=appointment.snapshot(),
-                initiated_by=Initiator.OFFICE,
-                based_on_version=(
-                    payload.based_on_version
-                    if versioned
-                    else (previous.office_version if previous is not None else None)
-                ),
+    await uow.follow(
+        message,
+        AppointmentUpdated,
+        AppointmentUpdatedPayload(
+            appointment=appointment.snapshot(),
+            initiated_by=Initiator.OFFICE,
+            based_on_version=(
+                payload.based_on_version
+                if versioned
+                else (previous.office_version if previous is not None else None)
             ),
-        )
+        ),
     )
     await _announce_places(message, uow, changed_places, now)
     count_changed = (
@@ -179,19 +172,16 @@ async def record_office_project(message: ProjectRecorded, uow: UnitOfWork) -> No
     now = await uow.now()
     await repository.record_project(uow.driver, message.tenant_id, project)
     await repository.replace_project_contacts(uow.driver, message.tenant_id, project)
-    await uow.emit(
-        ProjectUpdated.follow(
-            message,
-            producer=PRODUCER,
-            occurred_at=now,
-            payload=ProjectUpdatedPayload(
-                project_id=project.project_id,
-                portal_locked=project.portal_locked,
-                starts_at=project.starts_at,
-                ends_at=project.ends_at,
-                contacts=len(project.contacts),
-            ),
-        )
+    await uow.follow(
+        message,
+        ProjectUpdated,
+        ProjectUpdatedPayload(
+            project_id=project.project_id,
+            portal_locked=project.portal_locked,
+            starts_at=project.starts_at,
+            ends_at=project.ends_at,
+            contacts=len(project.contacts),
+        ),
     )
     await _office_outcome(message, uow, now, project.project_id, None)
     log.info("schedule.project_recorded", project_id=project.project_id, locked=project.portal_locked)
@@ -217,21 +207,18 @@ async def set_office_capacity(message: CapacityUpdated, uow: UnitOfWork) -> None
 
 async def _announce_places(cause: Envelope, uow: UnitOfWork, changed: list[places.ChangedPlace], now) -> None:
     for item in changed:
-        await uow.emit(
-            CapacityWindowChanged.follow(
-                cause,
-                producer=PRODUCER,
-                occurred_at=now,
-                payload=CapacityWindowChangedPayload(
-                    business_unit=item.business_unit,
-                    zone=item.zone or None,
-                    window=item.place.window,
-                    places=item.place.places,
-                    booked=item.place.booked,
-                    free=item.place.free,
-                    version=item.version,
-                ),
-            )
+        await uow.follow(
+            cause,
+            CapacityWindowChanged,
+            CapacityWindowChangedPayload(
+                business_unit=item.business_unit,
+                zone=item.zone or None,
+                window=item.place.window,
+                places=item.place.places,
+                booked=item.place.booked,
+                free=item.place.free,
+                version=item.version,
+            ),
         )
 
 
@@ -254,38 +241,32 @@ async def _follow_job_status(
     if not (announce or count_changed or new is not previous):
         return
     version = await repository.set_job_status(uow.driver, appointment.tenant_id, appointment.job_id, new)
-    await uow.emit(
-        JobStatusChanged.follow(
-            cause,
-            producer=PRODUCER,
-            occurred_at=now,
-            payload=JobStatusChangedPayload(
-                job_id=appointment.job_id,
-                customer_id=job["customer_id"],
-                status=new,
-                previous_status=None if announce else previous,
-                active_appointments=sum(1 for s in statuses if s in domain.ACTIVE_STATUSES),
-                version=version,
-            ),
-        )
+    await uow.follow(
+        cause,
+        JobStatusChanged,
+        JobStatusChangedPayload(
+            job_id=appointment.job_id,
+            customer_id=job["customer_id"],
+            status=new,
+            previous_status=None if announce else previous,
+            active_appointments=sum(1 for s in statuses if s in domain.ACTIVE_STATUSES),
+            version=version,
+        ),
     )
 
 
 async def _fail(message: ModifyApproved, uow: UnitOfWork, code: FailureCode, now) -> None:
     log.info("schedule.failed", reason_code=code.value)
-    await uow.emit(
-        ModifyFailed.follow(
-            message,
-            producer=PRODUCER,
-            occurred_at=now,
-            payload=ModifyFailedPayload(
-                request_id=message.correlation_id,
-                appointment_id=message.payload.appointment_id,
-                action=message.payload.change.action,
-                reason_code=code.value,
-                reason=customer_text(code),
-            ),
-        )
+    await uow.follow(
+        message,
+        ModifyFailed,
+        ModifyFailedPayload(
+            request_id=message.correlation_id,
+            appointment_id=message.payload.appointment_id,
+            action=message.payload.change.action,
+            reason_code=code.value,
+            reason=customer_text(code),
+        ),
     )
 
 

@@ -43,34 +43,46 @@ PRODUCER = "policy_gate"
 CHANGE_ADAPTER: TypeAdapter = TypeAdapter(ModifyChange)
 
 
-def _approval(
-    cause: Envelope, now, *, request_id: str, appointment_id: str, requester_id: str, change, version: int
-):
-    return ModifyApproved.follow(
+async def _approve(
+    uow: UnitOfWork,
+    cause: Envelope,
+    *,
+    request_id: str,
+    appointment_id: str,
+    requester_id: str,
+    change,
+    version: int,
+) -> None:
+    await uow.follow(
         cause,
-        producer=PRODUCER,
-        occurred_at=now,
-        correlation_id=request_id,
-        payload=ModifyApprovedPayload(
+        ModifyApproved,
+        ModifyApprovedPayload(
             appointment_id=appointment_id,
             requester_id=requester_id,
             change=change,
             decided_on_version=version,
         ),
+        correlation_id=request_id,
     )
 
 
-def _rejection(
-    cause: Envelope, now, *, request_id: str, appointment_id: str, action: str, code: str, text: str
-):
-    return ModifyRejected.follow(
+async def _reject(
+    uow: UnitOfWork,
+    cause: Envelope,
+    *,
+    request_id: str,
+    appointment_id: str,
+    action: str,
+    code: str,
+    text: str,
+) -> None:
+    await uow.follow(
         cause,
-        producer=PRODUCER,
-        occurred_at=now,
-        correlation_id=request_id,
-        payload=ModifyRejectedPayload(
+        ModifyRejected,
+        ModifyRejectedPayload(
             request_id=request_id, appointment_id=appointment_id, action=action, reason_code=code, reason=text
         ),
+        correlation_id=request_id,
     )
 
 
@@ -106,16 +118,15 @@ async def refuse_rate_limited(message: ModifyRequested, uow: UnitOfWork, refusal
         await _already_decided(message, uow)
         return
     log.info("gate.rate_limited", scope=refusal.scope.value, retry_after_s=round(refusal.retry_after_s, 2))
-    await uow.emit(
-        _rejection(
-            message,
-            decided_at,
-            request_id=message.correlation_id,
-            appointment_id=request.appointment_id,
-            action=request.change.action,
-            code=decision.reason_code or "",
-            text=decision.reason_text or "",
-        )
+    uow.saw_now(decided_at)  # the refusal's statement read the transaction's clock
+    await _reject(
+        uow,
+        message,
+        request_id=message.correlation_id,
+        appointment_id=request.appointment_id,
+        action=request.change.action,
+        code=decision.reason_code or "",
+        text=decision.reason_text or "",
     )
 
 
@@ -189,20 +200,19 @@ async def decide_modify_request(message: ModifyRequested, uow: UnitOfWork) -> No
     ids = dict(request_id=message.correlation_id, appointment_id=request.appointment_id)
     if decision.outcome is Outcome.APPROVED:
         assert facts is not None
-        result: Envelope = _approval(
+        await _approve(
+            uow,
             message,
-            now,
             **ids,
             requester_id=request.requester_id,
             change=request.change,
             version=facts.version,
         )
     elif decision.outcome is Outcome.NEEDS_APPROVAL:
-        result = ModifyAwaitingApproval.follow(
+        await uow.follow(
             message,
-            producer=PRODUCER,
-            occurred_at=now,
-            payload=ModifyAwaitingApprovalPayload(
+            ModifyAwaitingApproval,
+            ModifyAwaitingApprovalPayload(
                 **ids,
                 action=request.change.action,
                 reason_code=decision.reason_code,
@@ -210,15 +220,14 @@ async def decide_modify_request(message: ModifyRequested, uow: UnitOfWork) -> No
             ),
         )
     else:
-        result = _rejection(
+        await _reject(
+            uow,
             message,
-            now,
             **ids,
             action=request.change.action,
             code=decision.reason_code,
             text=decision.reason_text,
         )
-    await uow.emit(result)
 
 
 async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> None:
@@ -239,21 +248,12 @@ async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> N
     ids = dict(request_id=pending.request_id, appointment_id=pending.appointment_id)
     change = CHANGE_ADAPTER.validate_python(pending.change)
     if decision.approved:
-        result: Envelope = _approval(
-            message,
-            now,
-            **ids,
-            requester_id=pending.requester_id,
-            change=change,
-            version=pending.decided_on_version,
-        )
         code = text = None
     else:
         code = RejectionCode.OFFICE_DECLINED.value
         text = customer_text(
             RejectionCode.OFFICE_DECLINED, office_reason=decision.reason or "no reason was given."
         )
-        result = _rejection(message, now, **ids, action=pending.action, code=code, text=text)
     await store.settle_approval(
         conn,
         message.tenant_id,
@@ -265,7 +265,17 @@ async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> N
         decided_at=now,
     )
     log.info("gate.office_decided", request_id=pending.request_id, approved=decision.approved)
-    await uow.emit(result)
+    if decision.approved:
+        await _approve(
+            uow,
+            message,
+            **ids,
+            requester_id=pending.requester_id,
+            change=change,
+            version=pending.decided_on_version,
+        )
+    else:
+        await _reject(uow, message, **ids, action=pending.action, code=code, text=text)
     await uow.emit(office_outcome(message, now, pending.request_id, None, producer=PRODUCER))
 
 

@@ -28,7 +28,6 @@ from workers.policy_gate.settings import resolve
 from workers.runtime.database import UnitOfWork
 
 log = structlog.get_logger(__name__)
-PRODUCER = "policy_gate"
 
 
 def _action(offer: ActionOffer) -> OfferedAction:
@@ -118,23 +117,20 @@ async def refresh_offers(uow: UnitOfWork, cause: Envelope, tenant_id: str, appoi
             terms=terms,
             computed_at=now,
         )
-        await uow.emit(
-            AppointmentOfferChanged.follow(
-                cause,
-                producer=PRODUCER,
-                occurred_at=now,
-                payload=AppointmentOfferChangedPayload(
-                    appointment_id=appointment_id,
-                    job_id=facts.job_id,
-                    customer_id=facts.customer_id,
-                    offer_version=version,
-                    appointment_version=facts.version,
-                    segments=segments,
-                    pick=pick,
-                    cancel_rules=rules,
-                    contacts=contacts,
-                ),
-            )
+        await uow.follow(
+            cause,
+            AppointmentOfferChanged,
+            AppointmentOfferChangedPayload(
+                appointment_id=appointment_id,
+                job_id=facts.job_id,
+                customer_id=facts.customer_id,
+                offer_version=version,
+                appointment_version=facts.version,
+                segments=segments,
+                pick=pick,
+                cancel_rules=rules,
+                contacts=contacts,
+            ),
         )
         changed += 1
     return changed
@@ -174,15 +170,10 @@ async def follow_scope(
     more = len(ids) == REFRESH_CHUNK
     log.info("gate.offers", appointments=len(ids), changed=changed, level=level.value, more=more)
     if more:
-        await uow.emit(
-            RefreshOffers.follow(
-                cause,
-                producer=PRODUCER,
-                occurred_at=now,
-                payload=RefreshOffersPayload(
-                    scope=SettingsScope(level=level, key=key), after_appointment_id=ids[-1]
-                ),
-            )
+        await uow.follow(
+            cause,
+            RefreshOffers,
+            RefreshOffersPayload(scope=SettingsScope(level=level, key=key), after_appointment_id=ids[-1]),
         )
 
 

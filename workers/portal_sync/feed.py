@@ -1,10 +1,7 @@
 """The live feed's events, pure: which view changed, for whom (routing by tenant, customer, job)."""
 
-from datetime import datetime
-
 from contracts.common import AppointmentSnapshot
-from contracts.envelope import Envelope
-from contracts.feed_v1 import PortalViewChanged, PortalViewChangedPayload, ViewKind
+from contracts.feed_v1 import PortalViewChangedPayload, ViewKind
 from workers.portal_sync.projection import RequestOutcome
 
 PRODUCER = "portal_sync"
@@ -58,7 +55,3 @@ def request_changed(
         request_id=outcome.request_id,
         status=outcome.status,
     )
-
-
-def event(cause: Envelope, payload: PortalViewChangedPayload, now: datetime) -> PortalViewChanged:
-    return PortalViewChanged.follow(cause, producer=PRODUCER, occurred_at=now, payload=payload)

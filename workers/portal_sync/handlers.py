@@ -16,7 +16,7 @@ from contracts.events_v1 import (
     OfficeOutcome,
     ProjectUpdated,
 )
-from contracts.feed_v1 import PortalViewChangedPayload
+from contracts.feed_v1 import PortalViewChanged, PortalViewChangedPayload
 from contracts.office_v1 import CapacityUpdated
 from contracts.portal_v1 import ModifyOutcome, ModifyOutcomePayload, ModifyRequested
 from workers.portal_sync import feed, projection, store
@@ -90,32 +90,27 @@ async def project_event(message: Envelope, uow: UnitOfWork) -> None:
             else None
         )
         if reply is not None:
-            await uow.emit(
-                ModifyOutcome.follow(
-                    message,
-                    producer=feed.PRODUCER,
-                    occurred_at=await uow.now(),
-                    correlation_id=reply["request_id"],
-                    payload=ModifyOutcomePayload(
-                        request_id=reply["request_id"],
-                        appointment_id=reply["appointment_id"],
-                        action=reply["action"],
-                        status=reply["status"],
-                        reason_code=reply["reason_code"],
-                        reason=reply["reason_text"],
-                        reply_to=reply["reply_to"],
-                    ),
-                )
+            await uow.follow(
+                message,
+                ModifyOutcome,
+                ModifyOutcomePayload(
+                    request_id=reply["request_id"],
+                    appointment_id=reply["appointment_id"],
+                    action=reply["action"],
+                    status=reply["status"],
+                    reason_code=reply["reason_code"],
+                    reason=reply["reason_text"],
+                    reply_to=reply["reply_to"],
+                ),
+                correlation_id=reply["request_id"],
             )
     audit = projection.audit_entry(message)
     # A request's own line only when this is the first sighting of the request: a re-sent or reused
     # request id writes nothing (the gate dead-letters a reused one).
     if audit is not None and (recorded is not None or not isinstance(message, ModifyRequested)):
         await store.append_audit(conn, message.tenant_id, audit)
-    if changed:
-        now = await uow.now()
-        for payload in changed:
-            await uow.emit(feed.event(message, payload, now))
+    for payload in changed:
+        await uow.follow(message, PortalViewChanged, payload)
 
 
 HANDLERS = {

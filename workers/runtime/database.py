@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -33,6 +33,7 @@ from workers.runtime import inbox, outbox
 from workers.runtime.faults import FaultPoint, fault_point
 
 log = structlog.get_logger(__name__)
+E = TypeVar("E", bound=Envelope)
 
 # How often BEGIN is retried on another connection when the first one turns out to be dead, at least.
 BEGIN_ATTEMPTS = 3
@@ -266,6 +267,23 @@ class UnitOfWork:
         """Queue `message` for the outbox; the rows are written with the commit, in one statement."""
         self._pending.append(outbox.row_for(message, self.producer))
         self.emitted.append(message)
+
+    async def follow(
+        self, cause: Envelope, event_type: type[E], payload: object, *, correlation_id: str | None = None
+    ) -> E:
+        """Build the event of type `event_type` that `cause` leads to and queue it for the outbox: its
+        producer (this unit of work's), occurred_at (the transaction's clock), tenant, correlation id
+        (the cause's, unless the event answers another request) and causation id (the cause's id) are
+        filled in; only the payload is the handler's."""
+        event = event_type.follow(
+            cause,
+            producer=self.producer,
+            occurred_at=await self.now(),
+            correlation_id=correlation_id,
+            payload=payload,
+        )
+        await self.emit(event)
+        return event
 
     async def commit(self) -> None:
         """Write the queued outbox rows (and, with `notify`, wake the producer's relay: delivered at
