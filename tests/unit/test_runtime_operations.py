@@ -23,6 +23,7 @@ from infra.topology import (
 )
 from workers.runtime.broker import Broker
 from workers.runtime.consumer import DelayedRetry
+from workers.runtime.database import create_engine
 from workers.runtime.health import HealthMonitor
 from workers.runtime.metrics import WorkerMetrics
 from workers.runtime.settings import Settings
@@ -189,7 +190,7 @@ def test_health_report_names_every_failing_check():
     monitor = HealthMonitor(
         "portal_sync",
         broker=broker,
-        database_url=Settings().database_url,
+        engine=create_engine(Settings().database_url),  # never connected
         metrics=WorkerMetrics("portal_sync"),
     )
     ok, body = monitor.report(consuming=False)

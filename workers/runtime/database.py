@@ -18,15 +18,17 @@ scans the workers for that); SQLAlchemy only pools the connections.
 
 import asyncio
 import re
+import weakref
 from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 import asyncpg
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import Pool
 
 from contracts.envelope import Envelope
 from workers.runtime import inbox, outbox
@@ -43,23 +45,55 @@ _SET_TENANT = "SELECT set_config('appt.tenant_id', $1, true)"  # SET LOCAL, with
 _NOW = "SELECT now()"
 
 
+# What a worker's pool holds by default (APPT_DB_POOL_SIZE): on the two-core reference machine a stage
+# never has more than a few transactions in flight (docs/scaling.md). A worker's one other connection is
+# its relay's session (LISTEN and the outbox writer lock).
+DEFAULT_POOL_SIZE = 5
+
+
 def create_engine(
     database_url: str,
-    pool_size: int = 10,
+    pool_size: int = DEFAULT_POOL_SIZE,
     max_overflow: int = 0,
     server_settings: Mapping[str, str] | None = None,
+    *,
+    application_name: str | None = None,
 ) -> AsyncEngine:
     """A fixed-size pool by default: overflow connections are closed when returned and opened again
     moments later under load (a backend fork each time); a unit of work that finds the pool busy waits
     for a connection instead. No pre-ping (see the module docstring). `server_settings`: session settings
-    every pooled connection opens with (a worker's outbox writer id, `outbox.writer_settings`)."""
-    return create_async_engine(
+    every pooled connection opens with (a worker's outbox writer id, `outbox.writer_settings`).
+    `application_name`: what pg_stat_activity shows for these connections (which worker holds them)."""
+    settings = dict(server_settings or {})
+    if application_name is not None:
+        settings["application_name"] = application_name[:63]
+    engine = create_async_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_recycle=1800,
-        connect_args={"server_settings": dict(server_settings)} if server_settings else {},
+        connect_args={"server_settings": settings} if settings else {},
     )
+    _BEGUN[engine.sync_engine.pool] = 0
+    return engine
+
+
+# Transactions begun per pool: with every pooled connection busy, the health check tells a working
+# database (transactions still begin) from a hung one (none do) without a connection of its own.
+_BEGUN: "weakref.WeakKeyDictionary[Pool, int]" = weakref.WeakKeyDictionary()
+
+
+def transactions_begun(engine: AsyncEngine) -> int:
+    return _BEGUN.get(engine.sync_engine.pool, 0)
+
+
+def pool_exhausted(engine: AsyncEngine) -> bool:
+    """Every connection of the pool is checked out (a unit of work would wait for one)."""
+    pool = engine.sync_engine.pool
+    checked_out = getattr(pool, "checkedout", None)
+    size = _pool_size(engine)
+    overflow = getattr(pool, "_max_overflow", 0)
+    return callable(checked_out) and size > 0 and checked_out() >= size + max(overflow, 0)
 
 
 def _pool_size(engine: AsyncEngine) -> int:
@@ -95,15 +129,24 @@ def _reraise(error: Exception, lost: bool) -> NoReturn:
 
 async def execute_alone(engine: AsyncEngine, statement: str, *args: object) -> str:
     """One parameterised statement as a transaction of its own (one round trip) on a pooled connection."""
+    return await _alone(engine, "execute", statement, args)
+
+
+async def fetchrow_alone(engine: AsyncEngine, statement: str, *args: object) -> asyncpg.Record | None:
+    """As `execute_alone`, returning the statement's first row."""
+    return await _alone(engine, "fetchrow", statement, args)
+
+
+async def _alone(engine: AsyncEngine, method: str, statement: str, args: tuple) -> Any:
     connection = await engine.connect()
     driver: asyncpg.Connection | None = None
     broken = True  # until the statement succeeded or failed on a connection that is still sound
     try:
         raw = await connection.get_raw_connection()
         driver = raw.driver_connection
-        status = await driver.execute(statement, *args)
+        result = await getattr(driver, method)(statement, *args)
         broken = False
-        return status
+        return result
     except Exception as exc:
         broken = _is_disconnect(exc, driver)
         _reraise(exc, broken)
@@ -169,6 +212,7 @@ class UnitOfWork:
                 raw = await self._connection.get_raw_connection()
                 self.driver = raw.driver_connection
                 self.claimed = await self._begin()
+                _BEGUN[self._engine.sync_engine.pool] = _BEGUN.get(self._engine.sync_engine.pool, 0) + 1
             except BaseException as exc:
                 dead = _is_disconnect(exc, getattr(self, "driver", None))
                 await self._discard(invalidate=True)

@@ -1,8 +1,10 @@
 """Is this worker able to work: its broker connection and its database, checked cheaply and often.
 
 The broker check reads the robust connection's state (no traffic). The database check runs one query on
-a connection of its own every `interval_s` (not from the handlers' pool: a busy pool is not an outage);
-for a worker that emits events the query is the outbox backlog, which also feeds the outbox gauges.
+a connection of the worker's pool every `interval_s` (no connection of its own); for a worker that emits
+events the query is the outbox backlog, which also feeds the outbox gauges. A busy pool is not an
+outage: while every pooled connection is checked out, the database counts as up as long as transactions
+still begin between two checks.
 """
 
 import asyncio
@@ -12,10 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import structlog
-from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from workers.runtime import database
 from workers.runtime.broker import Broker
 from workers.runtime.metrics import WorkerMetrics
 from workers.runtime.outbox import relay_call
@@ -41,10 +43,6 @@ class Check:
         return body
 
 
-def _dsn(database_url: str) -> str:
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def _describe(error: BaseException) -> str:
     text = str(error).splitlines()[0] if str(error) else ""
     return f"{type(error).__name__}: {text}"[:300] if text else type(error).__name__
@@ -56,7 +54,7 @@ class HealthMonitor:
         worker: str,
         *,
         broker: Broker,
-        database_url: str,
+        engine: AsyncEngine,
         metrics: WorkerMetrics,
         producer: str | None = None,
         interval_s: float = 5.0,
@@ -66,13 +64,19 @@ class HealthMonitor:
         queue and its dead letters), read with a passive declare: no permission beyond connecting."""
         self.worker = worker
         self._broker = broker
-        self._dsn = _dsn(database_url)
+        self._engine = engine
         self._metrics = metrics
-        self._producer = producer
         self._interval = interval_s
         # Long enough for a connect on a busy host, short enough that a hung database shows promptly.
         self._timeout = min(max(interval_s, 2.0), 10.0)
-        self._connection: asyncpg.Connection | None = None
+        self._query_sql = "SELECT 1"
+        self._leading: tuple[str, ...] = ()
+        self._backlog = producer is not None
+        if producer is not None:
+            # Every tenant's unpublished rows: through the worker's own backlog function (migration 0008).
+            call, self._leading = relay_call(producer, "backlog")
+            self._query_sql = f"SELECT * FROM {call}"
+        self._begun_at_last_check = -1
         self._task: asyncio.Task | None = None
         self.database = Check(ok=False, error="not checked yet")
         self._broker_was_ok: bool | None = None
@@ -97,24 +101,34 @@ class HealthMonitor:
         """Run the check once now; updates `database` and the gauges."""
         now = datetime.now(UTC)
         try:
-            await asyncio.wait_for(self._query(), timeout=self._timeout)
+            await self._query()
         except Exception as exc:
-            await self._drop_connection()
             self._set_database(False, _describe(exc) or "timed out", now)
         else:
             self._set_database(True, None, now)
         return self.database
 
     async def _query(self) -> None:
-        if self._connection is None or self._connection.is_closed():
-            self._connection = await asyncpg.connect(self._dsn, timeout=self._timeout)
-        if self._producer is None:
-            await self._connection.fetchval("SELECT 1")
+        begun = database.transactions_begun(self._engine)
+        progressed = begun != self._begun_at_last_check
+        self._begun_at_last_check = begun
+        if database.pool_exhausted(self._engine):
+            if not progressed:
+                raise TimeoutError(
+                    "every pooled connection is busy; no transaction began since the last check"
+                )
             return
-        # Every tenant's unpublished rows: through the worker's own backlog function (migration 0008).
-        call, leading = relay_call(self._producer, "backlog")
-        backlog, oldest_age_s = await self._connection.fetchrow(f"SELECT * FROM {call}", *leading)
-        self._metrics.outbox(int(backlog), float(oldest_age_s))
+        try:
+            row = await asyncio.wait_for(
+                database.fetchrow_alone(self._engine, self._query_sql, *self._leading), timeout=self._timeout
+            )
+        except TimeoutError:
+            if database.pool_exhausted(self._engine) and database.transactions_begun(self._engine) != begun:
+                return  # the pool filled up while the check waited for a connection: busy, and working
+            raise
+        if self._backlog and row is not None:
+            backlog, oldest_age_s = row
+            self._metrics.outbox(int(backlog), float(oldest_age_s))
 
     def _set_database(self, ok: bool, error: str | None, now: datetime) -> None:
         previous = self.database
@@ -125,11 +139,6 @@ class HealthMonitor:
             log.warning("health.database_unavailable", worker=self.worker, error=error)
         elif changed and previous.checked_at is not None:
             log.info("health.database_available", worker=self.worker)
-
-    async def _drop_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None and not connection.is_closed():
-            connection.terminate()  # no goodbye round trip to a database that may not answer
 
     # --- queues -----------------------------------------------------------------------------------
 
@@ -192,7 +201,6 @@ class HealthMonitor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
-        await self._drop_connection()
         channel, self._queue_channel = self._queue_channel, None
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):

@@ -226,6 +226,7 @@ class OutboxRelay:
         retention_s: float = 3600.0,
         grace_s: float = 0.0,
         writer: int | None = None,
+        application_name: str | None = None,
     ) -> None:
         """`grace_s`: leave rows younger than this to the direct publisher that wrote them (0 without
         one), unless that publisher's process is gone (see `writer`); a NOTIFY still makes the next
@@ -233,11 +234,13 @@ class OutboxRelay:
 
         `writer`: this process's writer id (`new_writer`, also in its engine's `writer_settings`): the
         relay holds its advisory lock on the LISTEN connection, so that other processes' relays leave
-        its young rows to its direct publisher, and take them at once when it is gone."""
+        its young rows to its direct publisher, and take them at once when it is gone.
+        `application_name`: what pg_stat_activity shows for that connection."""
         self._engine = engine
         self._broker = broker
         self._producer = producer
         self._dsn = asyncpg_dsn(database_url)
+        self._server_settings = {"application_name": application_name[:63]} if application_name else None
         self._batch_size = batch_size
         # The columns after `id` are OutboxRow's fields, in its order.
         claim, self._leading = relay_call(producer, "claim", 2)
@@ -339,7 +342,7 @@ class OutboxRelay:
         while not self._stopping.is_set():
             connection = None
             try:
-                connection = await asyncpg.connect(self._dsn)
+                connection = await asyncpg.connect(self._dsn, server_settings=self._server_settings)
                 lost = asyncio.Event()
                 self._listen_lost = lost
                 connection.add_termination_listener(lambda _, lost=lost: lost.set())

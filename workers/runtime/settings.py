@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     publish_timeout_s: float = Field(default=10.0, gt=0, alias="APPT_PUBLISH_TIMEOUT_S")
     drain_timeout_s: float = Field(default=30.0, gt=0, alias="APPT_DRAIN_TIMEOUT_S")
-    db_pool_size: int = Field(default=10, ge=1, le=200, alias="APPT_DB_POOL_SIZE")
+    # A worker's database connections: this pool (its health check included), plus its relay's session
+    # connection (LISTEN and the outbox writer lock): APPT_DB_POOL_SIZE + 1 (docs/scaling.md).
+    db_pool_size: int = Field(default=5, ge=1, le=200, alias="APPT_DB_POOL_SIZE")
     outbox_poll_interval_s: float = Field(default=1.0, gt=0, alias="APPT_OUTBOX_POLL_S")
     outbox_batch_size: int = Field(default=200, ge=1, le=5000, alias="APPT_OUTBOX_BATCH")
     outbox_retention_s: float = Field(default=3600.0, ge=0, alias="APPT_OUTBOX_RETENTION_S")

@@ -55,10 +55,14 @@ class Worker:
         # The id every outbox row this process writes carries (migration 0013): while the relay holds
         # its lock, other relays leave those rows to our direct publisher; once we are gone, they don't.
         self.writer = new_writer() if spec.emits_events else None
+        # What pg_stat_activity shows for this worker's connections (README: at most APPT_DB_POOL_SIZE,
+        # plus the relay's session: LISTEN and the writer lock).
+        self.application_name = f"{settings.namespace}.{spec.name}"[:63]
         self.engine = create_engine(
             settings.database_url,
             settings.db_pool_size,
             server_settings=writer_settings(self.writer) if self.writer is not None else None,
+            application_name=self.application_name,
         )
         self.broker = Broker(
             settings.amqp_url,
@@ -115,6 +119,7 @@ class Worker:
                 retention_s=settings.outbox_retention_s,
                 grace_s=settings.outbox_grace_s if self.publisher is not None else 0.0,
                 writer=self.writer,
+                application_name=self.application_name,
             )
             if spec.emits_events
             else None
@@ -127,7 +132,7 @@ class Worker:
         self.health = HealthMonitor(
             spec.name,
             broker=self.broker,
-            database_url=settings.database_url,
+            engine=self.engine,
             metrics=self.metrics,
             producer=spec.name if spec.emits_events else None,
             interval_s=settings.health_interval_s,
