@@ -43,7 +43,7 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
     now = await uow.now()
     current = await repository.lock_appointment(uow.driver, message.tenant_id, request.appointment_id)
     if current is None:
-        await _fail(message, uow, FailureCode.APPOINTMENT_CHANGED, now)
+        await _fail(message, uow, FailureCode.APPOINTMENT_CHANGED)
         return
     result: Appointment | Failure | None = domain.check_unchanged(current, request.decided_on_version)
     if result is None:
@@ -52,12 +52,12 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
         else:
             result = domain.cancel(current)
     if isinstance(result, Failure):
-        await _fail(message, uow, result.code, now)
+        await _fail(message, uow, result.code)
         return
     if isinstance(request.change, Reschedule):
         moved = await places.move_for_customer(conn, current, result)
         if isinstance(moved, Failure):
-            await _fail(message, uow, moved.code, now)
+            await _fail(message, uow, moved.code)
             return
         result, changed_places = moved
     else:
@@ -88,8 +88,8 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
                 request_id=message.correlation_id,
             ),
         )
-    await _announce_places(message, uow, changed_places, now)
-    await _follow_job_status(message, uow, result, now, count_changed=current.is_active != result.is_active)
+    await _announce_places(message, uow, changed_places)
+    await _follow_job_status(message, uow, result, count_changed=current.is_active != result.is_active)
     log.info("schedule.applied", action=request.change.action, version=result.version)
 
 
@@ -142,13 +142,13 @@ async def record_office_appointment(
             ),
         ),
     )
-    await _announce_places(message, uow, changed_places, now)
+    await _announce_places(message, uow, changed_places)
     count_changed = (
         previous is None
         or previous.job_id != appointment.job_id
         or previous.is_active != appointment.is_active
     )
-    await _follow_job_status(message, uow, appointment, now, announce=new_job, count_changed=count_changed)
+    await _follow_job_status(message, uow, appointment, announce=new_job, count_changed=count_changed)
     await _office_outcome(message, uow, now, payload.appointment_id, None, current=appointment.snapshot())
     log.info("schedule.office_recorded", version=appointment.version, holds_place=holds)
 
@@ -198,14 +198,14 @@ async def set_office_capacity(message: CapacityUpdated, uow: UnitOfWork) -> None
         payload.utc_windows(),
         payload.capacity_version,
     )
-    await _announce_places(message, uow, changed, now)
+    await _announce_places(message, uow, changed)
     # Nothing changed only when every window was already set by a newer capacity message.
     code = None if changed else OfficeOutcomeCode.OLDER_REVISION
     await _office_outcome(message, uow, now, payload.business_unit, code)
     log.info("schedule.capacity_set", windows=len(payload.windows), changed=len(changed))
 
 
-async def _announce_places(cause: Envelope, uow: UnitOfWork, changed: list[places.ChangedPlace], now) -> None:
+async def _announce_places(cause: Envelope, uow: UnitOfWork, changed: list[places.ChangedPlace]) -> None:
     for item in changed:
         await uow.follow(
             cause,
@@ -226,7 +226,6 @@ async def _follow_job_status(
     cause: Envelope,
     uow: UnitOfWork,
     appointment: Appointment,
-    now,
     *,
     announce: bool = False,
     count_changed: bool = False,
@@ -255,7 +254,7 @@ async def _follow_job_status(
     )
 
 
-async def _fail(message: ModifyApproved, uow: UnitOfWork, code: FailureCode, now) -> None:
+async def _fail(message: ModifyApproved, uow: UnitOfWork, code: FailureCode) -> None:
     log.info("schedule.failed", reason_code=code.value)
     await uow.follow(
         message,

@@ -178,7 +178,7 @@ class UnitOfWork:
     ) -> None:
         """`claim`: (consumer, message id) claimed in the inbox with BEGIN. `tenant`: the transaction may
         only see and write that tenant's rows (row-level security, migration 0007; enforced for the
-        per-worker roles, not for the owner): set with BEGIN, in the same round trip. `notify=False`:
+        per-worker roles, not for the owner): set right after BEGIN (with the claim). `notify=False`:
         the caller publishes the committed rows itself (`written`), so the relay is not woken."""
         if tenant is not None and not _TENANT.match(tenant):
             raise ValueError(f"not a tenant id: {tenant[:70]!r}")
