@@ -722,9 +722,9 @@ async def test_events_a_dead_process_committed_go_out_at_once_not_after_the_grac
     try:
         message = modify_requested()
         event = rejection_of(message, producer=name, occurred_at=datetime.now(UTC))
-        script = outbox_module.write_script(name, [outbox_module.row_for(event, name)], notify=False)
-        async with writers_engine.begin() as connection:  # as the dying process's transaction
-            await connection.exec_driver_sql(script)
+        async with UnitOfWork(writers_engine, name, notify=False) as uow:  # the dying process's transaction
+            await uow.emit(event)
+            await uow.commit()
     finally:
         await writers_engine.dispose()
     [row] = await outbox_rows(engine, name)
