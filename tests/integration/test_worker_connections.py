@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from tests.factories import modify_requested
 from tests.waiting import eventually
 from workers.registry import worker_spec
+from workers.runtime.database import DEFAULT_POOL_SIZE
 from workers.runtime.outbox import asyncpg_dsn
 from workers.runtime.worker import Worker
 
@@ -34,7 +35,8 @@ def documented_connections(pool_size: int) -> int:
 async def test_a_running_worker_holds_at_most_its_documented_connections(
     settings, broker, database_url, direct
 ):
-    settings = settings.model_copy(update={"outbox_direct": direct})
+    # The production default pool, not the suite's smaller one: the documented figure is checked as shipped.
+    settings = settings.model_copy(update={"outbox_direct": direct, "db_pool_size": DEFAULT_POOL_SIZE})
     database = make_url(database_url).database
     admin = await asyncpg.connect(asyncpg_dsn(database_url))
     worker = None
@@ -67,5 +69,12 @@ async def test_a_running_worker_holds_at_most_its_documented_connections(
             await worker.stop()
         await admin.close()
     limit = documented_connections(settings.db_pool_size)
+    print(f"worker connections: peak {peak}, documented {limit}")
     assert 0 < peak <= limit, f"{peak} connections, documented {limit}"
     assert named_at_peak == peak  # every one of them is the worker's, by its application_name
+
+
+def test_the_setting_defaults_to_the_documented_pool():
+    from workers.runtime.settings import Settings
+
+    assert Settings.model_fields["db_pool_size"].default == DEFAULT_POOL_SIZE == 5
