@@ -89,9 +89,7 @@ class Worker:
                 queues=tuple(q.name for q in delay_queues),
                 delays_s=tuple(q.delay_s or 0.0 for q in delay_queues),
                 limit=settings.retry_limit,
-            )
-            if delay_queues
-            else None,
+            ),
             retry_in_place=settings.retry_in_place,
             metrics=self.metrics,
             signatures=self._signature_policy(spec, settings),
