@@ -5,7 +5,9 @@
   touched, on first deliveries, retries and replays alike (`redelivery.Bookkeeping` says which route
   and attempt count are believed).
 - `transaction.Transactions`: inbox claim, handler, outbox and commit in one transaction; a duplicate is
-  acked with no effect; conflicts and transient blips are retried in place.
+  acked with no effect; conflicts and transient blips are retried in place. With `batch_max` > 1,
+  `batch.Batches` first handles the deliveries waiting together (one transaction per tenant); a batch
+  that fails sends each of its deliveries through `Transactions` alone.
 - `settle.Settler`: ack after the commit, on the channel that delivered the message; a transient failure
   that outlasts the quick tries is parked in the worker's delay queue of the next tier (`RetryLater`),
   dead-lettered as `retries_exhausted` after `limit` of them; `DeadLetter` raised by a handler and any
@@ -25,13 +27,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts.envelope import Envelope
 from contracts.reasons import DeadLetterReason
 from contracts.routes import RouteTable
+from workers.runtime.batch import Batches
 from workers.runtime.broker import Broker
 from workers.runtime.errors import DeadLetter
 from workers.runtime.fairness import LanesClosed, TenantLanes
 from workers.runtime.faults import FaultPoint, fault_point
 from workers.runtime.metrics import UNDECODED, WorkerMetrics
 from workers.runtime.outbox import DirectPublisher
-from workers.runtime.outcomes import Committed, Outcome
+from workers.runtime.outcomes import Committed, Duplicate, Handled, Outcome
 from workers.runtime.redelivery import MAX_DETAIL, Bookkeeping, DelayedRetry
 from workers.runtime.settle import Settler
 from workers.runtime.signatures import SignaturePolicy
@@ -68,6 +71,7 @@ class QueueConsumer:
         fair_window: int = 0,
         routes: RouteTable | None = None,
         return_exchange: str | None = None,
+        batch_max: int = 1,
     ) -> None:
         """`delayed_retry`: the worker's delay queues, where transient failures that outlast
         `retry_in_place` quick tries wait (the only retry mode).
@@ -79,12 +83,14 @@ class QueueConsumer:
         taking turns (workers/runtime/fairness.py). `routes`: the (exchange, routing key, type, schema
         version) combinations this worker accepts (None: any, for the bench's stages). `return_exchange`:
         where the broker hands back expired delay-queue messages (the only way a delivery's retry headers
-        are believed)."""
+        are believed). `batch_max` > 1: the deliveries waiting are handled up to that many in one
+        transaction per tenant (workers/runtime/batch.py); the prefetch is raised to twice that, so the
+        next batch gathers while one commits. 1: one delivery per transaction."""
         self.name = name
         self._queue_name = queue_name
         self._handlers = dict(handlers)
         self._broker = broker
-        self._prefetch = fair_window or prefetch
+        self._prefetch = max(fair_window or prefetch, 2 * batch_max if batch_max > 1 else 0)
         self._lanes = TenantLanes(prefetch) if fair_window else None
         self._delayed = delayed_retry
         self.metrics = metrics or WorkerMetrics(name)
@@ -99,6 +105,17 @@ class QueueConsumer:
             lanes=self._lanes,
             retry_delay_s=transient_retry_delay_s,
             retry_in_place=retry_in_place,
+        )
+        self.batches = (
+            Batches(
+                worker=name,
+                engine=engine,
+                publisher=publisher,
+                transactions=self._transactions,
+                batch_max=batch_max,
+            )
+            if batch_max > 1
+            else None
         )
         self._settle = Settler(
             worker=name,
@@ -175,6 +192,8 @@ class QueueConsumer:
                 task.cancel()
             # Let cancelled handlers roll back before the caller closes the engine under them.
             await asyncio.gather(*pending, return_exceptions=True)
+        if self.batches is not None:
+            await self.batches.close()
         log.info("consumer.drained", queue=self._queue_name)
 
     async def handle(self, message: Envelope) -> Committed:
@@ -242,7 +261,12 @@ class QueueConsumer:
             structlog.contextvars.bind_contextvars(attempt=where.failed_before + 1)
         started = time.perf_counter()
         try:
-            committed = await self._transactions.run(message, admitted.handler)
+            # In a batch when batches are on; alone when they are off or its batch failed.
+            answer = await self.batches.submit(message, admitted.handler) if self.batches else None
+            if isinstance(answer, Handled | Duplicate):
+                committed: Committed = answer
+            else:
+                committed = await self._transactions.run(message, admitted.handler, failed=answer)
         except TransientFailure as exc:
             return await self._settle.retry_later(incoming, where, str(exc)), message.type, None
         except LanesClosed:  # draining before its turn came: back to the queue, untouched

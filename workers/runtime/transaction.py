@@ -54,31 +54,35 @@ class Transactions:
         self._retry_in_place = retry_in_place
         self.stopping = False
 
-    async def run(self, message: Envelope, handler: Handler) -> Committed:
+    async def run(self, message: Envelope, handler: Handler, failed: Exception | None = None) -> Committed:
+        """`failed`: the first attempt was made elsewhere (a batch of one) and raised this."""
         conflicts = 0
         transient = 0
         while True:
-            try:
-                return await self.once(message, handler)
-            except Exception as exc:
-                if is_conflict(exc) and conflicts < MAX_CONFLICT_RETRIES:
-                    conflicts += 1
-                    self._metrics.retry("conflict")
-                    log.info("message.conflict_retry", attempt=conflicts, error=repr(exc)[:MAX_ERROR])
-                    continue
-                if not is_transient(exc):
-                    raise
-                if self.stopping or transient >= self._retry_in_place:
-                    raise TransientFailure(repr(exc)[:MAX_ERROR]) from exc
-                wait = (
-                    (min(0.05, self._retry_delay) or 0.05)
-                    if transient == 0
-                    else self._retry_delay * 2 ** (transient - 1)
-                )
-                transient += 1
-                self._metrics.retry("transient")
-                log.warning("message.transient_retry", delay_s=wait, error=repr(exc)[:MAX_ERROR])
-                await asyncio.sleep(wait)
+            if failed is None:
+                try:
+                    return await self.once(message, handler)
+                except Exception as exc:
+                    failed = exc
+            exc, failed = failed, None
+            if is_conflict(exc) and conflicts < MAX_CONFLICT_RETRIES:
+                conflicts += 1
+                self._metrics.retry("conflict")
+                log.info("message.conflict_retry", attempt=conflicts, error=repr(exc)[:MAX_ERROR])
+                continue
+            if not is_transient(exc):
+                raise exc
+            if self.stopping or transient >= self._retry_in_place:
+                raise TransientFailure(repr(exc)[:MAX_ERROR]) from exc
+            wait = (
+                (min(0.05, self._retry_delay) or 0.05)
+                if transient == 0
+                else self._retry_delay * 2 ** (transient - 1)
+            )
+            transient += 1
+            self._metrics.retry("transient")
+            log.warning("message.transient_retry", delay_s=wait, error=repr(exc)[:MAX_ERROR])
+            await asyncio.sleep(wait)
 
     async def once(self, message: Envelope, handler: Handler) -> Committed:
         # The inbox claim is the transaction's first statement, sent with its BEGIN.

@@ -101,6 +101,7 @@ class Worker:
             if spec.name in SUBSCRIPTIONS
             else None,
             return_exchange=self.topology.return_exchange,
+            batch_max=settings.batch_max,
         )
         self.relay = (
             OutboxRelay(
