@@ -90,12 +90,18 @@ class Batches:
         self._runner: asyncio.Task | None = None
         self.sizes: dict[int, int] = {}  # batch size -> how many batches (for tests and logs)
 
+    @property
+    def waiting(self) -> int:
+        """Deliveries waiting for the next batch."""
+        return sum(1 for e in self._waiting if not e.answer.done())
+
     async def submit(self, message: Envelope, handler: Handler) -> Answer:
         """`Handled` / `Duplicate` once the delivery's batch committed; else how it goes on alone."""
         entry = _Entry(message, handler)
         self._waiting.append(entry)
         if self._runner is None or self._runner.done():
             self._runner = asyncio.get_running_loop().create_task(self._run())
+            self._runner.add_done_callback(_ended)
         return await entry.answer
 
     async def close(self) -> None:
@@ -164,6 +170,11 @@ class Batches:
                 return
         for entry, outcome in zip(entries, outcomes, strict=True):
             _answer(entry, outcome)
+
+
+def _ended(runner: "asyncio.Task[None]") -> None:
+    if not runner.cancelled() and (error := runner.exception()) is not None:
+        log.warning("batch.runner_ended", error=repr(error)[:MAX_ERROR])
 
 
 def _answer(entry: _Entry, outcome: Answer) -> None:
