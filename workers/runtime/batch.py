@@ -20,6 +20,7 @@ path's first attempt; if it fails, the delivery goes on alone from that failure 
 """
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
@@ -100,7 +101,8 @@ class Batches:
         entry = _Entry(message, handler)
         self._waiting.append(entry)
         if self._runner is None or self._runner.done():
-            self._runner = asyncio.get_running_loop().create_task(self._run())
+            # A context of its own: not the log context of the delivery that happened to start it.
+            self._runner = asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context())
             self._runner.add_done_callback(_ended)
         return await entry.answer
 
@@ -151,7 +153,14 @@ class Batches:
                         outcomes.append(Duplicate())
                         continue
                     claimed.discard(message_id)
-                    await entry.handler(entry.message, uow)
+                    with structlog.contextvars.bound_contextvars(
+                        worker=self._worker,
+                        message_id=str(message_id),
+                        correlation_id=entry.message.correlation_id,
+                        tenant_id=tenant,
+                        batch_size=len(entries),
+                    ):
+                        await entry.handler(entry.message, uow)
                     outcomes.append(Handled())
                 await uow.commit()
         except Exception as exc:
