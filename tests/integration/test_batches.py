@@ -80,7 +80,9 @@ async def test_what_waits_is_one_batch_acked_after_its_commit(
     broker, effects, start_consumer, channel, topology
 ):
     gate = Gate()
-    consumer = await start_consumer({ModifyRequested: handled_by(effects, gate)}, batch_max=BATCH)
+    consumer = await start_consumer(
+        {ModifyRequested: handled_by(effects, gate)}, batch_max=BATCH, batch_runners=1
+    )
     tenant = unique_tenant()
     first, rest = modify_requested(tenant), [modify_requested(tenant) for _ in range(BATCH)]
     await in_one_batch(broker, consumer, gate, first, rest)
@@ -113,7 +115,9 @@ async def test_a_poison_message_in_a_batch_is_dead_lettered_and_the_good_ones_ha
                 raise RuntimeError("handler bug")
             raise DeadLetter(DeadLetterReason.HANDLER_ERROR, "refused by the handler")
 
-    consumer = await start_consumer({ModifyRequested: handled_by(effects, gate, fail)}, batch_max=BATCH)
+    consumer = await start_consumer(
+        {ModifyRequested: handled_by(effects, gate, fail)}, batch_max=BATCH, batch_runners=1
+    )
     await in_one_batch(broker, consumer, gate, first, rest)
 
     reason = f"dead_lettered:{DeadLetterReason.HANDLER_ERROR}"
@@ -141,7 +145,9 @@ async def test_a_conflict_in_the_middle_of_a_batch_rolls_it_back_and_each_commit
             conflicts.append(message.message_id)
             raise SerializationFailure("could not serialize access")
 
-    consumer = await start_consumer({ModifyRequested: handled_by(effects, gate, fail)}, batch_max=BATCH)
+    consumer = await start_consumer(
+        {ModifyRequested: handled_by(effects, gate, fail)}, batch_max=BATCH, batch_runners=1
+    )
     await in_one_batch(broker, consumer, gate, first, rest)
 
     await eventually(lambda: consumer.counts.get("handled") == 6, "all handled")
@@ -157,7 +163,9 @@ async def test_a_duplicate_inside_a_batch_is_acked_with_no_effect(broker, effect
     first, fresh = modify_requested(tenant), [modify_requested(tenant) for _ in range(3)]
     # the same message twice in one batch, and one the first transaction already committed
     rest = [fresh[0], fresh[1], fresh[0], first, fresh[2]]
-    consumer = await start_consumer({ModifyRequested: handled_by(effects, gate)}, batch_max=BATCH)
+    consumer = await start_consumer(
+        {ModifyRequested: handled_by(effects, gate)}, batch_max=BATCH, batch_runners=1
+    )
     await in_one_batch(broker, consumer, gate, first, rest)
 
     await eventually(lambda: sum(consumer.counts.values()) == 6, "every delivery settled")
@@ -210,7 +218,7 @@ async def test_a_batch_mixing_tenants_cannot_read_across_them(
         seen[message.message_id] = (setting, sorted({r["tenant_id"] for r in rows}))
         await effects.write(uow, message)
 
-    consumer = await start_consumer({ModifyRequested: handle}, batch_max=BATCH)
+    consumer = await start_consumer({ModifyRequested: handle}, batch_max=BATCH, batch_runners=1)
     first = modify_requested(tenants[0])
     rest = [modify_requested(tenants[i % 3]) for i in range(6)]  # a, b, c, a, b, c
     await in_one_batch(broker, consumer, gate, first, rest)
@@ -228,7 +236,9 @@ async def test_a_worker_killed_mid_batch_loses_and_repeats_nothing(point, broker
     tenant = unique_tenant()
     first, rest = modify_requested(tenant), [modify_requested(tenant) for _ in range(4)]
     name = f"rt_{uuid.uuid4().hex[:12]}"
-    consumer = await start_consumer({ModifyRequested: handled_by(effects, gate)}, name=name, batch_max=BATCH)
+    consumer = await start_consumer(
+        {ModifyRequested: handled_by(effects, gate)}, name=name, batch_max=BATCH, batch_runners=1
+    )
 
     def crash() -> None:
         raise SimulatedCrash(point)
@@ -245,7 +255,9 @@ async def test_a_worker_killed_mid_batch_loses_and_repeats_nothing(point, broker
         faults.disarm()
     await running_of(start_consumer, consumer).stop(drain_timeout_s=0.5)  # the process is gone
 
-    again = await start_consumer({ModifyRequested: handled_by(effects, Gate())}, name=name, batch_max=BATCH)
+    again = await start_consumer(
+        {ModifyRequested: handled_by(effects, Gate())}, name=name, batch_max=BATCH, batch_runners=1
+    )
     await eventually(lambda: sum(again.counts.values()) == 4, "the batch redelivered and settled")
     expected = "handled" if point == FaultPoint.BEFORE_COMMIT else "duplicate"
     assert again.counts == {expected: 4}

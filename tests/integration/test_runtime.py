@@ -199,6 +199,7 @@ async def start_consumer(service_urls, topology: Topology, engine: AsyncEngine):
         amqp_url: str | None = None,
         publisher: Callable[[Broker], DirectPublisher] | None = None,
         batch_max: int = 1,
+        batch_runners: int | None = None,
     ) -> QueueConsumer:
         """`publisher`: builds the consumer's direct publisher on its broker (none: the relay's job)."""
         broker = Broker(amqp_url or service_urls.amqp, topology, name="runtime-test-consumer")
@@ -222,6 +223,7 @@ async def start_consumer(service_urls, topology: Topology, engine: AsyncEngine):
             return_exchange=topology.return_exchange,
             publisher=publisher(broker) if publisher is not None else None,
             batch_max=batch_max,
+            batch_runners=batch_runners,
         )
         await consumer.start()
         started.append(Running(consumer, broker))

@@ -1,12 +1,14 @@
 """Adaptive batches: the admitted deliveries that are waiting, handled in one transaction per tenant.
 
-A consumer hands each admitted delivery to `Batches.submit` and waits. One runner takes what is waiting
+A consumer hands each admitted delivery to `Batches.submit` and waits. A runner takes what is waiting
 (up to `batch_max`, tenants taking turns as in workers/runtime/fairness.py; never waiting for more to
-arrive) and groups it by tenant. Each group is one transaction: BEGIN with the group's tenant setting,
-one multi-row inbox claim that also tells which are duplicates, each handler in turn, the outbox rows
-with the COMMIT; then the events go to the direct publisher and every delivery learns its outcome (the
-consumer acks after that). While a batch runs, the next one gathers; a quiet queue gives batches of one,
-which run as the single path's own transaction (`Transactions.once`).
+arrive) and groups it by tenant. Up to `runners` batches run at once: while fewer are busy, a delivery
+starts one at once (a batch of one, today's latency); when all are busy, what arrives waits and the
+next free runner takes it together, so batches grow with the load. Each group is one transaction:
+BEGIN with the group's tenant setting, one multi-row inbox claim that also tells which are duplicates,
+each handler in turn, the outbox rows with the COMMIT; then the events go to the direct publisher and
+every delivery learns its outcome (the consumer acks after that). A batch of one runs as the single
+path's own transaction (`Transactions.once`).
 
 Row-level security: a transaction carries exactly one tenant (`appt.tenant_id`, set with BEGIN), and a
 group holds only that tenant's messages, so no statement of a batch can read or write another tenant's
@@ -79,7 +81,10 @@ class Batches:
         publisher: DirectPublisher | None,
         transactions: Transactions,
         batch_max: int,
+        runners: int = 1,
     ) -> None:
+        if runners < 1:
+            raise ValueError("runners must be at least 1")
         if batch_max < 2:
             raise ValueError("batches need batch_max >= 2 (1 is the single path)")
         self._worker = worker
@@ -88,7 +93,8 @@ class Batches:
         self._transactions = transactions
         self._batch_max = batch_max
         self._waiting: list[_Entry] = []
-        self._runner: asyncio.Task | None = None
+        self._max_runners = runners
+        self._runners: set[asyncio.Task] = set()
         self.sizes: dict[int, int] = {}  # batch size -> how many batches (for tests and logs)
 
     @property
@@ -100,21 +106,27 @@ class Batches:
         """`Handled` / `Duplicate` once the delivery's batch committed; else how it goes on alone."""
         entry = _Entry(message, handler)
         self._waiting.append(entry)
-        if self._runner is None or self._runner.done():
+        if len(self._runners) < self._max_runners:
             # A context of its own: not the log context of the delivery that happened to start it.
-            self._runner = asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context())
-            self._runner.add_done_callback(_ended)
+            runner = asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context())
+            self._runners.add(runner)
+            runner.add_done_callback(self._ended)
         return await entry.answer
 
     async def close(self) -> None:
-        """Stop the runner (a transaction it has open rolls back); deliveries it held go back unacked."""
-        runner = self._runner
-        if runner is not None and not runner.done():
+        """Stop the runners (a transaction one has open rolls back); deliveries they held go back unacked."""
+        runners = list(self._runners)
+        for runner in runners:
             runner.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
+        await asyncio.gather(*runners, return_exceptions=True)
         for entry in self._waiting:
             entry.answer.cancel()
         self._waiting.clear()
+
+    def _ended(self, runner: "asyncio.Task[None]") -> None:
+        self._runners.discard(runner)
+        if not runner.cancelled() and (error := runner.exception()) is not None:
+            log.warning("batch.runner_ended", error=repr(error)[:MAX_ERROR])
 
     async def _run(self) -> None:
         while True:
@@ -179,11 +191,6 @@ class Batches:
                 return
         for entry, outcome in zip(entries, outcomes, strict=True):
             _answer(entry, outcome)
-
-
-def _ended(runner: "asyncio.Task[None]") -> None:
-    if not runner.cancelled() and (error := runner.exception()) is not None:
-        log.warning("batch.runner_ended", error=repr(error)[:MAX_ERROR])
 
 
 def _answer(entry: _Entry, outcome: Answer) -> None:

@@ -72,6 +72,7 @@ class QueueConsumer:
         routes: RouteTable | None = None,
         return_exchange: str | None = None,
         batch_max: int = 1,
+        batch_runners: int | None = None,
     ) -> None:
         """`delayed_retry`: the worker's delay queues, where transient failures that outlast
         `retry_in_place` quick tries wait (the only retry mode).
@@ -85,7 +86,8 @@ class QueueConsumer:
         where the broker hands back expired delay-queue messages (the only way a delivery's retry headers
         are believed). `batch_max` > 1: the deliveries waiting are handled up to that many in one
         transaction per tenant (workers/runtime/batch.py); the prefetch is raised to twice that, so the
-        next batch gathers while one commits. 1: one delivery per transaction."""
+        next batch gathers while one commits. 1: one delivery per transaction. `batch_runners`: batches at
+        once (default a quarter of the prefetch: below that many busy, a delivery is a batch of one)."""
         self.name = name
         self._queue_name = queue_name
         self._handlers = dict(handlers)
@@ -113,6 +115,7 @@ class QueueConsumer:
                 publisher=publisher,
                 transactions=self._transactions,
                 batch_max=batch_max,
+                runners=batch_runners or max(1, prefetch // 4),
             )
             if batch_max > 1
             else None
