@@ -182,15 +182,21 @@ def unique_tenant(prefix: str = "t") -> str:
 def offline_consumer(name: str, handlers, engine, **options):
     """A worker's consumer used without a broker: `handle(message)` runs what a delivery does between
     decode and ack (inbox, handler, commit, the conflict and transient retries) on the real database."""
-    from workers.runtime.consumer import QueueConsumer
+    from workers.runtime.consumer import DelayedRetry, QueueConsumer
 
+    offline = topology_module.build("offline")
     return QueueConsumer(
         name=name,
         queue_name=f"offline.{name}",
         dead_letter_routing_key="",
         handlers=handlers,
         engine=engine,
-        broker=Broker("amqp://unused", topology_module.build("offline"), name=f"offline-{name}"),
+        broker=Broker("amqp://unused", offline, name=f"offline-{name}"),
         prefetch=1,
+        # Never used offline (nothing is settled with a broker): a transient failure that outlasts the
+        # quick tries in place is raised to the caller of `handle`.
+        delayed_retry=DelayedRetry(
+            exchange="offline.retry", queues=("offline.delay",), delays_s=(1.0,), limit=1
+        ),
         **options,
     )

@@ -46,6 +46,7 @@ from workers.runtime import faults
 from workers.runtime.consumer import QueueConsumer
 from workers.runtime.database import create_engine
 from workers.runtime.faults import FaultPoint, SimulatedCrash
+from workers.runtime.outcomes import Duplicate, Handled
 
 APPOINTMENTS = ("apt-0", "apt-1")
 EFFECTS = ("appointment.rescheduled", "appointment.canceled")
@@ -80,7 +81,7 @@ class DeliveryModel(RuleBasedStateMachine):
                 window=f.arrival_window(2 + i),
                 change_id=f"book-{i}",
             )
-            assert self.run(self.schedule.handle(booking)) == "handled"
+            assert self.run(self.schedule.handle(booking)) == Handled()
 
     # --- plumbing ---------------------------------------------------------------------------------
 
@@ -88,9 +89,7 @@ class DeliveryModel(RuleBasedStateMachine):
         return self.loop.run_until_complete(coroutine)
 
     def _consumer(self, name: str, handlers) -> QueueConsumer:
-        return offline_consumer(
-            name, handlers, self.engine, transient_retry_delay_s=0.01, transient_retry_budget_s=5
-        )
+        return offline_consumer(name, handlers, self.engine, transient_retry_delay_s=0.01)
 
     def _start(self) -> None:
         self.engine = create_engine(self.database_url, pool_size=2)
@@ -160,7 +159,7 @@ class DeliveryModel(RuleBasedStateMachine):
     @rule(approval=approvals)
     def deliver(self, approval: ModifyApproved) -> None:
         outcome = self.run(self.schedule.handle(approval))
-        assert outcome == ("duplicate" if approval.message_id in self.committed else "handled")
+        assert outcome == (Duplicate() if approval.message_id in self.committed else Handled())
         self.committed.add(approval.message_id)
 
     @rule(approval=approvals, point=st.sampled_from([FaultPoint.BEFORE_COMMIT, FaultPoint.AFTER_COMMIT]))
@@ -189,7 +188,7 @@ class DeliveryModel(RuleBasedStateMachine):
                 return
         else:
             outcome = self.run(self.read_store.handle(event))
-            assert outcome == ("duplicate" if event.message_id in self.synced else "handled")
+            assert outcome == (Duplicate() if event.message_id in self.synced else Handled())
         self.synced.add(event.message_id)
         snapshot = getattr(event.payload, "appointment", None)
         if snapshot is not None:

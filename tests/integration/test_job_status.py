@@ -14,6 +14,7 @@ from tests import factories as f
 from tests.conftest import offline_consumer, unique_tenant
 from workers.modify_handler.handlers import HANDLERS
 from workers.runtime.outbox import asyncpg_dsn
+from workers.runtime.outcomes import Handled
 
 
 async def test_a_cancel_waiting_for_the_jobs_lock_counts_what_the_other_committed(engine, database_url):
@@ -27,7 +28,7 @@ async def test_a_cancel_waiting_for_the_jobs_lock_counts_what_the_other_committe
             window=f.arrival_window(3 + i),
             change_id=f"b{i}",
         )
-        assert await schedule.handle(booking) == "handled"
+        assert await schedule.handle(booking) == Handled()
     cancel_second = f.modify_approved(
         f.modify_requested(
             tenant=tenant, appointment_id="apt-2", change=f.cancel("moving"), request_id="req-2"
@@ -51,7 +52,7 @@ async def test_a_cancel_waiting_for_the_jobs_lock_counts_what_the_other_committe
         await asyncio.sleep(0.5)
         assert not waiting.done(), "the second cancel should wait for the job's lock"
         await transaction.commit()
-        assert await asyncio.wait_for(waiting, 10) == "handled"
+        assert await asyncio.wait_for(waiting, 10) == Handled()
     finally:
         await other.close()
 

@@ -19,6 +19,7 @@ from tests.conftest import offline_consumer, unique_tenant
 from workers.modify_handler.handlers import HANDLERS as SCHEDULE_HANDLERS
 from workers.policy_gate import offering
 from workers.policy_gate.handlers import HANDLERS as GATE_HANDLERS
+from workers.runtime.outcomes import Duplicate, Handled
 
 pytestmark = pytest.mark.integration
 
@@ -51,10 +52,10 @@ async def test_a_settings_change_reaches_every_appointment_a_chunk_per_transacti
         booking = f.appointment_recorded(
             tenant=tenant, appointment_id=appointment_id, job_id=f"job-{i}", change_id=f"book-{i}"
         )
-        assert await schedule.handle(booking) == "handled"
+        assert await schedule.handle(booking) == Handled()
 
     seen: set = set()
-    assert await gate.handle(f.settings_layer_updated(tenant=tenant)) == "handled"
+    assert await gate.handle(f.settings_layer_updated(tenant=tenant)) == Handled()
     offered: list[str] = []
     continuations: list[RefreshOffers] = []
     for _ in range(APPOINTMENTS + 1):  # a chain that never ends fails below instead of looping
@@ -65,7 +66,7 @@ async def test_a_settings_change_reaches_every_appointment_a_chunk_per_transacti
         if not follow:
             break
         continuations += follow
-        assert await gate.handle(follow[0]) == "handled"
+        assert await gate.handle(follow[0]) == Handled()
     else:
         pytest.fail(f"the refresh did not end after {APPOINTMENTS + 1} chunks")
 
@@ -79,7 +80,7 @@ async def test_a_settings_change_reaches_every_appointment_a_chunk_per_transacti
     assert {c.payload.scope.level.value for c in continuations} == {"business"}
 
     # A redelivered chunk is dropped by the inbox: no second successor, no offer recomputed twice.
-    assert await gate.handle(continuations[0]) == "duplicate"
+    assert await gate.handle(continuations[0]) == Duplicate()
     assert await emitted(engine, tenant, seen) == []
 
 
@@ -92,9 +93,9 @@ async def test_a_scope_no_larger_than_a_chunk_is_refreshed_in_the_settings_chang
         booking = f.appointment_recorded(
             tenant=tenant, appointment_id=f"apt-{i}", job_id=f"job-{i}", change_id=f"book-{i}"
         )
-        assert await schedule.handle(booking) == "handled"
+        assert await schedule.handle(booking) == Handled()
 
-    assert await gate.handle(f.settings_layer_updated(tenant=tenant)) == "handled"
+    assert await gate.handle(f.settings_layer_updated(tenant=tenant)) == Handled()
     emitted_now = await emitted(engine, tenant, set())
     # The office hears that its settings change applied; the rest is the offers it changed.
     assert [m.payload.status for m in emitted_now if isinstance(m, OfficeOutcome)] == ["applied"]

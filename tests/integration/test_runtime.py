@@ -29,13 +29,13 @@ from contracts.office_v1 import PortalSettingsPayload, PortalSettingsUpdated
 from contracts.portal_v1 import Cancel, ModifyRequested, ModifyRequestedPayload
 from contracts.reasons import DeadLetterReason
 from infra.db.tables import inbox, outbox
-from infra.topology import Topology
+from infra.topology import RETRY_ROLE, Topology
 from tests.conftest import unique_tenant
 from tests.tcp_proxy import TcpProxy
 from tests.waiting import eventually
 from workers.runtime import outbox as outbox_module
 from workers.runtime.broker import Broker
-from workers.runtime.consumer import MAX_CONFLICT_RETRIES, QueueConsumer
+from workers.runtime.consumer import MAX_CONFLICT_RETRIES, DelayedRetry, QueueConsumer
 from workers.runtime.database import UnitOfWork, create_engine
 from workers.runtime.outbox import DirectPublisher, OutboxRelay
 
@@ -197,6 +197,8 @@ async def start_consumer(service_urls, topology: Topology, engine: AsyncEngine):
         prefetch: int = 10,
         amqp_url: str | None = None,
         publisher: Callable[[Broker], DirectPublisher] | None = None,
+        batch_max: int = 1,
+        batch_runners: int | None = None,
     ) -> QueueConsumer:
         """`publisher`: builds the consumer's direct publisher on its broker (none: the relay's job)."""
         broker = Broker(amqp_url or service_urls.amqp, topology, name="runtime-test-consumer")
@@ -210,8 +212,17 @@ async def start_consumer(service_urls, topology: Topology, engine: AsyncEngine):
             broker=broker,
             prefetch=prefetch,
             transient_retry_delay_s=0.05,
-            transient_retry_budget_s=20.0,
+            # The policy gate's delay tiers and return exchange, as a worker has them (one retry mode).
+            delayed_retry=DelayedRetry(
+                exchange=topology.own_exchange(RETRY_ROLE, "policy_gate"),
+                queues=tuple(q.name for q in topology.delay_queues_of("policy_gate")),
+                delays_s=tuple(q.delay_s or 0.0 for q in topology.delay_queues_of("policy_gate")),
+                limit=8,
+            ),
+            return_exchange=topology.return_exchange,
             publisher=publisher(broker) if publisher is not None else None,
+            batch_max=batch_max,
+            batch_runners=batch_runners,
         )
         await consumer.start()
         started.append(Running(consumer, broker))

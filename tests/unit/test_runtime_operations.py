@@ -26,6 +26,7 @@ from workers.runtime.consumer import DelayedRetry
 from workers.runtime.database import create_engine
 from workers.runtime.health import HealthMonitor
 from workers.runtime.metrics import WorkerMetrics
+from workers.runtime.outcomes import DeadLettered, Handled
 from workers.runtime.settings import Settings
 
 # --- topology -------------------------------------------------------------------------------------
@@ -151,8 +152,8 @@ def _samples(metrics: WorkerMetrics) -> dict:
 
 def test_each_worker_counts_in_a_registry_of_its_own():
     first, second = WorkerMetrics("policy_gate"), WorkerMetrics("policy_gate")  # no clash
-    first.message("modify.requested", "handled", 0.01)
-    first.message("undecoded", "dead_lettered:malformed_json")
+    first.message("modify.requested", Handled(), 0.01)
+    first.message("undecoded", DeadLettered("malformed_json"))
     first.retry("delayed")
     found = _samples(first)
     labels = (("outcome", "handled"), ("type", "modify.requested"), ("worker", "policy_gate"))

@@ -22,6 +22,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from workers.runtime.outcomes import DeadLettered, Outcome
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Handling a message is one database transaction: milliseconds, unless something waits.
@@ -137,16 +139,15 @@ class WorkerMetrics:
         self._messages: dict[tuple[str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
 
-    def message(self, message_type: str, outcome: str, duration_s: float | None = None) -> None:
-        """Count one delivery's outcome (`dead_lettered:<reason>` also counts the dead letter)."""
-        kind, _, reason = outcome.partition(":")
-        key = (message_type, kind)
+    def message(self, message_type: str, outcome: Outcome, duration_s: float | None = None) -> None:
+        """Count one delivery's outcome (a `DeadLettered` also counts the dead letter, by its reason)."""
+        key = (message_type, outcome.label)
         counter = self._messages.get(key)
         if counter is None:
-            counter = self._messages[key] = self.messages.labels(self.worker, message_type, kind)
+            counter = self._messages[key] = self.messages.labels(self.worker, message_type, outcome.label)
         counter.inc()
-        if reason:
-            self.dead_letters.labels(self.worker, reason).inc()
+        if isinstance(outcome, DeadLettered):
+            self.dead_letters.labels(self.worker, outcome.reason).inc()
         if duration_s is not None:
             histogram = self._latency.get(message_type)
             if histogram is None:

@@ -93,9 +93,7 @@ class Worker:
                 queues=tuple(q.name for q in delay_queues),
                 delays_s=tuple(q.delay_s or 0.0 for q in delay_queues),
                 limit=settings.retry_limit,
-            )
-            if delay_queues
-            else None,
+            ),
             retry_in_place=settings.retry_in_place,
             metrics=self.metrics,
             signatures=self._signature_policy(spec, settings),
@@ -107,6 +105,7 @@ class Worker:
             if spec.name in SUBSCRIPTIONS
             else None,
             return_exchange=self.topology.return_exchange,
+            batch_max=settings.batch_max,
         )
         self.relay = (
             OutboxRelay(

@@ -1,0 +1,198 @@
+"""Adaptive batches: the admitted deliveries that are waiting, handled in one transaction per tenant.
+
+A consumer hands each admitted delivery to `Batches.submit` and waits. A runner takes what is waiting
+(up to `batch_max`, tenants taking turns as in workers/runtime/fairness.py; never waiting for more to
+arrive) and groups it by tenant. Up to `runners` batches run at once: while fewer are busy, a delivery
+starts one at once (a batch of one, today's latency); when all are busy, what arrives waits and the
+next free runner takes it together, so batches grow with the load. Each group is one transaction:
+BEGIN with the group's tenant setting, one multi-row inbox claim that also tells which are duplicates,
+each handler in turn, the outbox rows with the COMMIT; then the events go to the direct publisher and
+every delivery learns its outcome (the consumer acks after that). A batch of one runs as the single
+path's own transaction (`Transactions.once`).
+
+Row-level security: a transaction carries exactly one tenant (`appt.tenant_id`, set with BEGIN), and a
+group holds only that tenant's messages, so no statement of a batch can read or write another tenant's
+rows: a mixed batch is several transactions, one per tenant, run side by side.
+
+Any failure inside a group (a conflict, a deadlock with another replica's batch, a handler bug, a
+poison message, `DeadLetter`, a lost connection) rolls the whole group back and answers `None` to each of
+its deliveries: the consumer then handles each one alone through the single path (retries, dead letters,
+requeue), so a failure keeps exactly the outcome it has without batches. A batch of one is the single
+path's first attempt; if it fails, the delivery goes on alone from that failure (no extra attempt).
+"""
+
+import asyncio
+import contextvars
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import asyncpg
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.envelope import Envelope
+from infra.db.tables import inbox_table
+from workers.runtime.database import UnitOfWork
+from workers.runtime.fairness import take_in_turn
+from workers.runtime.outbox import DirectPublisher
+from workers.runtime.outcomes import Committed, Duplicate, Handled
+from workers.runtime.redelivery import MAX_ERROR
+from workers.runtime.steps import Handler
+from workers.runtime.transaction import Transactions
+
+log = structlog.get_logger(__name__)
+
+# What a delivery learns from its batch: its outcome; None (the batch rolled back: go alone, from the
+# start); or the exception its first attempt ended with (a batch of one: go on alone from there).
+Answer = Committed | Exception | None
+
+
+@dataclass
+class _Entry:
+    message: Envelope
+    handler: Handler
+    answer: "asyncio.Future[Answer]" = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+async def claim_many(
+    driver: asyncpg.Connection, consumer: str, tenant: str, ids: Sequence[UUID]
+) -> set[UUID]:
+    """Claim `ids` in `consumer`'s inbox in one statement; the ones it returns are new, the rest were
+    there already (duplicates). Run inside the group's transaction, after its BEGIN set `tenant`."""
+    rows = await driver.fetch(
+        f"INSERT INTO {inbox_table(consumer)} (consumer, tenant_id, message_id)"
+        " SELECT $1, $2, id FROM unnest($3::uuid[]) AS id ON CONFLICT DO NOTHING RETURNING message_id",
+        consumer,
+        tenant,
+        list(ids),
+    )
+    return {UUID(str(row["message_id"])) for row in rows}
+
+
+class Batches:
+    def __init__(
+        self,
+        *,
+        worker: str,
+        engine: AsyncEngine,
+        publisher: DirectPublisher | None,
+        transactions: Transactions,
+        batch_max: int,
+        runners: int = 1,
+    ) -> None:
+        if runners < 1:
+            raise ValueError("runners must be at least 1")
+        if batch_max < 2:
+            raise ValueError("batches need batch_max >= 2 (1 is the single path)")
+        self._worker = worker
+        self._engine = engine
+        self._publisher = publisher
+        self._transactions = transactions
+        self._batch_max = batch_max
+        self._waiting: list[_Entry] = []
+        self._max_runners = runners
+        self._runners: set[asyncio.Task] = set()
+        self.sizes: dict[int, int] = {}  # batch size -> how many batches (for tests and logs)
+
+    @property
+    def waiting(self) -> int:
+        """Deliveries waiting for the next batch."""
+        return sum(1 for e in self._waiting if not e.answer.done())
+
+    async def submit(self, message: Envelope, handler: Handler) -> Answer:
+        """`Handled` / `Duplicate` once the delivery's batch committed; else how it goes on alone."""
+        entry = _Entry(message, handler)
+        self._waiting.append(entry)
+        if len(self._runners) < self._max_runners:
+            # A context of its own: not the log context of the delivery that happened to start it.
+            runner = asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context())
+            self._runners.add(runner)
+            runner.add_done_callback(self._ended)
+        return await entry.answer
+
+    async def close(self) -> None:
+        """Stop the runners (a transaction one has open rolls back); deliveries they held go back unacked."""
+        runners = list(self._runners)
+        for runner in runners:
+            runner.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+        for entry in self._waiting:
+            entry.answer.cancel()
+        self._waiting.clear()
+
+    def _ended(self, runner: "asyncio.Task[None]") -> None:
+        self._runners.discard(runner)
+        if not runner.cancelled() and (error := runner.exception()) is not None:
+            log.warning("batch.runner_ended", error=repr(error)[:MAX_ERROR])
+
+    async def _run(self) -> None:
+        while True:
+            live = [e for e in self._waiting if not e.answer.done()]
+            if not live:
+                self._waiting.clear()
+                return
+            batch, self._waiting = take_in_turn(live, self._batch_max, key=lambda e: e.message.tenant_id)
+            self.sizes[len(batch)] = self.sizes.get(len(batch), 0) + 1
+            groups: dict[str, list[_Entry]] = {}
+            for entry in batch:
+                groups.setdefault(entry.message.tenant_id, []).append(entry)
+            try:
+                await asyncio.gather(*(self._group(tenant, entries) for tenant, entries in groups.items()))
+            except BaseException:  # cancelled, or a simulated crash: nothing is answered, nothing acked
+                for entry in batch:
+                    entry.answer.cancel()
+                raise
+
+    async def _group(self, tenant: str, entries: list[_Entry]) -> None:
+        if len(entries) == 1:
+            entry = entries[0]
+            try:
+                _answer(entry, await self._transactions.once(entry.message, entry.handler))
+            except Exception as exc:  # the single path's first attempt: it goes on alone from there
+                _answer(entry, exc)
+            return
+        publisher = self._publisher
+        try:
+            async with UnitOfWork(self._engine, self._worker, tenant=tenant, notify=publisher is None) as uow:
+                ids = [UUID(str(e.message.message_id)) for e in entries]
+                claimed = await claim_many(uow.driver, self._worker, tenant, ids)
+                outcomes: list[Committed] = []
+                for entry, message_id in zip(entries, ids, strict=True):
+                    if message_id not in claimed:  # in the inbox already, or earlier in this batch
+                        outcomes.append(Duplicate())
+                        continue
+                    claimed.discard(message_id)
+                    with structlog.contextvars.bound_contextvars(
+                        worker=self._worker,
+                        message_id=str(message_id),
+                        correlation_id=entry.message.correlation_id,
+                        tenant_id=tenant,
+                        batch_size=len(entries),
+                    ):
+                        await entry.handler(entry.message, uow)
+                    outcomes.append(Handled())
+                await uow.commit()
+        except Exception as exc:
+            log.info("batch.rolled_back", size=len(entries), tenant=tenant, error=repr(exc)[:MAX_ERROR])
+            for entry in entries:
+                _answer(entry, None)
+            return
+        if publisher is not None and uow.written:
+            try:
+                await publisher.submit(uow.written)
+            except (
+                Exception
+            ) as exc:  # as on the single path: judged per delivery (the retry finds it claimed)
+                for entry in entries:
+                    _answer(entry, exc)
+                return
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            _answer(entry, outcome)
+
+
+def _answer(entry: _Entry, outcome: Answer) -> None:
+    if not entry.answer.done():
+        entry.answer.set_result(outcome)
