@@ -102,7 +102,7 @@ bench-scale: venv services
 # victim's p50/p95/p99 and the refused count, with tenant lanes and limits, then for plain FIFO workers.
 FLOOD ?= 10000
 bench-flood: venv services
-	$(DEV) APPT_FLOOD_REQUESTS=$(FLOOD) APPT_FLOOD_CONTROL=1 $(BIN)/pytest -s -q -o timeout=3600 -k starve \
+	$(DEV) APPT_FLOOD_REQUESTS=$(FLOOD) APPT_FLOOD_CONTROL=1 APPT_FLOOD_TARGET_S=1.0 $(BIN)/pytest -s -q -o timeout=3600 -k starve \
 		tests/e2e/test_fairness.py
 
 # The fault suite (tests/faults, docs/reliability.md) at 10x its CI size: ~20,000 requests.
