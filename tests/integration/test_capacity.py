@@ -468,6 +468,21 @@ rounds = st.lists(st.lists(step, min_size=1, max_size=3), min_size=1, max_size=8
         [("places", None, 0, 1), ("move", "apt-1", 0, None)],
     ],
 )
+@example(  # as found: a booking, then its window created while the customer "moves" into the same window
+    initial=set(),
+    steps=[
+        [("office", "apt-0", 0, AppointmentStatus.SCHEDULED)] * 2,
+        [("move", "apt-0", 0, None), ("places", None, 0, 2)],
+    ],
+)
+@example(  # the same in order: a move into the window whose place it holds used to leave it booked 0
+    initial=set(),
+    steps=[
+        [("office", "apt-0", 0, AppointmentStatus.SCHEDULED)],
+        [("places", None, 0, 2)],
+        [("move", "apt-0", 0, None)],
+    ],
+)
 async def test_capacity_accounting_never_depends_on_arrival_order(wide_engine, initial, steps):
     tenant = unique_tenant()
     try:

@@ -245,6 +245,13 @@ def test_a_move_in_a_managed_unit_takes_the_new_place_and_frees_the_old() -> Non
     assert plan == PlacePlan((("bu", "z", Place(W2, 1, 1, 1)), ("bu", "z", place(2, 1))), holds_place=True)
 
 
+def test_a_move_into_the_window_whose_place_it_holds_keeps_the_place_and_changes_no_count() -> None:
+    current = booked_at(W)
+    assert plan_move(current, current, managed=True, places={W.start: place(2, 1)}) == PlacePlan(
+        (), holds_place=True
+    )
+
+
 def test_a_move_to_a_full_window_fails_and_plans_nothing() -> None:
     plan = plan_move(booked_at(W), booked_at(W2), managed=True, places={W2.start: Place(W2, 1, 1, 1)})
     assert plan == Failure(FailureCode.TIME_NO_LONGER_AVAILABLE)

@@ -189,8 +189,16 @@ def plan_move(
     current: Appointment, moved: Appointment, *, managed: bool, places: dict[datetime, Place]
 ) -> PlacePlan | Failure:
     """A customer's reschedule: take a free place in the new window (if the unit manages capacity) and
-    free the old one, given the locked places by start. Fails when the new window has no free place."""
+    free the old one, given the locked places by start. Fails when the new window has no free place.
+
+    A move into the very window whose place the appointment already holds keeps that place and changes
+    no count: taking and releasing the same locked row would each start from the count as read, and the
+    last write would win (the release, leaving the window booked one short of its holders)."""
     unit, zone = current.business_unit, current.zone
+    if current.holds_place and moved.window.start == current.window.start:
+        held = places.get(current.window.start)
+        if held is not None and held.window == moved.window:
+            return PlacePlan((), True)
     updates: list[tuple[str, str, Place]] = []
     if managed:
         taken = take_for_customer(places.get(moved.window.start), moved.window)
