@@ -57,6 +57,7 @@ class PhaseResult:
     phase: Phase
     sent: int = 0
     refused: int = 0
+    resent: int = 0  # POSTs sent again (same Idempotency-Key) after a dropped connection
     latencies_ms: list[float] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -67,8 +68,8 @@ class PhaseResult:
         seen = len(lat)
         return (
             f"  {self.phase.name:>6}: {self.sent} sent ({self.sent / self.wall_s:.0f}/s), "
-            f"{seen} outcomes seen, "
-            f"{self.refused} refused; POST->outcome on SSE p50 {percentile(lat, 50):.0f} / "
+            f"{seen} outcomes seen, {self.refused} refused, {self.resent} resent; "
+            f"POST->outcome on SSE p50 {percentile(lat, 50):.0f} / "
             f"p95 {percentile(lat, 95):.0f} / p99 {percentile(lat, 99):.0f} ms; "
             f"API CPU {1000 * self.api_cpu_s / max(self.sent, 1):.2f} ms/request; outcomes {self.outcomes}"
         )
@@ -105,19 +106,31 @@ class Outcomes:
     def __init__(self) -> None:
         self.seen: dict[str, tuple[float, str]] = {}
         self.ready = 0
+        self.reconnects = 0  # streams reopened after the connection dropped
 
     async def follow(self, client: httpx.AsyncClient, tenant: str) -> None:
-        async with client.stream("GET", "/v1/office/events", headers={"X-Tenant-Id": tenant}) as response:
-            data = None
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    data = line[5:].strip()
-                elif line == "" and data is not None:
-                    event, data = json.loads(data), None
-                    if event.get("view") == "ready":
-                        self.ready += 1
-                    elif event.get("view") == "request" and event.get("status") in FINAL:
-                        self.seen.setdefault(event["request_id"], (time.monotonic(), event["status"]))
+        """Read the tenant's office stream until cancelled; a dropped stream is reopened where it broke
+        off (`Last-Event-ID`), as a browser's EventSource does."""
+        last_id: str | None = None
+        while True:
+            headers = {"X-Tenant-Id": tenant} | ({"Last-Event-ID": last_id} if last_id else {})
+            try:
+                async with client.stream("GET", "/v1/office/events", headers=headers) as response:
+                    data = None
+                    async for line in response.aiter_lines():
+                        if line.startswith("id:"):
+                            last_id = line[3:].strip() or last_id
+                        elif line.startswith("data:"):
+                            data = line[5:].strip()
+                        elif line == "" and data is not None:
+                            event, data = json.loads(data), None
+                            if event.get("view") == "ready":
+                                self.ready += 1
+                            elif event.get("view") == "request" and event.get("status") in FINAL:
+                                self.seen.setdefault(event["request_id"], (time.monotonic(), event["status"]))
+            except httpx.TransportError:
+                self.reconnects += 1
+            await asyncio.sleep(0.2)
 
 
 async def _run_phase(
@@ -138,12 +151,20 @@ async def _run_phase(
         request_id = f"api-{phase.name.replace('/', '')}-{i}"
         customer = target.requester_id
         t0 = time.monotonic()
-        response = await client.post(
-            f"/v1/appointments/{target.appointment_id}/{action}",
-            json=body,
-            headers={"X-Tenant-Id": target.tenant_id, "X-Customer-Id": customer,
-                     "Idempotency-Key": request_id, "If-Match": '"1"'},
-        )  # fmt: skip
+        for attempt in range(4):  # a keep-alive connection the server closed: send again, same key
+            try:
+                response = await client.post(
+                    f"/v1/appointments/{target.appointment_id}/{action}",
+                    json=body,
+                    headers={"X-Tenant-Id": target.tenant_id, "X-Customer-Id": customer,
+                             "Idempotency-Key": request_id, "If-Match": '"1"'},
+                )  # fmt: skip
+                break
+            except httpx.TransportError:
+                if attempt == 3:
+                    raise
+                result.resent += 1
+                await asyncio.sleep(0.1 * (attempt + 1))
         result.sent += 1
         if response.status_code == 202:
             sent_at[request_id] = t0
