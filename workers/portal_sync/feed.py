@@ -1,11 +1,8 @@
 """The live feed's events, pure: which view changed, for whom (routing by tenant, customer, job)."""
 
-from contracts.catalog import PORTAL_SYNC
 from contracts.common import AppointmentSnapshot
 from contracts.feed_v1 import PortalViewChangedPayload, ViewKind
 from workers.portal_sync.projection import RequestOutcome
-
-PRODUCER = PORTAL_SYNC.name
 
 
 def appointment_changed(snapshot: AppointmentSnapshot) -> PortalViewChangedPayload:
