@@ -26,6 +26,7 @@ from contracts.decoding import CONTENT_TYPE, DecodeFailure, decode, encode
 from contracts.envelope import Envelope
 from contracts.portal_v1 import ModifyRequested
 from contracts.reasons import DeadLetterReason
+from contracts.routes import topic_matches
 from contracts.signing import PORTAL_ROLE
 from contracts.types import TenantId
 from infra.topology import EXCHANGE_ROLES, SUBSCRIPTIONS
@@ -492,19 +493,6 @@ def _body_id(item: Checked) -> str | None:
 
 
 # --- routing: who consumes a message ----------------------------------------------------------------
-
-
-def topic_matches(pattern: str, routing_key: str) -> bool:
-    """AMQP topic matching: `*` is exactly one word, `#` zero or more."""
-
-    def match(p: list[str], k: list[str]) -> bool:
-        if not p:
-            return not k
-        if p[0] == "#":
-            return any(match(p[1:], k[i:]) for i in range(len(k) + 1))
-        return bool(k) and (p[0] == "*" or p[0] == k[0]) and match(p[1:], k[1:])
-
-    return match(pattern.split("."), routing_key.split("."))
 
 
 def consumers_of(exchange_role: str, routing_key: str) -> list[str]:

@@ -22,6 +22,7 @@ from typing import ClassVar
 from aio_pika.abc import ExchangeType
 
 from bench.common import HOP_SQL, RUNTIME_NAMESPACE, RUNTIME_ROLE, STAGES, runtime_queue
+from contracts.catalog import POLICY_GATE
 from contracts.portal_v1 import ModifyRequested
 from infra.topology import RETURN_ROLE, Binding, ExchangeSpec, QueueSpec, Topology
 from infra.topology import build as build_production_topology
@@ -32,7 +33,7 @@ from workers.runtime.settings import Settings
 from workers.runtime.worker import Worker, WorkerSpec
 
 # Whose queue family (arguments, dead letters, retry tiers) each stage copies.
-TEMPLATE_WORKER = "policy_gate"
+TEMPLATE_WORKER = POLICY_GATE.name
 
 
 def _renamed(value, old: str, new: str):

@@ -30,6 +30,7 @@ from bench.common import (
     runtime_queue,
 )
 from bench.measure import Monitor, peak_rss_mb, percentile
+from contracts.catalog import POLICY_GATE
 from infra import topology as topology_module
 from workers.registry import WORKER_NAMES
 from workers.runtime.broker import Broker
@@ -181,7 +182,7 @@ def systems() -> dict[str, System]:
             "OURS: policy_gate -> modify_handler -> portal_sync (real rules, real schedule, read store)",
             ours_topology.exchange("requests"),
             "modify.requested",
-            ours_topology.queue_of("policy_gate").name,
+            ours_topology.queue_of(POLICY_GATE.name).name,
             [q.name for q in ours_topology.queues if q.worker is not None],
             [q.name for q in ours_topology.queues if q.kind == topology_module.DEAD_LETTER],
             f"SELECT count(*) {OURS_DONE_WHERE}",

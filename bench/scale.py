@@ -51,11 +51,14 @@ from bench.run import (
     wait_consumers,
     wait_quiet,
 )
+from contracts.catalog import POLICY_GATE
 from contracts.office_v2 import PortalSettingsUpdatedV2, PortalSettingsV2Payload
 from infra import topology as topology_module
 from workers.registry import WORKER_NAMES
 from workers.runtime.broker import Broker
 from workers.runtime.settings import Settings
+
+GATE = POLICY_GATE.name
 
 SIZES = (1_000, 1_000_000)
 
@@ -185,7 +188,7 @@ def _gate_system() -> System:
         "policy_gate alone",
         topology.exchange("requests"),
         "modify.requested",
-        topology.queue_of("policy_gate").name,
+        topology.queue_of(GATE).name,
         [q.name for q in topology.queues if q.worker is not None],
         [],
         f"SELECT count(*) {where}",
@@ -223,13 +226,13 @@ async def gate_run(quick: bool, work_dir: Path, base_env: dict[str, str]) -> lis
         )
         log_dir = work_dir / f"gate-{size}"
         env = {**base_env, "APPT_NAMESPACE": OURS_NAMESPACE}
-        group = processes(env, log_dir, {"policy_gate": ours_commands()["policy_gate"]})
+        group = processes(env, log_dir, {GATE: ours_commands()[GATE]})
         topology = topology_module.build(OURS_NAMESPACE)
         db = await asyncpg.connect(asyncpg_dsn(db_url))
         try:
 
             async def ready(group=group, topology=topology, db=db, now=now, size=size, seeded=seeded) -> None:
-                queue = topology.queue_of("policy_gate").name
+                queue = topology.queue_of(GATE).name
                 await wait_consumers(amqp, [queue], lambda: all(group.alive().values()))
                 await apply_settings(amqp, topology, db, now)
                 began = time.monotonic()
@@ -248,7 +251,7 @@ async def gate_run(quick: bool, work_dir: Path, base_env: dict[str, str]) -> lis
         finally:
             await db.close()
         phase = result.phases[-1]
-        handled = _durations(log_dir / "policy_gate.log", "modify.requested", f"gate-n{size}-")
+        handled = _durations(log_dir / f"{GATE}.log", "modify.requested", f"gate-n{size}-")
         rows.append(
             {
                 "appointments": size,
@@ -257,7 +260,7 @@ async def gate_run(quick: bool, work_dir: Path, base_env: dict[str, str]) -> lis
                 "decided": phase.done,
                 "handled_ms": {q: percentile(handled, q) for q in (50, 95, 99)},
                 "to_start_ms": {q: phase.p(q) for q in (50, 95, 99)},
-                "cpu_ms_per_request": phase.cpu_ms_per_request.get("policy_gate"),
+                "cpu_ms_per_request": phase.cpu_ms_per_request.get(GATE),
                 "others_percent": phase.others_percent,
                 "facts_query": explain,
             }
@@ -316,16 +319,14 @@ async def refresh_run(quick: bool, work_dir: Path, base_env: dict[str, str]) -> 
     tenant = seed.scale_target(0).tenant_id
     log_dir = work_dir / "refresh"
     env = {**base_env, "APPT_NAMESPACE": OURS_NAMESPACE}
-    group = processes(env, log_dir, {"policy_gate": ours_commands()["policy_gate"]})
+    group = processes(env, log_dir, {GATE: ours_commands()[GATE]})
     topology = topology_module.build(OURS_NAMESPACE)
     db = await asyncpg.connect(asyncpg_dsn(db_url))
     keyring = tool_keyring(Settings())[0]
     broker = Broker(amqp, topology, name="bench-refresh", signer=keyring)
     group.start()
     try:
-        await wait_consumers(
-            amqp, [topology.queue_of("policy_gate").name], lambda: all(group.alive().values())
-        )
+        await wait_consumers(amqp, [topology.queue_of(GATE).name], lambda: all(group.alive().values()))
         await apply_settings(amqp, topology, db, now)
         await seed.seed_scale(db_url, size, now)
         covered = await db.fetchval(
@@ -363,7 +364,7 @@ async def refresh_run(quick: bool, work_dir: Path, base_env: dict[str, str]) -> 
         await broker.close()
         await db.close()
         group.stop()
-    gate_log = log_dir / "policy_gate.log"
+    gate_log = log_dir / f"{GATE}.log"
     chunks = _durations(gate_log, "offers.refresh")
     first = _durations(gate_log, "office.portal_settings.updated", "settings-change-")
     decided = _durations(gate_log, "modify.requested", "refresh-")
@@ -375,7 +376,7 @@ async def refresh_run(quick: bool, work_dir: Path, base_env: dict[str, str]) -> 
         "chunk_ms": {q: percentile([*first, *chunks], q) for q in (50, 99, 100)},
         "decisions": len(decided),
         "decision_ms": {q: percentile(decided, q) for q in (50, 99)},
-        "gate_peak_rss_mb": rss.get("policy_gate"),
+        "gate_peak_rss_mb": rss.get(GATE),
     }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic.json_schema import models_json_schema
 
+from contracts.catalog import EXTERNAL_PUBLISHERS, PORTAL_PUBLISHER, WORKERS
 from contracts.decoding import CONTENT_TYPE, MAX_MESSAGE_BYTES
 from contracts.envelope import Envelope
 from contracts.portal_v1 import ModifyOutcome
@@ -22,7 +23,7 @@ from contracts.reasons import (
     customer_text,
 )
 from contracts.registry import MESSAGE_CLASSES, type_name
-from contracts.routes import PUBLISHERS, publishers_of
+from contracts.routes import PUBLISHERS, publishers_of, topic_matches
 from contracts.signing import KEY_ID_HEADER, PORTAL_ROLE, SIGNATURE_HEADER, SIGNED_AT_HEADER
 from infra.topology import (
     DEAD_LETTER_ROLE,
@@ -47,14 +48,8 @@ REPLY_CHANNEL = "reply_modify_outcome"
 REPLY_TO_LOCATION = "$message.payload#/payload/reply_to"
 
 
-ACTORS: dict[str, str] = {
-    "portal": "A customer portal (external): publishes the customer's modify requests and may receive "
-    "their outcomes on a reply queue of its own.",
-    "office": "The office system (external): publishes appointments and self-service settings.",
-    "policy_gate": "Our worker that decides each request against the business's rules.",
-    "modify_handler": "Our worker that applies approved changes and records the office's appointments.",
-    "portal_sync": "Our worker that projects requests and results into the portal read store.",
-}
+# Who sends and receives, in the operations' descriptions: each identity's summary in the catalog.
+ACTORS: dict[str, str] = {identity.name: identity.summary for identity in (*EXTERNAL_PUBLISHERS, *WORKERS)}
 
 DEAD_LETTER_TEXT: dict[str, str] = {
     DeadLetterReason.MESSAGE_TOO_LARGE: f"The body is larger than {MAX_MESSAGE_BYTES} bytes.",
@@ -217,22 +212,6 @@ def _pointer(*parts: str) -> str:
 
 
 # --- topology -------------------------------------------------------------------------------------
-
-
-def topic_matches(pattern: str, routing_key: str) -> bool:
-    """AMQP topic matching: `*` is exactly one word, `#` zero or more words."""
-    return _match(pattern.split("."), routing_key.split("."))
-
-
-def _match(pattern: list[str], words: list[str]) -> bool:
-    if not pattern:
-        return not words
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":
-        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
-    if not words:
-        return False
-    return (head == "*" or head == words[0]) and _match(rest, words[1:])
 
 
 def consumers(topology: Topology, cls: type[Envelope]) -> Iterator[tuple[QueueSpec, str]]:
@@ -568,12 +547,12 @@ def _operations(topology: Topology) -> dict:
             f"{ACTORS[publisher]} Publishes to `{topology.exchange(REPLY_ROLE)}` with the request's "
             "`reply_to` as the routing key.",
         )
-        operations[f"portal_receive_{operation_subject(cls)}"] = _operation(
+        operations[f"{PORTAL_PUBLISHER.name}_receive_{operation_subject(cls)}"] = _operation(
             "receive",
             REPLY_CHANNEL,
             [message_key(cls)],
             cls.summary,
-            f"{ACTORS['portal']} Consumes its own `reply_to` queue.",
+            f"{PORTAL_PUBLISHER.summary} Consumes its own `reply_to` queue.",
         )
     receives = sorted(
         ((queue, bound, cls) for cls in MESSAGE_CLASSES for queue, bound in consumers(topology, cls)),

@@ -1,8 +1,9 @@
 """The routes: which message travels on which exchange and key, who publishes it, who subscribes.
 
-Which message type and schema version travels on which exchange and routing key, who publishes it,
-and which routes each worker subscribes to. The one declaration that the topology's
-bindings, the broker permissions, every consumer's route check, `dlq replay` and the AsyncAPI document read.
+Which message type and schema version travels on which exchange and routing key (the message classes),
+who publishes it and which routes each worker subscribes to (the catalog, contracts/catalog.py). The
+one table that the topology's bindings, the broker permissions, every consumer's route check,
+`dlq replay` and the AsyncAPI document read.
 
 A route decides the type: a worker accepts a delivery only when the exchange and routing key it came by
 and the type and schema version its body names are one route of the worker's subscriptions. So a
@@ -13,70 +14,46 @@ office, internal or event message accepted, whatever its body says and whoever s
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from contracts.catalog import EXTERNAL_PUBLISHERS, WORKERS
 from contracts.envelope import Envelope
 from contracts.registry import MESSAGE_CLASSES, type_name
 
-# Who publishes each message type: a broker identity (infra/security/rabbitmq.py). Nothing in code says
-# who publishes (workers build messages in handlers), so it is declared here, and the broker permissions
-# (topic permissions pin each identity's routing keys) are built from it.
-PUBLISHERS: dict[str, str] = {
-    "modify.requested": "portal",
-    "office.appointment.recorded": "office",
-    "office.portal_settings.updated": "office",
-    "modify.approved": "policy_gate",
-    "offers.refresh": "policy_gate",
-    "office.approval.decided": "office",
-    "modify.rejected": "policy_gate",
-    "modify.awaiting_approval": "policy_gate",
-    "modify.failed": "modify_handler",
-    "appointment.rescheduled": "modify_handler",
-    "appointment.canceled": "modify_handler",
-    "appointment.updated": "modify_handler",
-    "job.status_changed": "modify_handler",
-    "appointment.offer_changed": "policy_gate",
-    "office.capacity.updated": "office",
-    "capacity.window_changed": "modify_handler",
-    "portal.view_changed": "portal_sync",
-    "office.project.recorded": "office",
-    "project.updated": "modify_handler",
-    "modify.outcome": "portal_sync",
-    "office.outcome": "modify_handler",
+# Every identity that publishes: nothing in code says who publishes (workers build messages in
+# handlers), so each catalog entry declares it, and the broker permissions (topic permissions pin each
+# identity's routing keys) are built from these.
+_SENDERS = (*EXTERNAL_PUBLISHERS, *WORKERS)
+
+
+def _publishers() -> dict[str, str]:
+    """Each message type -> the one identity that lists it under `publishes`."""
+    declared: dict[str, str] = {}
+    for identity in _SENDERS:
+        for type_ in identity.publishes:
+            if type_ in declared:
+                raise ValueError(
+                    f"message type {type_!r} is published by both {declared[type_]} and {identity.name}; "
+                    "list it under also_publishes of the second one (contracts/catalog.py)"
+                )
+            declared[type_] = identity.name
+    return declared
+
+
+PUBLISHERS: dict[str, str] = _publishers()
+# Message types a second identity publishes too (`also_publishes`), after the one in PUBLISHERS.
+ALSO_PUBLISHED_BY: dict[str, tuple[str, ...]] = {
+    type_: tuple(i.name for i in _SENDERS if type_ in i.also_publishes)
+    for type_ in dict.fromkeys(t for i in _SENDERS for t in i.also_publishes)
 }
-# Message types a second worker publishes too: the office's outcomes of settings and approvals come
-# from the gate, those of appointment records, capacity and projects from the scheduling worker.
-ALSO_PUBLISHED_BY: dict[str, tuple[str, ...]] = {"office.outcome": ("policy_gate",)}
 
 
 def publishers_of(type_: str) -> tuple[str, ...]:
     return (PUBLISHERS[type_], *ALSO_PUBLISHED_BY.get(type_, ()))
 
 
-# What each worker consumes: (exchange role, routing key pattern, AMQP topic syntax). The topology binds
-# each work queue with these; the consumer accepts only the routes they match.
-SUBSCRIPTIONS: dict[str, tuple[tuple[str, str], ...]] = {
-    "policy_gate": (
-        ("requests", "modify.requested"),
-        ("office", "office.portal_settings.updated"),
-        ("office", "office.approval.decided"),
-        ("internal", "offers.refresh"),  # to itself: a large settings change, a chunk at a time
-        # Facts an offer rests on (never `appointment.*`: that would bring back the gate's own offers).
-        ("events", "appointment.rescheduled"),
-        ("events", "appointment.canceled"),
-        ("events", "appointment.updated"),
-        ("events", "project.updated"),
-    ),
-    "modify_handler": (
-        ("internal", "modify.approved"),
-        ("office", "office.appointment.recorded"),
-        ("office", "office.capacity.updated"),
-        ("office", "office.project.recorded"),
-    ),
-    "portal_sync": (
-        ("requests", "modify.requested"),
-        ("events", "#"),
-        ("office", "office.capacity.updated"),  # only the business unit's time zone (issue 13)
-    ),
-}
+# What each worker consumes (its catalog entry's `consumes`): (exchange role, routing key pattern, AMQP
+# topic syntax). The topology binds each work queue with these; the consumer accepts only the routes
+# they match.
+SUBSCRIPTIONS: dict[str, tuple[tuple[str, str], ...]] = {w.name: w.consumes for w in WORKERS}
 
 
 @dataclass(frozen=True)
@@ -93,6 +70,11 @@ class Route:
 
 def route_of(cls: type[Envelope]) -> Route:
     name = type_name(cls)
+    if name not in PUBLISHERS:
+        raise ValueError(
+            f"message type {name!r} has no publisher: list it under `publishes` of one identity in "
+            "contracts/catalog.py"
+        )
     return Route(
         cls.exchange_role,
         cls.routing_key,

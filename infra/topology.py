@@ -12,12 +12,13 @@ from dataclasses import dataclass, replace
 import aio_pika
 from aio_pika.abc import AbstractChannel, ExchangeType
 
+from contracts.catalog import WORKER_NAMES
 from contracts.routes import SUBSCRIPTIONS as ROUTE_SUBSCRIPTIONS
 from infra.nodes import connect_first
 
 DEFAULT_NAMESPACE = "appt"
 DELIVERY_LIMIT = 10
-WORKERS = ("policy_gate", "modify_handler", "portal_sync")
+WORKERS = WORKER_NAMES  # one work queue, dead-letter queue and delay queues each (contracts/catalog.py)
 
 # Exchange roles named by contracts (`Envelope.exchange_role`), plus where dead letters go.
 EXCHANGE_ROLES = ("requests", "office", "internal", "events")

@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from contracts.catalog import PORTAL_SYNC
 from portal_api.reads import tenant_transaction
 from workers.runtime.broker import Broker
 
@@ -27,7 +28,7 @@ log = structlog.get_logger(__name__)
 # version to re-read) so that none is lost.
 REPLAY_SLACK_US = 5_000_000
 SUBSCRIBER_BUFFER = 1000
-FEED_PRODUCER = "portal_sync"
+FEED_PRODUCER = PORTAL_SYNC.name
 
 
 def cursor(instant: datetime) -> int:

@@ -1,23 +1,16 @@
-"""The three workers by name: each one's handlers and whether it emits events through the outbox."""
+"""The workers by name: each one's handlers and run options, from its catalog entry (contracts/catalog.py)."""
 
+from importlib import import_module
+
+from contracts.catalog import WORKER_NAMES, worker
 from workers.runtime.worker import WorkerSpec
+
+__all__ = ["WORKER_NAMES", "worker_spec"]
 
 
 def worker_spec(name: str) -> WorkerSpec:
-    if name == "policy_gate":
-        from workers.policy_gate.handlers import HANDLERS
-
-        return WorkerSpec("policy_gate", HANDLERS, emits_events=True, tenant_lanes=True)
-    if name == "modify_handler":
-        from workers.modify_handler.handlers import HANDLERS
-
-        return WorkerSpec("modify_handler", HANDLERS, emits_events=True)
-    if name == "portal_sync":
-        from workers.portal_sync.handlers import HANDLERS
-
-        # The live feed; a flood's refusals reach it too.
-        return WorkerSpec("portal_sync", HANDLERS, emits_events=True, tenant_lanes=True)
-    raise KeyError(f"unknown worker {name!r}; choose one of policy_gate, modify_handler, portal_sync")
-
-
-WORKER_NAMES = ("policy_gate", "modify_handler", "portal_sync")
+    """What the runtime needs to run the worker `name`: its `HANDLERS`, imported only now (a worker loads
+    its own handlers, not the others'), whether it writes an outbox and whether tenants take turns."""
+    entry = worker(name)
+    handlers = import_module(entry.handlers).HANDLERS
+    return WorkerSpec(entry.name, handlers, emits_events=entry.emits_events, tenant_lanes=entry.tenant_lanes)

@@ -270,7 +270,7 @@ def _why_not_projected(
     if letter is not None:
         return RequestClass.DEAD_LETTERED, letter.queue, letter.reason
     if ctx.was_consumed(PROJECTOR, outcome_event.message_id):
-        return RequestClass.LOST, PROJECTOR, "portal_sync consumed the outcome but the read store lacks it"
+        return RequestClass.LOST, PROJECTOR, f"{PROJECTOR} consumed the outcome but the read store lacks it"
     return RequestClass.LOST, f"broker -> {PROJECTOR}", "the outcome event was never consumed"
 
 

@@ -1,10 +1,12 @@
 """The facts reconciliation reads, pure data: requests, decisions, events, appointments, jobs, places.
 
-The message types, producers and statuses they are compared by come from the contracts."""
+The message types and statuses they are compared by come from the contracts, the workers from the
+catalog (contracts/catalog.py)."""
 
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from contracts.catalog import MODIFY_HANDLER, POLICY_GATE, PORTAL_SYNC
 from contracts.events_v1 import (
     AppointmentCanceled,
     AppointmentRescheduled,
@@ -14,10 +16,8 @@ from contracts.events_v1 import (
     ModifyFailed,
     ModifyRejected,
 )
-from contracts.feed_v1 import PortalViewChanged
 from contracts.internal_v1 import ModifyApproved
 from contracts.registry import type_name
-from contracts.routes import PUBLISHERS
 from workers.modify_handler.domain import ACTIVE_STATUSES as _ACTIVE
 from workers.portal_sync.projection import TERMINAL_REQUEST_STATUSES
 
@@ -30,9 +30,9 @@ CANCELED = type_name(AppointmentCanceled)
 UPDATED = type_name(AppointmentUpdated)
 JOB_CHANGED = type_name(JobStatusChanged)
 
-GATE = PUBLISHERS[APPROVED]  # policy_gate
-SCHEDULER = PUBLISHERS[RESCHEDULED]  # modify_handler
-PROJECTOR = PUBLISHERS[type_name(PortalViewChanged)]  # portal_sync
+GATE = POLICY_GATE.name
+SCHEDULER = MODIFY_HANDLER.name
+PROJECTOR = PORTAL_SYNC.name
 EFFECTS = frozenset({RESCHEDULED, CANCELED})
 APPOINTMENT_EVENTS = frozenset({RESCHEDULED, CANCELED, UPDATED})
 REQUEST_EVENTS = frozenset({APPROVED, REJECTED, AWAITING, FAILED, RESCHEDULED, CANCELED})

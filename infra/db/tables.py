@@ -23,9 +23,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
+from contracts.catalog import MESSAGING, POLICY, PORTAL, SCHEDULING, WORKER_NAMES, WORKER_SCHEMAS, worker
+
 metadata = MetaData()
 
-SCHEMAS = ("scheduling", "policy", "portal", "messaging", "portal_api")
+# The workers' schemas and messaging (contracts/catalog.py), and the portal HTTP API's own.
+SCHEMAS = (*WORKER_SCHEMAS, "portal_api")
 
 ID = String(64)
 APPOINTMENT_STATUSES = "('scheduled','dispatched','working','done','canceled')"
@@ -48,7 +51,7 @@ jobs = Table(
     _now(),
     PrimaryKeyConstraint("tenant_id", "job_id"),
     CheckConstraint(f"status IN {JOB_STATUSES}", name="job_status_known"),
-    schema="scheduling",
+    schema=SCHEDULING,
 )
 
 project_contacts = Table(
@@ -59,7 +62,7 @@ project_contacts = Table(
     Column("contact_id", ID, nullable=False),
     Column("role", String(32), nullable=False),
     PrimaryKeyConstraint("tenant_id", "project_id", "contact_id"),
-    schema="scheduling",
+    schema=SCHEDULING,
 )
 
 projects = Table(
@@ -72,7 +75,7 @@ projects = Table(
     Column("ends_at", DateTime(timezone=True)),
     _now(),
     PrimaryKeyConstraint("tenant_id", "project_id"),
-    schema="scheduling",
+    schema=SCHEDULING,
 )
 
 appointments = Table(
@@ -105,7 +108,7 @@ appointments = Table(
     CheckConstraint(f"status IN {APPOINTMENT_STATUSES}", name="appointment_status_known"),
     CheckConstraint("confirmation IN ('confirmed','unconfirmed')", name="appointment_confirmation_known"),
     Index("appointments_by_job", "tenant_id", "job_id"),
-    schema="scheduling",
+    schema=SCHEDULING,
 )
 
 # An arrival window of a business unit (zone '' = the whole unit) with its places. `capacity` is what it
@@ -129,7 +132,7 @@ capacity_windows = Table(
     CheckConstraint("places >= 0", name="capacity_places_not_negative"),
     CheckConstraint("booked >= 0 AND booked <= capacity", name="capacity_never_overbooked"),
     CheckConstraint("capacity >= places", name="capacity_covers_places"),
-    schema="scheduling",
+    schema=SCHEDULING,
 )
 
 # --- policy: the gate's settings and its decisions -----------------------------------------------
@@ -147,7 +150,7 @@ settings_layers = Table(
     CheckConstraint(
         "level IN ('business','business_unit','job_type','project')", name="settings_level_known"
     ),
-    schema="policy",
+    schema=POLICY,
 )
 
 settings_history = Table(
@@ -166,7 +169,7 @@ settings_history = Table(
     # tenant_id first in every key: ready to distribute by tenant (docs/scaling.md, migration 0012)
     PrimaryKeyConstraint("tenant_id", "id"),
     Index("settings_history_by_scope", "tenant_id", "level", "scope_key", "id"),
-    schema="policy",
+    schema=POLICY,
 )
 
 decisions = Table(
@@ -192,7 +195,7 @@ decisions = Table(
     Column("producer", String(64)),  # the portal that sent the request (migration 0009)
     PrimaryKeyConstraint("tenant_id", "request_id"),
     CheckConstraint("outcome IN ('approved','rejected','needs_approval')", name="decision_outcome_known"),
-    schema="policy",
+    schema=POLICY,
 )
 
 offers = Table(
@@ -207,7 +210,7 @@ offers = Table(
     Column("pick", JSONB),
     Column("terms", JSONB),
     PrimaryKeyConstraint("tenant_id", "appointment_id"),
-    schema="policy",
+    schema=POLICY,
 )
 
 # --- portal: the read store portals query ---------------------------------------------------------
@@ -229,7 +232,7 @@ portal_appointments = Table(
     _now(),
     PrimaryKeyConstraint("tenant_id", "appointment_id"),
     Index("portal_appointments_by_customer", "tenant_id", "customer_id"),
-    schema="portal",
+    schema=PORTAL,
 )
 
 portal_jobs = Table(
@@ -243,7 +246,7 @@ portal_jobs = Table(
     Column("version", BigInteger, nullable=False),
     _now(),
     PrimaryKeyConstraint("tenant_id", "job_id"),
-    schema="portal",
+    schema=PORTAL,
 )
 
 portal_requests = Table(
@@ -266,7 +269,7 @@ portal_requests = Table(
         "status IN ('pending','awaiting_approval','rejected','completed','failed')",
         name="request_status_known",
     ),
-    schema="portal",
+    schema=PORTAL,
 )
 
 # What the portal may offer per appointment, as the gate's timeline; the view `portal.offers_now`
@@ -293,7 +296,7 @@ portal_appointment_offers = Table(
     Column("contact_ids", ARRAY(ID), nullable=False, server_default=text("'{}'")),
     PrimaryKeyConstraint("tenant_id", "appointment_id"),
     Index("portal_offers_by_customer", "tenant_id", "customer_id"),
-    schema="portal",
+    schema=PORTAL,
 )
 
 portal_available_windows = Table(
@@ -308,7 +311,7 @@ portal_available_windows = Table(
     Column("version", BigInteger, nullable=False),
     _now(),
     PrimaryKeyConstraint("tenant_id", "business_unit", "zone", "starts_at"),
-    schema="portal",
+    schema=PORTAL,
 )
 
 # Per appointment, in order: who asked for what, the decision and why, what changed (one row per event).
@@ -343,7 +346,7 @@ portal_audit_trail = Table(
         text("COALESCE(version, -1)"),
         unique=True,
     ),
-    schema="portal",
+    schema=PORTAL,
 )
 
 # What became of each office message (migration 0009): the office integrator's read model.
@@ -365,7 +368,7 @@ portal_office_outcomes = Table(
     PrimaryKeyConstraint("tenant_id", "office_message_id"),
     CheckConstraint("status IN ('applied','ignored','refused')", name="office_outcome_status_known"),
     Index("office_outcomes_by_subject", "tenant_id", "subject", "occurred_at"),
-    schema="portal",
+    schema=PORTAL,
 )
 
 # Each business unit's IANA time zone (from the office's capacity settings), for local times.
@@ -378,7 +381,7 @@ portal_business_units = Table(
     Column("capacity_version", BigInteger, nullable=False),
     _now(),
     PrimaryKeyConstraint("tenant_id", "business_unit"),
-    schema="portal",
+    schema=PORTAL,
 )
 
 # --- portal_api: the HTTP API's idempotency record (one row per request id) ----------------------
@@ -402,7 +405,7 @@ api_requests = Table(
 # and `messaging.<worker>_outbox`, never the parents (which the owner and the auditor read whole); any
 # other name lands in the `unassigned_*` default partitions (tests, tools). Row-level security by tenant
 # on every partition; the relay crosses tenants only through its worker's SECURITY DEFINER functions.
-WORKERS = ("policy_gate", "modify_handler", "portal_sync")
+WORKERS = WORKER_NAMES
 UNASSIGNED = "unassigned"
 
 
@@ -447,7 +450,7 @@ def _outbox_columns() -> list:
 
 
 inbox = Table(
-    "inbox", metadata, *_inbox_columns(), schema="messaging", postgresql_partition_by="LIST (consumer)"
+    "inbox", metadata, *_inbox_columns(), schema=MESSAGING, postgresql_partition_by="LIST (consumer)"
 )
 outbox = Table(
     "outbox",
@@ -455,13 +458,13 @@ outbox = Table(
     *_outbox_columns(),
     UniqueConstraint("producer", "message_id", name="outbox_message_id_key"),
     Index("outbox_unpublished", "producer", "id", postgresql_where=text("published_at IS NULL")),
-    schema="messaging",
+    schema=MESSAGING,
     postgresql_partition_by="LIST (producer)",
 )
 # The partitions, as the code and the drift test see them (PostgreSQL names their copies of the
 # parent's indexes itself).
 INBOXES = {
-    name: Table(f"{name}_inbox", metadata, *_inbox_columns(), schema="messaging")
+    name: Table(f"{name}_inbox", metadata, *_inbox_columns(), schema=MESSAGING)
     for name in (*WORKERS, UNASSIGNED)
 }
 OUTBOXES = {
@@ -473,7 +476,7 @@ OUTBOXES = {
         Index(
             f"{name}_outbox_producer_id_idx", "producer", "id", postgresql_where=text("published_at IS NULL")
         ),
-        schema="messaging",
+        schema=MESSAGING,
     )
     for name in (*WORKERS, UNASSIGNED)
 }
@@ -482,12 +485,12 @@ OUTBOXES = {
 def inbox_table(consumer: str) -> str:
     """Where `consumer`'s claims are written: its own partition when it is a worker (its role may write
     nowhere else), else the parent (the owner's tools and tests; rows go to the default partition)."""
-    return f"messaging.{consumer}_inbox" if consumer in WORKERS else "messaging.inbox"
+    return worker(consumer).inbox_table if consumer in WORKERS else f"{MESSAGING}.inbox"
 
 
 def outbox_table(producer: str) -> str:
     """Where `producer`'s events are written (as `inbox_table`)."""
-    return f"messaging.{producer}_outbox" if producer in WORKERS else "messaging.outbox"
+    return worker(producer).outbox_table if producer in WORKERS else f"{MESSAGING}.outbox"
 
 
 def outbox_function(producer: str, operation: str) -> tuple[str, tuple[str, ...]]:
@@ -495,5 +498,5 @@ def outbox_function(producer: str, operation: str) -> tuple[str, tuple[str, ...]
     leading arguments it takes. A worker's own SECURITY DEFINER function is bound to its partition;
     anyone else calls the generic one with the producer's name (with the caller's rights: the owner)."""
     if producer in WORKERS:
-        return f"messaging.{producer}_outbox_{operation}", ()
-    return f"messaging.outbox_{operation}", (producer,)
+        return f"{worker(producer).outbox_table}_{operation}", ()
+    return f"{MESSAGING}.outbox_{operation}", (producer,)

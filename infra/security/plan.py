@@ -10,9 +10,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from contracts.catalog import DATABASE_IDENTITIES, IDENTITIES
 from infra.nodes import node_urls
 from infra.security import postgres, rabbitmq
-from infra.security.rabbitmq import AUDITOR, IDENTITIES, WORKERS
 from infra.topology import build
 from workers.runtime.outbox import asyncpg_dsn
 
@@ -92,23 +92,19 @@ def _write_env(path: Path, env: dict[str, str]) -> None:
     os.chmod(path, 0o600)
 
 
-DATABASE_IDENTITIES = (*WORKERS, AUDITOR)  # portal and office publishers have no database
-
-
 async def apply_database_roles(
     *, database_url: str, namespace: str, prefix: str | None = None, passwords: dict[str, str] | None = None
 ) -> dict[str, tuple[str, str, str]]:
     """Create or update the namespace's PostgreSQL roles (the database half of `apply`); per identity:
     (role, password, its DATABASE_URL). `passwords`: ones to keep (else new ones are generated)."""
     db_prefix = role_prefix(prefix or namespace)
-    emitters = rabbitmq.emitters()
     roles: dict[str, tuple[str, str, str]] = {}
     connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         for name in DATABASE_IDENTITIES:
             role = f"{db_prefix}_{name}"
             password = (passwords or {}).get(name) or secrets.token_urlsafe(24)
-            await postgres.apply_role(connection, name, role, password, emits=name in emitters)
+            await postgres.apply_role(connection, name, role, password)
             roles[name] = (role, password, _db_url(database_url, role, password))
     finally:
         await connection.close()

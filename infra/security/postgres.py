@@ -1,20 +1,21 @@
 """Per-worker PostgreSQL roles: LOGIN roles with grants on exactly the tables each worker reads and writes.
 
-Read from the code (the handlers, stores and the shared runtime):
-  policy_gate     owns policy.* (settings layers and history, decisions, offers); reads the schedule's
-                  appointments, projects and project contacts, nothing else of it
-  modify_handler  owns scheduling.* (appointments, jobs, projects, contacts, capacity windows)
-  portal_sync     owns portal.* (the read store)
-  auditor         SELECT on all four schemas (`apptctl reconcile`, `apptctl status`), nothing else, and
-                  BYPASSRLS: the workers' roles see one tenant per transaction (row-level security,
-                  migration 0007), the auditor every tenant
+What each role gets is its worker's catalog entry (contracts/catalog.py), read from the code (the
+handlers, stores and the shared runtime):
+  owns            its own schema (`Worker.owns`: policy_gate policy.*, modify_handler scheduling.*,
+                  portal_sync portal.*)
+  reads           the tables outside it that it uses, and how (`Worker.reads`: the gate reads the
+                  schedule's appointments, projects and project contacts, nothing else of it)
+  auditor         SELECT on the workers' schemas and messaging (`apptctl reconcile`, `apptctl status`),
+                  nothing else, and BYPASSRLS: the workers' roles see one tenant per transaction
+                  (row-level security, migration 0007), the auditor every tenant
   each worker     its own inbox partition `messaging.<worker>_inbox` (claim: INSERT, and SELECT for
-                  RETURNING); those that publish events (contracts/asyncapi.py PUBLISHERS) also its own
-                  outbox partition `messaging.<worker>_outbox` (INSERT, written with the change), the id
-                  sequence, and EXECUTE on its own relay functions `messaging.<worker>_outbox_*` (claim,
-                  mark, purge, backlog: SECURITY DEFINER, bound to its partition, every tenant). Never the
-                  parents `messaging.inbox` / `messaging.outbox`, nor another worker's partition or
-                  functions (migration 0008), so it cannot read, write or claim another worker's rows.
+                  RETURNING); those that publish (`Worker.emits_events`) also its own outbox partition
+                  `messaging.<worker>_outbox` (INSERT, written with the change), the id sequence, and
+                  EXECUTE on its own relay functions `messaging.<worker>_outbox_*` (claim, mark, purge,
+                  backlog: SECURITY DEFINER, bound to its partition, every tenant). Never the parents
+                  `messaging.inbox` / `messaging.outbox`, nor another worker's partition or functions
+                  (migration 0008), so it cannot read, write or claim another worker's rows.
 "Owns" is every table of the schema with SELECT, INSERT, UPDATE, DELETE (no TRUNCATE, no DDL): a table a
 later migration adds to a worker's own schema is covered by re-running `apptctl security apply`.
 Passwords are sent as SCRAM-SHA-256 verifiers, so the plain password is never in a statement (and so never
@@ -28,20 +29,12 @@ import secrets
 
 import asyncpg
 
+from contracts.catalog import AUDITOR as CATALOG_AUDITOR
+from contracts.catalog import MESSAGING, PORTAL, WORKER_SCHEMAS, Worker, worker
+
 OWN = ("SELECT", "INSERT", "UPDATE", "DELETE")
-AUDITOR = "auditor"  # reads everything (reconcile, status), writes nothing
-OWNS: dict[str, str] = {"policy_gate": "policy", "modify_handler": "scheduling", "portal_sync": "portal"}
-# Tables outside its own schema a worker uses, and how.
-READS: dict[str, dict[str, tuple[str, ...]]] = {
-    "policy_gate": {
-        "scheduling.appointments": ("SELECT",),
-        "scheduling.projects": ("SELECT",),
-        "scheduling.project_contacts": ("SELECT",),
-    },
-    "modify_handler": {},
-    "portal_sync": {},
-}
-OUTBOX_SEQUENCE = "messaging.outbox_id_seq"
+AUDITOR = CATALOG_AUDITOR.name  # reads everything (reconcile, status), writes nothing
+OUTBOX_SEQUENCE = f"{MESSAGING}.outbox_id_seq"
 # The relay's functions per worker (migration 0008), with their argument types.
 RELAY_FUNCTIONS = {
     "outbox_claim": "(integer, interval)",
@@ -51,19 +44,20 @@ RELAY_FUNCTIONS = {
 }
 
 
-def uses(worker: str, emits: bool) -> dict[str, tuple[str, ...]]:
-    """Tables outside its own schema a worker uses, and how; `emits`: it publishes events (an outbox)."""
-    inbox = {f"messaging.{worker}_inbox": ("SELECT", "INSERT")}
-    outbox = {f"messaging.{worker}_outbox": ("INSERT",)} if emits else {}
-    return {**READS[worker], **inbox, **outbox}
+def uses(entry: Worker) -> dict[str, tuple[str, ...]]:
+    """Tables outside its own schema a worker uses, and how: what it reads, its inbox partition and, when
+    it publishes events, its outbox partition."""
+    inbox = {entry.inbox_table: ("SELECT", "INSERT")}
+    outbox = {entry.outbox_table: ("INSERT",)} if entry.emits_events else {}
+    return {**entry.reads, **inbox, **outbox}
 
 
-def relay_functions(worker: str) -> list[str]:
-    """The relay functions of `worker`, as GRANT EXECUTE names them."""
-    return [f"messaging.{_ident(f'{worker}_{name}')}{args}" for name, args in RELAY_FUNCTIONS.items()]
+def relay_functions(entry: Worker) -> list[str]:
+    """The relay functions of a worker, as GRANT EXECUTE names them."""
+    return [f"{MESSAGING}.{_ident(f'{entry.name}_{name}')}{args}" for name, args in RELAY_FUNCTIONS.items()]
 
 
-SCHEMAS = ("scheduling", "policy", "portal", "messaging")
+SCHEMAS = WORKER_SCHEMAS
 
 
 def scram_verifier(password: str, *, iterations: int = 4096, salt: bytes | None = None) -> str:
@@ -89,17 +83,16 @@ def _table(qualified: str) -> str:
     return f"{_ident(schema)}.{_ident(table)}"
 
 
-async def apply_role(
-    connection: asyncpg.Connection, worker: str, role: str, password: str, *, emits: bool = True
-) -> None:
-    """Create or update `role` for `worker` in the connected database: LOGIN, the password, and exactly
-    the grants above (anything else it was granted on our schemas is revoked first)."""
+async def apply_role(connection: asyncpg.Connection, identity: str, role: str, password: str) -> None:
+    """Create or update `role` for `identity` (a worker or the auditor) in the connected database: LOGIN,
+    the password, and exactly the grants above (anything else it was granted on our schemas is revoked
+    first)."""
     exists = await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
     verifier = scram_verifier(password).replace("'", "''")
     verb = "ALTER" if exists else "CREATE"
     # Row-level security (migration 0007) walls each worker into its message's tenant; the auditor
     # reads every tenant.
-    rls = "BYPASSRLS" if worker == AUDITOR else "NOBYPASSRLS"
+    rls = "BYPASSRLS" if identity == AUDITOR else "NOBYPASSRLS"
     await connection.execute(
         f"{verb} ROLE {_ident(role)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE {rls} PASSWORD '{verifier}'"
     )
@@ -117,24 +110,25 @@ async def apply_role(
             await connection.execute(
                 f"REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {_ident(schema)} FROM {_ident(role)}"
             )
-        if worker == AUDITOR:
+        if identity == AUDITOR:
             for schema in SCHEMAS:
                 await connection.execute(f"GRANT USAGE ON SCHEMA {_ident(schema)} TO {_ident(role)}")
                 await connection.execute(
                     f"GRANT SELECT ON ALL TABLES IN SCHEMA {_ident(schema)} TO {_ident(role)}"
                 )
             return
-        own = _ident(OWNS[worker])
-        tables = uses(worker, emits)
-        for schema in sorted({OWNS[worker], *(t.split(".")[0] for t in tables)}):
+        entry = worker(identity)
+        own = _ident(entry.owns)
+        tables = uses(entry)
+        for schema in sorted({entry.owns, *(t.split(".")[0] for t in tables)}):
             await connection.execute(f"GRANT USAGE ON SCHEMA {_ident(schema)} TO {_ident(role)}")
         await connection.execute(f"GRANT {', '.join(OWN)} ON ALL TABLES IN SCHEMA {own} TO {_ident(role)}")
         await connection.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {own} TO {_ident(role)}")
         for table, privileges in tables.items():
             await connection.execute(f"GRANT {', '.join(privileges)} ON {_table(table)} TO {_ident(role)}")
-        if emits:
+        if entry.emits_events:
             await connection.execute(f"GRANT USAGE ON SEQUENCE {_table(OUTBOX_SEQUENCE)} TO {_ident(role)}")
-            for function in relay_functions(worker):
+            for function in relay_functions(entry):
                 await connection.execute(f"GRANT EXECUTE ON FUNCTION {function} TO {_ident(role)}")
 
 
@@ -188,10 +182,10 @@ async def trust_rules(connection: asyncpg.Connection) -> list[str]:
 PORTAL_READER = "portal_reader"
 PORTAL_API = "portal_api"
 API_ROLES: dict[str, dict[str, tuple[str, ...]]] = {
-    PORTAL_READER: {"portal.*": ("SELECT",), "portal_api.requests": ("SELECT",)},
+    PORTAL_READER: {f"{PORTAL}.*": ("SELECT",), "portal_api.requests": ("SELECT",)},
     PORTAL_API: {"portal_api.requests": ("SELECT", "INSERT")},
 }
-API_SCHEMAS = ("portal", "portal_api")
+API_SCHEMAS = (PORTAL, "portal_api")
 
 
 async def apply_api_role(connection: asyncpg.Connection, name: str, role: str, password: str) -> None:

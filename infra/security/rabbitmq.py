@@ -16,6 +16,8 @@ from urllib.request import Request, urlopen
 
 from aio_pika.abc import ExchangeType
 
+from contracts.catalog import AUDITOR as CATALOG_AUDITOR
+from contracts.catalog import EXTERNAL_PUBLISHERS, IDENTITIES, PORTAL_PUBLISHER, WORKER_NAMES
 from infra.topology import DEAD_LETTER_ROLE, FEED_ROLE, REPLY_ROLE, RETRY_ROLE, Topology
 
 NOTHING = "^$"
@@ -112,10 +114,11 @@ class Permissions:
     topics: dict[str, str]  # topic exchange -> routing keys this user may publish with
 
 
-WORKERS = ("policy_gate", "modify_handler", "portal_sync")
-PUBLISHERS = ("portal", "office")
-AUDITOR = "auditor"  # `apptctl reconcile` / `status`: reads the database and (without taking) dead letters
-IDENTITIES = (*WORKERS, *PUBLISHERS, AUDITOR)
+# One user per identity of the catalog (contracts/catalog.py): each worker, each outside publisher, and
+# the auditor (`apptctl reconcile` / `status`), which reads (without taking) dead letters.
+WORKERS = WORKER_NAMES
+PUBLISHERS = tuple(publisher.name for publisher in EXTERNAL_PUBLISHERS)
+AUDITOR = CATALOG_AUDITOR.name
 
 
 class UnknownPublisher(ValueError):
@@ -142,8 +145,8 @@ def key_pattern(routing_key: str) -> str:
 
 
 def publisher_of() -> dict[str, str]:
-    """Who publishes each message type: the contracts' route declaration (contracts/routes.py), so
-    permissions, consumers' route checks and contract cannot disagree."""
+    """Who publishes each message type: the contracts' route declaration (contracts/routes.py, from the
+    catalog's entries), so permissions, consumers' route checks and contract cannot disagree."""
     from contracts.routes import PUBLISHERS as declared
 
     return dict(declared)
@@ -164,20 +167,13 @@ def publishes(topology: Topology) -> dict[str, dict[str, set[str]]]:
         for publisher in publishers:
             if publisher not in routes:
                 raise UnknownPublisher(
-                    f"message type {name!r}: publisher {publisher!r} unknown; declare it in "
-                    "contracts/routes.py PUBLISHERS and give it an identity in infra/security/rabbitmq.py"
+                    f"message type {name!r}: no identity publishes it; list it under `publishes` of "
+                    "one in contracts/catalog.py"
                 )
             routes[publisher].setdefault(topology.exchange(cls.exchange_role), set()).add(
                 key_pattern(cls.routing_key)
             )
     return routes
-
-
-def emitters() -> set[str]:
-    """The workers that publish events (so write an outbox)."""
-    from contracts.routes import publishers_of
-
-    return {p for t in publisher_of() for p in publishers_of(t) if p in WORKERS}
 
 
 def permissions(topology: Topology) -> dict[str, Permissions]:
@@ -216,10 +212,10 @@ def permissions(topology: Topology) -> dict[str, Permissions]:
     # needs write on the queue and read on the exchange (replies, feed), consuming read on the queue.
     # Declaring a queue that dead-letters needs write on that exchange too, which they have only for
     # requests (where anything must still be a signed `modify.requested`).
-    portal = result["portal"]
+    portal = result[PORTAL_PUBLISHER.name]
     own_queues = re.escape(topology.portal_queue_prefix) + "[^/]+"
     readable = [topology.exchange(REPLY_ROLE), topology.exchange(FEED_ROLE)]
-    result["portal"] = Permissions(
+    result[PORTAL_PUBLISHER.name] = Permissions(
         configure=f"^{own_queues}$",
         write=_with(portal.write, own_queues),
         read=_with(_names(*readable), own_queues),

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import structlog
 
+from contracts.catalog import MODIFY_HANDLER
 from contracts.common import AppointmentSnapshot, JobStatus
 from contracts.envelope import Envelope
 from contracts.events_v1 import (
@@ -34,7 +35,7 @@ from workers.modify_handler.domain import Appointment, Failure
 from workers.runtime.database import UnitOfWork
 
 log = structlog.get_logger(__name__)
-PRODUCER = "modify_handler"
+PRODUCER = MODIFY_HANDLER.name
 
 
 async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> None:

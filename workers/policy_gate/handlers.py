@@ -5,6 +5,7 @@ import time
 import structlog
 from pydantic import TypeAdapter
 
+from contracts.catalog import POLICY_GATE
 from contracts.envelope import Envelope
 from contracts.events_v1 import (
     AppointmentCanceled,
@@ -38,7 +39,7 @@ from workers.runtime.database import UnitOfWork
 from workers.runtime.errors import DeadLetter
 
 log = structlog.get_logger(__name__)
-PRODUCER = "policy_gate"
+PRODUCER = POLICY_GATE.name
 # The stored change (JSON) back into its model.
 CHANGE_ADAPTER: TypeAdapter = TypeAdapter(ModifyChange)
 

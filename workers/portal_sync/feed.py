@@ -4,8 +4,6 @@ from contracts.common import AppointmentSnapshot
 from contracts.feed_v1 import PortalViewChangedPayload, ViewKind
 from workers.portal_sync.projection import RequestOutcome
 
-PRODUCER = "portal_sync"
-
 
 def appointment_changed(snapshot: AppointmentSnapshot) -> PortalViewChangedPayload:
     return PortalViewChangedPayload(
