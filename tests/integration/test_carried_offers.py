@@ -381,3 +381,40 @@ async def test_a_replayed_request_or_change_gives_the_same_offer(engine):
     assert newer["offer_version"] > done["offer_version"] and newer["cancel_reason_required"]
     await pipeline.handle("portal_sync", rescheduled.model_copy(update={"message_id": uuid4()}))
     assert await pipeline.portal() == newer
+
+
+@pytest.mark.parametrize("office_changed_it_meanwhile", [False, True])
+async def test_an_office_approval_carries_the_offer_when_the_appointment_is_still_as_decided(
+    engine, office_changed_it_meanwhile
+):
+    """A request that waited for the office: its approval carries the offer for the state it leaves, or
+    none when the appointment changed since the request was decided (the change then fails)."""
+    pipeline = Pipeline(engine)
+    needs_office = SettingsLayer(
+        feature_enabled=True,
+        reschedule=RescheduleSettings(
+            confirmed=Permission.REQUIRE_APPROVAL, unconfirmed=Permission.REQUIRE_APPROVAL
+        ),
+        cancel=CancelSettings(confirmed=Permission.ALLOW, unconfirmed=Permission.ALLOW),
+    )
+    await pipeline.start(settings=needs_office)
+    await pipeline.handle("policy_gate", pipeline.request(f.reschedule(f.arrival_window(9))))
+    await pipeline.settle()  # awaiting approval
+    if office_changed_it_meanwhile:
+        confirmed = f.appointment_recorded(
+            tenant=pipeline.tenant,
+            appointment_id=APPOINTMENT,
+            confirmation=Confirmation.CONFIRMED,
+            change_id="office-confirms",
+        )
+        await pipeline.handle("modify_handler", confirmed)
+        await pipeline.settle()
+    await pipeline.handle("policy_gate", f.approval_decided("req-1", tenant=pipeline.tenant))
+    approval = next(m for m in await pipeline.emitted("policy_gate") if isinstance(m, ModifyApproved))
+    assert (approval.payload.offer is None) is office_changed_it_meanwhile
+    await pipeline.deliver(approval)
+    await pipeline.settle()
+    final = await pipeline.assert_portal_offers_what_the_gate_would()
+    assert final["version"] == 2
+    if not office_changed_it_meanwhile:
+        assert final["offer_version"] == approval.payload.offer.offer_version
