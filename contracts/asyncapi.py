@@ -154,8 +154,14 @@ applies approved changes to the appointments the office records (`office.appoint
 publishes `appointment.rescheduled` / `appointment.canceled`, or `modify.failed` when the appointment \
 changed after the decision; office changes become `appointment.updated` and `job.status_changed`. \
 `portal_sync` consumes every request and result event and keeps the portal read store up to date. \
-Every message that follows from a request carries the request's `correlation_id`; `causation_id` is \
-the `message_id` of the message that caused it.
+**The offer travels with the change:** the gate's `modify.approved` carries the portal's offer for the \
+state it approves (`offer`), `modify_handler` carries it on in `appointment.rescheduled` / \
+`appointment.canceled`, and the read store writes the new time and the new offer together; the gate \
+announces `appointment.offer_changed` for what it cannot know in advance (office changes, settings, \
+projects, `modify.failed`). `offer` is an optional field added to schema version 1: messages without \
+it stay valid, and a reader generated from an earlier version of this document (unknown fields \
+refused) must be regenerated before it meets one. Every message that follows from a request carries \
+the request's `correlation_id`; `causation_id` is the `message_id` of the message that caused it.
 
 **Replies.** A request may name `payload.reply_to`, a queue of the portal's bound to the direct \
 exchange `{ns}.replies` with its own name; `portal_sync` then sends the request's final outcome there \

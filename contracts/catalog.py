@@ -96,11 +96,11 @@ POLICY_GATE = Worker(
         ("office", "office.portal_settings.updated"),
         ("office", "office.approval.decided"),
         ("internal", "offers.refresh"),  # to itself: a large settings change, a chunk at a time
-        # Facts an offer rests on (never `appointment.*`: that would bring back the gate's own offers).
-        ("events", "appointment.rescheduled"),
-        ("events", "appointment.canceled"),
+        # Facts an offer rests on that the gate cannot know in advance (never `appointment.*`: that would
+        # bring back the gate's own offers; a customer's change carries the offer the gate approved it with).
         ("events", "appointment.updated"),
         ("events", "project.updated"),
+        ("events", "modify.failed"),  # an approved change that did not happen: its offer did not either
     ),
     publishes=(
         "modify.approved",

@@ -4,7 +4,7 @@ from enum import StrEnum
 from typing import ClassVar, Literal
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from contracts.common import AppointmentSnapshot, ArrivalWindow, JobStatus, ModifyAction
 from contracts.envelope import Envelope, Strict
@@ -71,80 +71,6 @@ class ModifyFailed(Envelope):
     type: Literal["modify.failed"] = "modify.failed"
     schema_version: Literal[1] = 1
     payload: ModifyFailedPayload
-
-
-class AppointmentRescheduledPayload(Strict):
-    appointment: AppointmentSnapshot
-    previous_window: ArrivalWindow
-    initiated_by: Initiator
-    request_id: EntityId | None = Field(default=None, description="Set when a portal request caused it.")
-
-
-class AppointmentRescheduled(Envelope):
-    exchange_role: ClassVar[str] = "events"
-    routing_key: ClassVar[str] = "appointment.rescheduled"
-    summary: ClassVar[str] = "An appointment moved to a new arrival window."
-
-    type: Literal["appointment.rescheduled"] = "appointment.rescheduled"
-    schema_version: Literal[1] = 1
-    payload: AppointmentRescheduledPayload
-
-
-class AppointmentCanceledPayload(Strict):
-    appointment: AppointmentSnapshot
-    reason: ShortText | None = None
-    initiated_by: Initiator
-    request_id: EntityId | None = None
-
-
-class AppointmentCanceled(Envelope):
-    exchange_role: ClassVar[str] = "events"
-    routing_key: ClassVar[str] = "appointment.canceled"
-    summary: ClassVar[str] = "An appointment was canceled; its job no longer lists it as active."
-
-    type: Literal["appointment.canceled"] = "appointment.canceled"
-    schema_version: Literal[1] = 1
-    payload: AppointmentCanceledPayload
-
-
-class AppointmentUpdatedPayload(Strict):
-    appointment: AppointmentSnapshot
-    initiated_by: Initiator
-    based_on_version: Version | None = Field(
-        default=None,
-        description="The appointment version the office's record was built on (a version 1 record: the "
-        "version its previous record produced); null for a new booking. A customer change at a later "
-        "version was known to the record only if this is at or past it.",
-    )
-
-
-class AppointmentUpdated(Envelope):
-    exchange_role: ClassVar[str] = "events"
-    routing_key: ClassVar[str] = "appointment.updated"
-    summary: ClassVar[str] = "An appointment was booked or changed by the office (full state)."
-
-    type: Literal["appointment.updated"] = "appointment.updated"
-    schema_version: Literal[1] = 1
-    payload: AppointmentUpdatedPayload
-
-
-class JobStatusChangedPayload(Strict):
-    job_id: EntityId
-    customer_id: EntityId
-    status: JobStatus
-    previous_status: JobStatus | None = Field(default=None, description="None when the job is new.")
-    active_appointments: int = Field(ge=0)
-    version: Version
-
-
-class JobStatusChanged(Envelope):
-    exchange_role: ClassVar[str] = "events"
-    routing_key: ClassVar[str] = "job.status_changed"
-    summary: ClassVar[str] = "A job's status changed, e.g. canceled when its last active appointment was."
-
-    type: Literal["job.status_changed"] = "job.status_changed"
-    schema_version: Literal[1] = 1
-    payload: JobStatusChangedPayload
 
 
 class OfferedAction(Strict):
@@ -214,6 +140,121 @@ class AppointmentOfferChangedPayload(Strict):
         max_length=50,
         description="Who else may act on the appointment with the same offer: its project's named contacts.",
     )
+
+
+# Carried with a customer's change (`modify.approved` -> `appointment.rescheduled` / `appointment.canceled`):
+# an optional, additive field of version 1. Messages without it (older producers, replayed dead letters)
+# stay valid; a reader built from an earlier document must be updated before the producers (unknown
+# fields are refused), as portal_sync and modify_handler are (README, "The offer travels with the change").
+CARRIED_OFFER = (
+    "The portal's offer for the appointment as this change leaves it, computed by the policy gate when it "
+    "approved the change (the same offer `appointment.offer_changed` would carry; `offer_version` orders it "
+    "with those). The read store writes it with the change, in one transaction. Optional: null when the gate "
+    "sent none (then a later `appointment.offer_changed` brings the offer)."
+)
+
+
+def check_carried_offer(
+    offer: AppointmentOfferChangedPayload | None, appointment_id: str, version: int
+) -> None:
+    """A carried offer must be about this appointment, computed on the version the change produced."""
+    if offer is None:
+        return
+    if offer.appointment_id != appointment_id:
+        raise ValueError("offer.appointment_id must be the changed appointment's id")
+    if offer.appointment_version != version:
+        raise ValueError(f"offer.appointment_version must be {version}, the version the change produces")
+
+
+class AppointmentRescheduledPayload(Strict):
+    appointment: AppointmentSnapshot
+    previous_window: ArrivalWindow
+    initiated_by: Initiator
+    request_id: EntityId | None = Field(default=None, description="Set when a portal request caused it.")
+    offer: AppointmentOfferChangedPayload | None = Field(default=None, description=CARRIED_OFFER)
+
+    @model_validator(mode="after")
+    def _offer_matches(self) -> "AppointmentRescheduledPayload":
+        check_carried_offer(self.offer, self.appointment.appointment_id, self.appointment.version)
+        return self
+
+
+class AppointmentRescheduled(Envelope):
+    exchange_role: ClassVar[str] = "events"
+    routing_key: ClassVar[str] = "appointment.rescheduled"
+    summary: ClassVar[str] = (
+        "An appointment moved to a new arrival window (a customer's: with the portal's offer for it)."
+    )
+
+    type: Literal["appointment.rescheduled"] = "appointment.rescheduled"
+    schema_version: Literal[1] = 1
+    payload: AppointmentRescheduledPayload
+
+
+class AppointmentCanceledPayload(Strict):
+    appointment: AppointmentSnapshot
+    reason: ShortText | None = None
+    initiated_by: Initiator
+    request_id: EntityId | None = None
+    offer: AppointmentOfferChangedPayload | None = Field(default=None, description=CARRIED_OFFER)
+
+    @model_validator(mode="after")
+    def _offer_matches(self) -> "AppointmentCanceledPayload":
+        check_carried_offer(self.offer, self.appointment.appointment_id, self.appointment.version)
+        return self
+
+
+class AppointmentCanceled(Envelope):
+    exchange_role: ClassVar[str] = "events"
+    routing_key: ClassVar[str] = "appointment.canceled"
+    summary: ClassVar[str] = (
+        "An appointment was canceled; its job no longer lists it as active (a customer's cancel: with the "
+        "portal's offer for it)."
+    )
+
+    type: Literal["appointment.canceled"] = "appointment.canceled"
+    schema_version: Literal[1] = 1
+    payload: AppointmentCanceledPayload
+
+
+class AppointmentUpdatedPayload(Strict):
+    appointment: AppointmentSnapshot
+    initiated_by: Initiator
+    based_on_version: Version | None = Field(
+        default=None,
+        description="The appointment version the office's record was built on (a version 1 record: the "
+        "version its previous record produced); null for a new booking. A customer change at a later "
+        "version was known to the record only if this is at or past it.",
+    )
+
+
+class AppointmentUpdated(Envelope):
+    exchange_role: ClassVar[str] = "events"
+    routing_key: ClassVar[str] = "appointment.updated"
+    summary: ClassVar[str] = "An appointment was booked or changed by the office (full state)."
+
+    type: Literal["appointment.updated"] = "appointment.updated"
+    schema_version: Literal[1] = 1
+    payload: AppointmentUpdatedPayload
+
+
+class JobStatusChangedPayload(Strict):
+    job_id: EntityId
+    customer_id: EntityId
+    status: JobStatus
+    previous_status: JobStatus | None = Field(default=None, description="None when the job is new.")
+    active_appointments: int = Field(ge=0)
+    version: Version
+
+
+class JobStatusChanged(Envelope):
+    exchange_role: ClassVar[str] = "events"
+    routing_key: ClassVar[str] = "job.status_changed"
+    summary: ClassVar[str] = "A job's status changed, e.g. canceled when its last active appointment was."
+
+    type: Literal["job.status_changed"] = "job.status_changed"
+    schema_version: Literal[1] = 1
+    payload: JobStatusChangedPayload
 
 
 class AppointmentOfferChanged(Envelope):

@@ -2,9 +2,10 @@
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from contracts.envelope import Envelope, Strict
+from contracts.events_v1 import AppointmentOfferChangedPayload, check_carried_offer
 from contracts.office_v2 import SettingsScope
 from contracts.portal_v1 import ModifyChange
 from contracts.types import EntityId, Version
@@ -15,6 +16,18 @@ class ModifyApprovedPayload(Strict):
     requester_id: EntityId
     change: ModifyChange
     decided_on_version: Version = Field(description="The appointment version the gate's decision rested on.")
+    offer: AppointmentOfferChangedPayload | None = Field(
+        default=None,
+        description="The portal's offer for the appointment as the change leaves it (version "
+        "`decided_on_version` + 1), computed by the gate as it approved; the scheduling worker carries it "
+        "in `appointment.rescheduled` / `appointment.canceled`. Null when the gate computed none (an "
+        "office approval of a request whose appointment changed since: the change will fail).",
+    )
+
+    @model_validator(mode="after")
+    def _offer_matches(self) -> "ModifyApprovedPayload":
+        check_carried_offer(self.offer, self.appointment_id, self.decided_on_version + 1)
+        return self
 
 
 class ModifyApproved(Envelope):

@@ -142,6 +142,15 @@ SUBSCRIPTIONS: dict[str, tuple[Binding, ...]] = {
 }
 
 
+# Bindings a worker's queue had in an earlier release and must not keep: `apply` removes them from a
+# broker that has them (declaring never removes a binding, and the worker would dead-letter what a
+# stale one brings). The gate stopped following a customer's change when the offer began to travel
+# with it (issue 14).
+RETIRED_BINDINGS: dict[str, tuple[Binding, ...]] = {
+    "policy_gate": (Binding("events", "appointment.rescheduled"), Binding("events", "appointment.canceled")),
+}
+
+
 def _work_queue_arguments(dlx: str, dead_letter_queue: str) -> dict:
     return {
         "x-queue-type": "quorum",
@@ -278,6 +287,10 @@ async def declare(channel: AbstractChannel, topology: Topology) -> None:
         queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
         for binding in spec.bindings:
             await queue.bind(declared[binding.exchange_role], routing_key=binding.routing_key)
+        if spec.kind == WORK and spec.worker is not None:
+            for binding in RETIRED_BINDINGS.get(spec.worker, ()):
+                if binding not in spec.bindings:  # unbinding one that does not exist is a no-op
+                    await queue.unbind(declared[binding.exchange_role], routing_key=binding.routing_key)
 
 
 async def delete(channel: AbstractChannel, topology: Topology) -> None:

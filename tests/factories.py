@@ -320,9 +320,13 @@ def modify_awaiting_approval(cause: ModifyRequested | None = None) -> ModifyAwai
 
 
 def modify_approved(
-    cause: ModifyRequested | None = None, *, decided_on_version: int = 1, producer: str = "policy_gate"
+    cause: ModifyRequested | None = None,
+    *,
+    decided_on_version: int = 1,
+    producer: str = "policy_gate",
+    offer: AppointmentOfferChangedPayload | None = None,
 ) -> ModifyApproved:
-    """The gate's approval of `cause` (a default request when None)."""
+    """The gate's approval of `cause` (a default request when None), with the offer it carries, if any."""
     cause = cause or modify_requested()
     return ModifyApproved.follow(
         cause,
@@ -333,6 +337,7 @@ def modify_approved(
             requester_id=cause.payload.requester_id,
             change=cause.payload.change,
             decided_on_version=decided_on_version,
+            offer=offer,
         ),
     )
 
@@ -417,7 +422,11 @@ def snapshot(
 
 
 def appointment_rescheduled(
-    cause: ModifyApproved | None = None, *, version: int = 2, previous_window: ArrivalWindow | None = None
+    cause: ModifyApproved | None = None,
+    *,
+    version: int = 2,
+    previous_window: ArrivalWindow | None = None,
+    offer: AppointmentOfferChangedPayload | None = None,
 ) -> AppointmentRescheduled:
     """The appointment moved to the approved `cause`'s new window (a default reschedule when None)."""
     cause = cause or modify_approved()
@@ -434,12 +443,17 @@ def appointment_rescheduled(
             previous_window=previous_window or arrival_window(),
             initiated_by=Initiator.CUSTOMER,
             request_id=cause.correlation_id,
+            offer=offer,
         ),
     )
 
 
 def appointment_canceled(
-    cause: ModifyApproved | None = None, *, version: int = 2, reason: str | None = None
+    cause: ModifyApproved | None = None,
+    *,
+    version: int = 2,
+    reason: str | None = None,
+    offer: AppointmentOfferChangedPayload | None = None,
 ) -> AppointmentCanceled:
     """The appointment was canceled by the approved `cause` (a default cancel request when None)."""
     cause = cause or modify_approved(modify_requested(change=cancel(reason)))
@@ -456,6 +470,7 @@ def appointment_canceled(
             reason=reason,
             initiated_by=Initiator.CUSTOMER,
             request_id=cause.correlation_id,
+            offer=offer,
         ),
     )
 
@@ -547,6 +562,13 @@ def appointment_offer_changed(
     )
 
 
+def carried_offer(appointment_version: int = 2, *, offer_version: int = 2) -> AppointmentOfferChangedPayload:
+    """The offer an approval carries, for the appointment version its change produces."""
+    return appointment_offer_changed(
+        offer_version=offer_version, appointment_version=appointment_version
+    ).payload
+
+
 def capacity_window_changed(cause: Envelope | None = None, *, free: int = 1, version: int = 1):
     cause = cause or capacity_updated()
     return CapacityWindowChanged.follow(
@@ -635,13 +657,13 @@ def one_of_each() -> list[Envelope]:
         portal_settings_updated(),
         settings_layer_updated(),
         approval_decided(),
-        modify_approved(),
+        modify_approved(offer=carried_offer()),
         refresh_offers(),
         modify_rejected(),
         modify_awaiting_approval(),
         modify_failed(),
-        appointment_rescheduled(),
-        appointment_canceled(),
+        appointment_rescheduled(offer=carried_offer()),
+        appointment_canceled(offer=carried_offer()),
         appointment_updated(),
         job_status_changed(),
         appointment_offer_changed(),

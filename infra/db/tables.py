@@ -209,6 +209,7 @@ offers = Table(
     Column("computed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("pick", JSONB),
     Column("terms", JSONB),
+    Column("carried_request_id", ID),  # the approval that carries this offer (migration 0016)
     PrimaryKeyConstraint("tenant_id", "appointment_id"),
     schema=POLICY,
 )

@@ -1,9 +1,11 @@
 """What the portal offers per appointment, through the real workers: it follows settings, bookings,
 confirmations, project locks and the clock, and always matches what the gate would decide."""
 
+import uuid
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 
 from apptctl import readstore
 from apptctl.scenario_runner import publish_all, wait_until
@@ -114,6 +116,38 @@ async def test_a_reschedule_used_up_the_limit_and_the_offer_says_so(world: World
     offer = await offer_of(world, "apt-1", lambda o: not o.reschedule_offered)
     assert offer.reschedule_reason_code == "reschedule_limit_reached"
     assert offer.cancel_offered
+
+
+async def test_the_new_time_and_its_offer_show_together(world: World):
+    """Issue 14: the offer travels with the change, so the read store never shows a customer's new time
+    with the offer of the old one, not even for a moment (sampled as fast as the database answers)."""
+    await world.settings({"settings": everything(ALLOW, max_customer_reschedules=1)})
+    await world.book("apt-1")
+    await offer_of(world, "apt-1", lambda o: o.reschedule_offered)
+    request = f.modify_requested(
+        tenant=world.tenant,
+        appointment_id="apt-1",
+        change=f.reschedule(f.arrival_window(9)),
+        request_id=f"req-{uuid.uuid4().hex[:10]}",
+    )
+    both = text(
+        "SELECT a.version, o.appointment_version FROM portal.appointments a "
+        "JOIN portal.appointment_offers o "
+        "ON o.tenant_id = a.tenant_id AND o.appointment_id = a.appointment_id "
+        "WHERE a.tenant_id = :tenant AND a.appointment_id = 'apt-1'"
+    )
+    await publish_all(world.broker, [request])
+    seen: set[tuple[int, int]] = set()
+    async with world.engine.connect() as conn:
+        for _ in range(3000):
+            seen.add(tuple((await conn.execute(both, {"tenant": world.tenant})).one()))
+            await conn.commit()  # a fresh snapshot each time
+            if (2, 2) in seen:
+                break
+    assert seen <= {(1, 1), (2, 2)}, f"the time and the offer showed apart: {sorted(seen)}"
+    assert (2, 2) in seen
+    offer = await offer_of(world, "apt-1")
+    assert not offer.reschedule_offered and offer.reschedule_reason_code == "reschedule_limit_reached"
 
 
 async def test_an_older_offer_arriving_late_never_replaces_a_newer_one(engine):

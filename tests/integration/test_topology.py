@@ -13,6 +13,24 @@ async def test_applying_twice_is_harmless(service_urls, topology):
     assert again == topology
 
 
+async def test_applying_removes_a_binding_an_earlier_release_left(service_urls, topology, broker):
+    """Until issue 14 the gate's queue was bound to a customer's change events; a broker set up then
+    keeps those bindings through a plain declare, and the gate would dead-letter what they bring."""
+    gate = topology.queue_of("policy_gate").name
+    connection = await aio_pika.connect(service_urls.amqp)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(gate, passive=True)
+        for retired in topology_module.RETIRED_BINDINGS["policy_gate"]:
+            await queue.bind(topology.exchange(retired.exchange_role), retired.routing_key)
+        await topology_module.apply(service_urls.amqp, topology.namespace, TEST_RETRY_DELAYS_S)
+        await broker.publish(
+            topology.exchange("events"), "appointment.rescheduled", aio_pika.Message(b"{}", message_id="m-1")
+        )
+        queue = await channel.declare_queue(gate, passive=True)
+        assert queue.declaration_result.message_count == 0
+
+
 async def test_every_work_queue_is_quorum_with_a_delivery_limit_and_dead_letter_route(topology):
     for worker in topology_module.WORKERS:
         spec = topology.queue_of(worker)
@@ -40,8 +58,11 @@ async def test_redeclaring_a_queue_with_other_arguments_is_refused(service_urls,
         ("office", "office.portal_settings.updated", {"policy_gate"}),
         ("office", "office.appointment.recorded", {"modify_handler"}),
         ("internal", "modify.approved", {"modify_handler"}),
-        ("events", "appointment.rescheduled", {"policy_gate", "portal_sync"}),
+        # A customer's change carries its offer: the gate does not get it back (issue 14).
+        ("events", "appointment.rescheduled", {"portal_sync"}),
+        ("events", "appointment.canceled", {"portal_sync"}),
         ("events", "appointment.updated", {"policy_gate", "portal_sync"}),
+        ("events", "modify.failed", {"policy_gate", "portal_sync"}),
         # The gate's own offers must not come back to it.
         ("events", "appointment.offer_changed", {"portal_sync"}),
         ("events", "job.status_changed", {"portal_sync"}),

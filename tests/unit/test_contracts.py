@@ -652,3 +652,20 @@ def test_unknown_code_has_no_text() -> None:
 )
 def test_customer_text_spells_counts_with_their_unit(code: RejectionCode, facts: dict, expected: str) -> None:
     assert expected in customer_text(code, **facts)
+
+
+def test_a_carried_offer_must_be_for_the_state_the_change_leaves() -> None:
+    """`modify.approved` and the change events may carry the portal's offer (issue 14): for the same
+    appointment, at the version the change produces; anything else is refused at decode."""
+    approval = f.modify_approved(decided_on_version=1, offer=f.carried_offer(2))
+    assert decode_or_raise(encode(approval)) == approval
+    for wrong in (f.carried_offer(1), f.carried_offer(3)):
+        with pytest.raises(ValidationError, match="appointment_version must be 2"):
+            f.modify_approved(decided_on_version=1, offer=wrong)
+    body = json.loads(encode(f.appointment_rescheduled(version=2, offer=f.carried_offer(2))))
+    body["payload"]["offer"]["appointment_id"] = "appt-other"
+    with pytest.raises(DecodeError) as refused:
+        decode_or_raise(json.dumps(body).encode())
+    assert refused.value.failure.reason == DeadLetterReason.SCHEMA_VIOLATION
+    # Without the field, a version 1 event is as valid as before.
+    assert f.appointment_canceled(version=2).payload.offer is None

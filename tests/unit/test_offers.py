@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.common import AppointmentStatus
+from contracts.portal_v1 import Cancel, Reschedule
 from contracts.reasons import RejectionCode
 from tests.unit.test_policy_rules import (
     CUSTOMER,
@@ -27,9 +28,11 @@ from tests.unit.test_policy_rules import (
     run,
     window,
 )
+from workers.modify_handler import domain as scheduling
+from workers.modify_handler.domain import Appointment
 from workers.policy_gate.offering import cancel_rules, contacts_of
 from workers.policy_gate.offers import ActionOffer, change_points, offer_timeline, segment_at
-from workers.policy_gate.rules import Outcome, check_action
+from workers.policy_gate.rules import AppointmentFacts, Outcome, check_action, facts_after
 from workers.policy_gate.settings import resolve
 
 ACTIONS = ("reschedule", "cancel")
@@ -192,3 +195,65 @@ def test_the_offer_names_the_project_contacts_the_gate_lets_act() -> None:
         assert run(requester_id=contact, appointment=appointment, config=OPEN).outcome is Outcome.APPROVED
     assert run(requester_id="stranger-1", appointment=appointment, config=OPEN).outcome is Outcome.REJECTED
     assert contacts_of(facts(project=None)) == []
+
+
+# --- the offer an approval carries (issue 14) --------------------------------------------------------
+
+
+def _scheduled(appointment: AppointmentFacts) -> Appointment:
+    """The scheduling worker's view of the same appointment."""
+    return Appointment(
+        tenant_id="t-1",
+        appointment_id=appointment.appointment_id,
+        job_id="job-1",
+        customer_id=appointment.customer_id,
+        business_unit=appointment.business_unit,
+        job_type=appointment.job_type,
+        project_id=appointment.project_id,
+        window=appointment.window,
+        status=appointment.status,
+        confirmation=appointment.confirmation,
+        version=appointment.version,
+    )
+
+
+@pytest.mark.parametrize("change", [Reschedule(new_window=window(NOW + timedelta(days=5))), Cancel()])
+def test_the_state_an_approval_leaves_is_the_one_the_schedule_writes(change) -> None:
+    """`facts_after` (the gate's offer for the approved state) mirrors modify_handler's domain: window,
+    status and version as it applies the change, and one more customer reschedule for a reschedule."""
+    before = facts(customer_reschedules=1)
+    after = facts_after(before, change)
+    scheduled = (
+        scheduling.reschedule(_scheduled(before), change.new_window, NOW)
+        if isinstance(change, Reschedule)
+        else scheduling.cancel(_scheduled(before))
+    )
+    assert (after.window, after.status, after.confirmation, after.version) == (
+        scheduled.window,
+        scheduled.status,
+        scheduled.confirmation,
+        scheduled.version,
+    )
+    assert after.customer_reschedules == 1 + isinstance(change, Reschedule)
+    assert (
+        dataclasses.replace(
+            after,
+            window=before.window,
+            status=before.status,
+            version=before.version,
+            customer_reschedules=before.customer_reschedules,
+        )
+        == before
+    )
+
+
+def test_an_approved_reschedule_that_reaches_the_limit_is_offered_no_more() -> None:
+    settings = effective(business(reschedule={"max_customer_reschedules": 1}))
+    after = facts_after(facts(), Reschedule(new_window=window(NOW + timedelta(days=5))))
+    (only,) = offer_timeline(after, settings, NOW)[:1]
+    assert (
+        not only.reschedule.offered and only.reschedule.reason_code == RejectionCode.RESCHEDULE_LIMIT_REACHED
+    )
+    assert only.cancel.offered
+    canceled = facts_after(facts(), Cancel())
+    assert not offer_timeline(canceled, settings, NOW)[0].modify_offered

@@ -507,3 +507,16 @@ def test_an_offer_without_terms_means_any_reason_and_only_the_customer() -> None
     row = offer_row(_offer())
     assert row is not None
     assert (row["cancel_reason_required"], row["cancel_reasons"], row["contact_ids"]) == (False, None, [])
+
+
+def test_a_customers_change_brings_its_offer_into_the_same_projection() -> None:
+    """The offer the gate approved the change with is written from the change itself (issue 14); one
+    without it (an office-era or older event) writes the appointment only."""
+    carried = _offer().payload.model_copy(update={"appointment_version": 5, "offer_version": 7})
+    change = rescheduled(version=5)
+    with_offer = change.model_copy(update={"payload": change.payload.model_copy(update={"offer": carried})})
+    row = offer_row(with_offer)
+    assert row is not None and (row["offer_version"], row["appointment_version"]) == (7, 5)
+    assert row == offer_row(message(AppointmentOfferChanged, carried))
+    assert offer_row(rescheduled(version=5)) is None and offer_row(canceled(version=5)) is None
+    assert offer_row(updated(version=5)) is None

@@ -39,6 +39,8 @@ PRODUCER = MODIFY_HANDLER.name
 
 
 async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> None:
+    """Apply the gate's approval on the version it was decided on, or fail. The result event carries the
+    portal's offer for the new state as the gate computed it (the gate no longer follows these events)."""
     request = message.payload
     conn = uow.driver
     now = await uow.now()
@@ -76,6 +78,7 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
                 previous_window=current.window,
                 initiated_by=Initiator.CUSTOMER,
                 request_id=message.correlation_id,
+                offer=request.offer,
             ),
         )
     else:
@@ -87,6 +90,7 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
                 reason=request.change.reason,
                 initiated_by=Initiator.CUSTOMER,
                 request_id=message.correlation_id,
+                offer=request.offer,
             ),
         )
     await _announce_places(message, uow, changed_places)

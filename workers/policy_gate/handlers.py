@@ -3,16 +3,15 @@
 import time
 
 import structlog
-from pydantic import TypeAdapter
 
 from contracts.catalog import POLICY_GATE
 from contracts.envelope import Envelope
 from contracts.events_v1 import (
-    AppointmentCanceled,
-    AppointmentRescheduled,
+    AppointmentOfferChangedPayload,
     AppointmentUpdated,
     ModifyAwaitingApproval,
     ModifyAwaitingApprovalPayload,
+    ModifyFailed,
     ModifyRejected,
     ModifyRejectedPayload,
     ProjectUpdated,
@@ -28,11 +27,12 @@ from contracts.office_v2 import (
     SettingsLayer,
     SettingsScope,
 )
-from contracts.portal_v1 import ModifyChange, ModifyRequested
+from contracts.portal_v1 import ModifyRequested
 from contracts.reasons import DeadLetterReason, OfficeOutcomeCode, RejectionCode, customer_text
 from workers.policy_gate import offering, store
 from workers.policy_gate.admission import ADMISSION
 from workers.policy_gate.limits import Refusal
+from workers.policy_gate.offering import CHANGE_ADAPTER
 from workers.policy_gate.rules import Decision, Outcome, decide
 from workers.policy_gate.settings import resolve
 from workers.runtime.database import UnitOfWork
@@ -40,8 +40,6 @@ from workers.runtime.errors import DeadLetter
 
 log = structlog.get_logger(__name__)
 PRODUCER = POLICY_GATE.name
-# The stored change (JSON) back into its model.
-CHANGE_ADAPTER: TypeAdapter = TypeAdapter(ModifyChange)
 
 
 async def _approve(
@@ -53,6 +51,7 @@ async def _approve(
     requester_id: str,
     change,
     version: int,
+    offer: AppointmentOfferChangedPayload | None,
 ) -> None:
     await uow.follow(
         cause,
@@ -62,6 +61,7 @@ async def _approve(
             requester_id=requester_id,
             change=change,
             decided_on_version=version,
+            offer=offer,
         ),
         correlation_id=request_id,
     )
@@ -201,6 +201,16 @@ async def decide_modify_request(message: ModifyRequested, uow: UnitOfWork) -> No
     ids = dict(request_id=message.correlation_id, appointment_id=request.appointment_id)
     if decision.outcome is Outcome.APPROVED:
         assert facts is not None
+        # The offer for the approved state travels with the approval (committed with the decision, so a
+        # redelivered request, a duplicate, sends nothing new and the approval's offer stands).
+        offer = await offering.carry_offer(
+            uow,
+            message.tenant_id,
+            message.correlation_id,
+            request.appointment_id,
+            request.change,
+            facts.version,
+        )
         await _approve(
             uow,
             message,
@@ -208,6 +218,7 @@ async def decide_modify_request(message: ModifyRequested, uow: UnitOfWork) -> No
             requester_id=request.requester_id,
             change=request.change,
             version=facts.version,
+            offer=offer,
         )
     elif decision.outcome is Outcome.NEEDS_APPROVAL:
         await uow.follow(
@@ -274,6 +285,14 @@ async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> N
             requester_id=pending.requester_id,
             change=change,
             version=pending.decided_on_version,
+            offer=await offering.carry_offer(
+                uow,
+                message.tenant_id,
+                pending.request_id,
+                pending.appointment_id,
+                change,
+                pending.decided_on_version,
+            ),
         )
     else:
         await _reject(uow, message, **ids, action=pending.action, code=code, text=text)
@@ -349,9 +368,10 @@ HANDLERS = {
     PortalSettingsUpdated: update_portal_settings_v1,
     PortalSettingsUpdatedV2: update_settings_layer,
     ApprovalDecided: settle_office_approval,
-    AppointmentRescheduled: offering.follow_appointment,
-    AppointmentCanceled: offering.follow_appointment,
+    # A customer's change carries the offer the gate computed when it approved (offering.carry_offer);
+    # the gate recomputes on what it could not know in advance: the office, a failed change, projects.
     AppointmentUpdated: offering.follow_appointment,
+    ModifyFailed: offering.follow_failed_change,
     ProjectUpdated: offering.follow_project,
     RefreshOffers: offering.continue_refresh,
 }

@@ -13,7 +13,7 @@ The window-independent part (1-6 and the reschedule limit) also decides what the
 the portal never shows a button the gate would refuse.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -105,6 +105,20 @@ class Decision:
 
 APPROVED = Decision(Outcome.APPROVED, "all_rules_passed")
 _reject = Decision.rejected
+
+
+def facts_after(facts: AppointmentFacts, change: Reschedule | Cancel) -> AppointmentFacts:
+    """The appointment as an approved change leaves it, as the scheduling worker applies it
+    (workers/modify_handler/domain.py `reschedule` / `cancel` and the customer's reschedule count): the
+    state whose offer the gate sends with its approval."""
+    if isinstance(change, Reschedule):
+        return replace(
+            facts,
+            window=change.new_window,
+            version=facts.version + 1,
+            customer_reschedules=facts.customer_reschedules + 1,
+        )
+    return replace(facts, status=AppointmentStatus.CANCELED, version=facts.version + 1)
 
 
 def may_act_for(requester_id: str, facts: AppointmentFacts) -> bool:

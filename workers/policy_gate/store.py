@@ -387,7 +387,8 @@ INSERT INTO policy.offers (tenant_id, appointment_id) SELECT $1, unnest($2::text
 ON CONFLICT DO NOTHING
 """
 _LOCK_OFFERS = """
-SELECT appointment_id, offer_version, appointment_version, segments, pick, terms FROM policy.offers
+SELECT appointment_id, offer_version, appointment_version, segments, pick, terms, carried_request_id
+  FROM policy.offers
  WHERE tenant_id = $1 AND appointment_id = ANY($2::text[])
  ORDER BY appointment_id
    FOR UPDATE
@@ -406,7 +407,8 @@ async def lock_offers(driver: asyncpg.Connection, tenant_id: str, appointment_id
 
 _SAVE_OFFER = """
 UPDATE policy.offers
-   SET offer_version = $3, appointment_version = $4, segments = $5, pick = $6, computed_at = $7, terms = $8
+   SET offer_version = $3, appointment_version = $4, segments = $5, pick = $6, computed_at = $7, terms = $8,
+       carried_request_id = $9
  WHERE tenant_id = $1 AND appointment_id = $2
 """
 
@@ -422,7 +424,10 @@ async def save_offer(
     pick: dict,
     computed_at: datetime,
     terms: dict,
+    carried_request_id: str | None = None,
 ) -> None:
+    """Store the gate's current offer; `carried_request_id`: the request whose approval carries it (it
+    reaches the portal only if that change is applied), None: announced on its own."""
     await driver.execute(
         _SAVE_OFFER,
         tenant_id,
@@ -433,4 +438,26 @@ async def save_offer(
         json.dumps(pick),
         computed_at,
         json.dumps(terms),
+        carried_request_id,
     )
+
+
+class ApprovedChange(NamedTuple):
+    change: dict
+    decided_on_version: int
+
+
+_APPROVED_CHANGE = """
+SELECT change::text AS change, decided_on_version FROM policy.decisions
+ WHERE tenant_id = $1 AND request_id = $2 AND outcome = 'approved'
+"""
+
+
+async def approved_change(
+    driver: asyncpg.Connection, tenant_id: str, request_id: str
+) -> ApprovedChange | None:
+    """The change the gate approved under a request id, and the appointment version it approved it on."""
+    row = await driver.fetchrow(_APPROVED_CHANGE, tenant_id, request_id)
+    if row is None:
+        return None
+    return ApprovedChange(json.loads(row["change"]), row["decided_on_version"])

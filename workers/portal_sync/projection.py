@@ -10,6 +10,7 @@ from contracts.common import AppointmentSnapshot
 from contracts.events_v1 import (
     AppointmentCanceled,
     AppointmentOfferChanged,
+    AppointmentOfferChangedPayload,
     AppointmentRescheduled,
     AppointmentUpdated,
     CapacityWindowChanged,
@@ -133,23 +134,35 @@ def _pick_columns(pick) -> dict:
     )
 
 
-def offer_row(event) -> dict | None:
-    """The offer timeline the portal reads (through the view `portal.offers_now`)."""
-    if isinstance(event, AppointmentOfferChanged):
-        p = event.payload
-        return dict(
-            appointment_id=p.appointment_id,
-            job_id=p.job_id,
-            customer_id=p.customer_id,
-            offer_version=p.offer_version,
-            appointment_version=p.appointment_version,
-            segments=[segment.model_dump(mode="json") for segment in p.segments],
-            **_pick_columns(p.pick),
-            cancel_reason_required=p.cancel_rules.reason_required if p.cancel_rules else False,
-            cancel_reasons=p.cancel_rules.allowed_reasons if p.cancel_rules else None,
-            contact_ids=list(p.contacts),
-        )
+def carried_offer(event) -> AppointmentOfferChangedPayload | None:
+    """The offer an event brings: its own (`appointment.offer_changed`) or the one a customer's change
+    carries (written in the same transaction as the change)."""
+    match event:
+        case AppointmentOfferChanged(payload=p):
+            return p
+        case AppointmentRescheduled(payload=p) | AppointmentCanceled(payload=p):
+            return p.offer
     return None
+
+
+def offer_row(event) -> dict | None:
+    """The offer timeline the portal reads (through the view `portal.offers_now`); versioned by
+    `offer_version`, so a carried offer and an announced one order alike."""
+    p = carried_offer(event)
+    if p is None:
+        return None
+    return dict(
+        appointment_id=p.appointment_id,
+        job_id=p.job_id,
+        customer_id=p.customer_id,
+        offer_version=p.offer_version,
+        appointment_version=p.appointment_version,
+        segments=[segment.model_dump(mode="json") for segment in p.segments],
+        **_pick_columns(p.pick),
+        cancel_reason_required=p.cancel_rules.reason_required if p.cancel_rules else False,
+        cancel_reasons=p.cancel_rules.allowed_reasons if p.cancel_rules else None,
+        contact_ids=list(p.contacts),
+    )
 
 
 def available_window_row(event) -> dict | None:
