@@ -5,6 +5,7 @@ import re
 
 from sqlalchemy.engine import make_url
 
+from workers.runtime.database import asyncpg_dsn as asyncpg_dsn  # the one conversion, for the bench
 from workers.runtime.settings import Settings
 
 # BENCH_PREFIX names everything a run owns (default `bench`: database appt_bench, namespaces bench,
@@ -42,10 +43,6 @@ def database_url() -> str:
         return explicit
     url = make_url(Settings().database_url).set(database=BENCH_DATABASE)
     return url.render_as_string(hide_password=False)
-
-
-def asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 # Bare relay names: one direct exchange, queue s<N> bound with routing key s<N>.

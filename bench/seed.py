@@ -135,13 +135,6 @@ class Schedule:
     targets: list[Target]
 
 
-async def seed_schedule(database_url: str, targets_needed: int, now: datetime) -> list[Target]:
-    """`plan_schedule` + `write_schedule`."""
-    schedule = plan_schedule(targets_needed, now)
-    await write_schedule(database_url, schedule)
-    return schedule.targets
-
-
 def plan_schedule(targets_needed: int, now: datetime) -> Schedule:
     """Enough jobs for `targets_needed` requests plus ~30% appointments nobody touches; the request
     targets in a shuffled order. Nothing is written yet: the settings go through policy_gate first, while

@@ -23,7 +23,6 @@ _KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 _PRODUCER = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}[a-z0-9]$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-MIN_KEY_CHARS = 24
 
 
 class ApiKeysError(ValueError):

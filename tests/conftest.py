@@ -118,7 +118,7 @@ async def _retire_unpublished_events(database_url: str) -> None:
     next test's relay would publish them into its own namespace."""
     import asyncpg
 
-    from workers.runtime.outbox import asyncpg_dsn
+    from workers.runtime.database import asyncpg_dsn
 
     connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:

@@ -3,7 +3,7 @@
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from workers.runtime.outbox import asyncpg_dsn
+from workers.runtime.database import asyncpg_dsn
 
 
 def _maintenance_dsn(database_url: str) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from contracts.catalog import DATABASE_IDENTITIES, IDENTITIES
 from infra.nodes import node_urls
 from infra.security import postgres, rabbitmq
 from infra.topology import build
-from workers.runtime.outbox import asyncpg_dsn
+from workers.runtime.database import asyncpg_dsn
 
 
 @dataclass(frozen=True)

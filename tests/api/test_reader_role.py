@@ -7,7 +7,7 @@ import pytest
 
 from infra.db.tables import SCHEMAS, WORKERS
 from tests.faults.test_database_walls import READABLE, SEED, in_tenant, tenants
-from workers.runtime.outbox import asyncpg_dsn
+from workers.runtime.database import asyncpg_dsn
 
 pytestmark = pytest.mark.integration
 

@@ -44,7 +44,7 @@ from tests.e2e.test_delivery_guarantees import (
     request,
     settings_allowing_everything,
 )
-from workers.runtime.outbox import asyncpg_dsn
+from workers.runtime.database import asyncpg_dsn
 from workers.runtime.worker import Worker
 
 pytestmark = pytest.mark.integration

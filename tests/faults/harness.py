@@ -24,8 +24,7 @@ from tests.faults.supervisor import Supervisor
 from tests.waiting import eventually
 from workers.registry import WORKER_NAMES
 from workers.runtime.broker import Broker
-from workers.runtime.database import create_engine
-from workers.runtime.outbox import asyncpg_dsn
+from workers.runtime.database import asyncpg_dsn, create_engine
 from workers.runtime.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from infra.security import postgres
 from tests.factories import modify_rejected, modify_requested
 from tests.faults.harness import fault_run
 from workers.runtime.broker import Broker
-from workers.runtime.database import UnitOfWork, create_engine
-from workers.runtime.outbox import OutboxRelay, asyncpg_dsn
+from workers.runtime.database import UnitOfWork, asyncpg_dsn, create_engine
+from workers.runtime.outbox import OutboxRelay
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity, Proba
 from infra import security
 from infra.security.plan import Credentials, load_credentials
 from infra.topology import Topology
-from workers.runtime.outbox import asyncpg_dsn
+from workers.runtime.database import asyncpg_dsn
 from workers.runtime.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ import pytest
 from bench import peer_dramatiq, peer_faststream
 from bench.common import HOPS_DDL, STAGES
 from tests.waiting import eventually
-from workers.runtime.outbox import asyncpg_dsn
+from workers.runtime.database import asyncpg_dsn
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from contracts.decoding import decode_or_raise
 from tests import factories as f
 from tests.conftest import offline_consumer, unique_tenant
 from workers.modify_handler.handlers import HANDLERS
-from workers.runtime.outbox import asyncpg_dsn
+from workers.runtime.database import asyncpg_dsn
 from workers.runtime.outcomes import Handled
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from infra.db.admin import drop_database, ensure_database
 from infra.db.migrate import alembic_config, upgrade_async
 from infra.db.tables import SCHEMAS, metadata
-from workers.runtime.outbox import asyncpg_dsn
+from workers.runtime.database import asyncpg_dsn
 
 EVENT = (
     "INSERT INTO {table} (message_id, producer, exchange_role, routing_key, message_type, correlation_id,"

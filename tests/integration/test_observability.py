@@ -134,6 +134,9 @@ async def test_metrics_count_messages_by_type_and_outcome_with_latency_and_gauge
     assert value(found, "appt_dead_letters_total", reason=DeadLetterReason.MALFORMED_JSON.value) == 1
     assert value(found, "appt_handler_duration_seconds_count", type=kind) == 2
     assert value(found, "appt_handler_duration_seconds_sum", type=kind) > 0
+    # the two decoded deliveries, each in exactly one transaction (together, or one after the other)
+    assert value(found, "appt_batch_size_sum") == 2
+    assert 1 <= value(found, "appt_batch_size_count") <= 2
     assert value(found, "appt_messages_in_flight") == 0
     assert ("appt_outbox_published_total", frozenset()) in found
     assert ("appt_outbox_oldest_unpublished_age_seconds", frozenset()) in found

@@ -11,9 +11,8 @@ from sqlalchemy import select
 from contracts.decoding import encode
 from contracts.portal_v1 import Cancel, ModifyRequested, ModifyRequestedPayload
 from infra.db.tables import inbox, outbox
-from workers.runtime.database import UnitOfWork
+from workers.runtime.database import UnitOfWork, asyncpg_dsn
 from workers.runtime.errors import is_transient
-from workers.runtime.outbox import asyncpg_dsn
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,7 @@ from sqlalchemy.engine import make_url
 from tests.factories import modify_requested
 from tests.waiting import eventually
 from workers.registry import worker_spec
-from workers.runtime.database import DEFAULT_POOL_SIZE
-from workers.runtime.outbox import asyncpg_dsn
+from workers.runtime.database import DEFAULT_POOL_SIZE, asyncpg_dsn
 from workers.runtime.worker import Worker
 
 REQUESTS = 120

@@ -1,6 +1,7 @@
 """Delay-queue tiers in the topology spec, retry and metrics settings, per-worker metrics, health reports,
 and how `apptctl status` / `dlq` / `run` treat them: pure, no services."""
 
+import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
@@ -24,9 +25,10 @@ from infra.topology import (
 from workers.runtime.broker import Broker
 from workers.runtime.consumer import DelayedRetry
 from workers.runtime.database import create_engine
+from workers.runtime.errors import DeadLetter, failure_kind
 from workers.runtime.health import HealthMonitor
 from workers.runtime.metrics import WorkerMetrics
-from workers.runtime.outcomes import DeadLettered, Handled
+from workers.runtime.outcomes import DeadLettered, Duplicate, Handled
 from workers.runtime.settings import Settings
 
 # --- topology -------------------------------------------------------------------------------------
@@ -165,6 +167,56 @@ def test_each_worker_counts_in_a_registry_of_its_own():
     hist = (("type", "modify.requested"), ("worker", "policy_gate"))
     assert found[("appt_handler_duration_seconds_count", hist)] == 1
     assert not any(name == "appt_messages_total" for name, _ in _samples(second))
+
+
+def test_batch_sizes_and_fallbacks_are_counted_per_worker():
+    metrics = WorkerMetrics("portal_sync")
+    for deliveries in (1, 1, 5, 32):
+        metrics.transaction(deliveries)
+    metrics.batch_fallback("conflict")
+    metrics.batch_fallback("handler_error")
+    metrics.batch_fallback("conflict")
+    found = _samples(metrics)
+    me = (("worker", "portal_sync"),)
+    assert found[("appt_batch_size_count", me)] == 4  # transactions
+    assert found[("appt_batch_size_sum", me)] == 39  # deliveries
+    assert found[("appt_batch_size_bucket", (("le", "1.0"), *me))] == 2
+    assert found[("appt_batch_size_bucket", (("le", "8.0"), *me))] == 3
+    assert found[("appt_batch_size_bucket", (("le", "32.0"), *me))] == 4
+    assert found[("appt_batch_fallbacks_total", (("kind", "conflict"), *me))] == 2
+    assert found[("appt_batch_fallbacks_total", (("kind", "handler_error"), *me))] == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (ValueError("bad data"), "handler_error"),
+        (asyncpg.exceptions.DeadlockDetectedError("deadlock"), "conflict"),
+        (asyncpg.exceptions.SerializationError("serialize"), "conflict"),
+        (asyncpg.exceptions.ConnectionDoesNotExistError("gone"), "transient"),
+        (DeadLetter("request_id_reused", "another request"), "dead_letter"),
+        (RuntimeError("bug"), "handler_error"),
+    ],
+)
+def test_a_failed_batch_is_labelled_by_what_failed(error, kind):
+    assert failure_kind(error) == kind
+
+
+def test_the_outcome_counts_are_read_from_the_counters():
+    metrics = WorkerMetrics("policy_gate")
+    metrics.message("modify.requested", Handled())
+    metrics.message("office.portal_settings.updated", Handled())
+    metrics.message("modify.requested", Duplicate())
+    metrics.message("undecoded", DeadLettered("malformed_json"))
+    metrics.message("modify.requested", DeadLettered("request_id_reused"))
+    metrics.message("modify.requested", DeadLettered("request_id_reused"))
+    assert metrics.outcomes() == {
+        "handled": 2,
+        "duplicate": 1,
+        "dead_lettered:malformed_json": 1,
+        "dead_lettered:request_id_reused": 2,
+    }
+    assert WorkerMetrics("policy_gate").outcomes() == {}
 
 
 def test_gauges_read_their_source_when_scraped():

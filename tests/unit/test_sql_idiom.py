@@ -159,3 +159,18 @@ def test_the_scan_catches_values_pasted_into_sql(source):
 )
 def test_the_scan_lets_identifiers_and_placeholders_through(source):
     assert not problems_in(source)
+
+
+# Where the transaction's tenant setting may be written: a batch scopes each handler to its message's tenant
+# and switches only when the tenant changes (workers/runtime/batch.py), which is right only while no
+# handler or store moves the setting itself.
+TENANT_SETTERS = {"workers/runtime/database.py", "workers/runtime/inbox.py", "workers/runtime/outbox.py"}
+
+
+def test_only_the_runtime_sets_the_transactions_tenant():
+    setters = {
+        str(path.relative_to(ROOT))
+        for path in WORKERS.rglob("*.py")
+        if re.search(r"set_config\(|TENANT_SETTING", path.read_text(encoding="utf-8"))
+    }
+    assert setters == TENANT_SETTERS

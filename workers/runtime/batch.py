@@ -1,40 +1,44 @@
-"""Adaptive batches: the admitted deliveries that are waiting, handled in one transaction per tenant.
+"""Adaptive batches: the admitted deliveries that are waiting, handled in one transaction.
 
 A consumer hands each admitted delivery to `Batches.submit` and waits. A runner takes what is waiting
 (up to `batch_max`, tenants taking turns as in workers/runtime/fairness.py; never waiting for more to
-arrive) and groups it by tenant. Up to `runners` batches run at once: while fewer are busy, a delivery
-starts one at once (a batch of one, today's latency); when all are busy, what arrives waits and the
-next free runner takes it together, so batches grow with the load. Each group is one transaction:
-BEGIN with the group's tenant setting, one multi-row inbox claim that also tells which are duplicates,
-each handler in turn, the outbox rows with the COMMIT; then the events go to the direct publisher and
-every delivery learns its outcome (the consumer acks after that). A batch of one runs as the single
-path's own transaction (`Transactions.once`).
+arrive). Up to `runners` batches run at once, each holding one pooled connection (so the consumer sets
+`runners` below its pool size): while fewer are busy, a delivery starts one at once (a batch of one,
+today's latency); when all are busy, what arrives waits and the next free runner takes it together, so
+batches grow with the load. A batch is one transaction: BEGIN, one multi-row inbox claim that sets each
+row's tenant and also tells which are duplicates, each handler in turn, the outbox rows with the COMMIT;
+then the events go to the direct publisher and every delivery learns its outcome (the consumer acks after
+that). A batch of one runs as the single path's own transaction (`Transactions.once`).
 
-Row-level security: a transaction carries exactly one tenant (`appt.tenant_id`, set with BEGIN), and a
-group holds only that tenant's messages, so no statement of a batch can read or write another tenant's
-rows: a mixed batch is several transactions, one per tenant, run side by side.
+Row-level security: a batch may mix tenants (a queue carries every tenant's messages; one transaction
+per tenant made a batch of a busy queue with eight tenants eight transactions of one or two deliveries).
+The transaction's tenant setting (`appt.tenant_id`) is switched per message: the claim and the outbox
+rows set each row's own tenant as the row is produced, before row-level security checks it, and each
+handler runs after `uow.scope_to(its message's tenant)` (after a claim of several tenants the setting is
+set again before the first handler: no row order is assumed). A batch's messages are grouped by tenant
+(each tenant's in their order), so the setting changes once per tenant, and no handler statement runs
+under another message's tenant: it can neither read nor write another tenant's rows.
 
-Any failure inside a group (a conflict, a deadlock with another replica's batch, a handler bug, a
-poison message, `DeadLetter`, a lost connection) rolls the whole group back and answers `None` to each of
-its deliveries: the consumer then handles each one alone through the single path (retries, dead letters,
-requeue), so a failure keeps exactly the outcome it has without batches. A batch of one is the single
-path's first attempt; if it fails, the delivery goes on alone from that failure (no extra attempt).
+Any failure inside a batch (a conflict, a deadlock with another replica's batch, a handler bug, a poison
+message, `DeadLetter`, a lost connection) rolls the whole batch back (counted in
+`appt_batch_fallbacks_total` by kind) and answers `None` to each of its deliveries: the consumer then
+handles each one alone through the single path (retries, dead letters, requeue), so a failure keeps
+exactly the outcome it has without batches. A batch of one is the single path's first attempt; if it
+fails, the delivery goes on alone from that failure (no extra attempt).
 """
 
 import asyncio
 import contextvars
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from uuid import UUID
 
-import asyncpg
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import Envelope
-from infra.db.tables import inbox_table
 from workers.runtime.database import UnitOfWork
+from workers.runtime.errors import failure_kind
 from workers.runtime.fairness import take_in_turn
+from workers.runtime.metrics import WorkerMetrics
 from workers.runtime.outbox import DirectPublisher
 from workers.runtime.outcomes import Committed, Duplicate, Handled
 from workers.runtime.redelivery import MAX_ERROR
@@ -57,21 +61,6 @@ class _Entry:
     )
 
 
-async def claim_many(
-    driver: asyncpg.Connection, consumer: str, tenant: str, ids: Sequence[UUID]
-) -> set[UUID]:
-    """Claim `ids` in `consumer`'s inbox in one statement; the ones it returns are new, the rest were
-    there already (duplicates). Run inside the group's transaction, after its BEGIN set `tenant`."""
-    rows = await driver.fetch(
-        f"INSERT INTO {inbox_table(consumer)} (consumer, tenant_id, message_id)"
-        " SELECT $1, $2, id FROM unnest($3::uuid[]) AS id ON CONFLICT DO NOTHING RETURNING message_id",
-        consumer,
-        tenant,
-        list(ids),
-    )
-    return {UUID(str(row["message_id"])) for row in rows}
-
-
 class Batches:
     def __init__(
         self,
@@ -80,6 +69,7 @@ class Batches:
         engine: AsyncEngine,
         publisher: DirectPublisher | None,
         transactions: Transactions,
+        metrics: WorkerMetrics,
         batch_max: int,
         runners: int = 1,
     ) -> None:
@@ -91,6 +81,7 @@ class Batches:
         self._engine = engine
         self._publisher = publisher
         self._transactions = transactions
+        self._metrics = metrics
         self._batch_max = batch_max
         self._waiting: list[_Entry] = []
         self._max_runners = runners
@@ -136,61 +127,72 @@ class Batches:
                 return
             batch, self._waiting = take_in_turn(live, self._batch_max, key=lambda e: e.message.tenant_id)
             self.sizes[len(batch)] = self.sizes.get(len(batch), 0) + 1
-            groups: dict[str, list[_Entry]] = {}
-            for entry in batch:
-                groups.setdefault(entry.message.tenant_id, []).append(entry)
             try:
-                await asyncio.gather(*(self._group(tenant, entries) for tenant, entries in groups.items()))
+                if len(batch) == 1:
+                    await self._alone(batch[0])
+                else:
+                    await self._together(_by_tenant(batch))
             except BaseException:  # cancelled, or a simulated crash: nothing is answered, nothing acked
                 for entry in batch:
                     entry.answer.cancel()
                 raise
 
-    async def _group(self, tenant: str, entries: list[_Entry]) -> None:
-        if len(entries) == 1:
-            entry = entries[0]
-            try:
-                _answer(entry, await self._transactions.once(entry.message, entry.handler))
-            except Exception as exc:  # the single path's first attempt: it goes on alone from there
-                _answer(entry, exc)
-            return
-        publisher = self._publisher
+    async def _alone(self, entry: _Entry) -> None:
         try:
-            async with UnitOfWork(self._engine, self._worker, tenant=tenant, notify=publisher is None) as uow:
-                ids = [UUID(str(e.message.message_id)) for e in entries]
-                claimed = await claim_many(uow.driver, self._worker, tenant, ids)
+            _answer(entry, await self._transactions.once(entry.message, entry.handler))
+        except Exception as exc:  # the single path's first attempt: it goes on alone from there
+            _answer(entry, exc)
+
+    async def _together(self, entries: list[_Entry]) -> None:
+        """One transaction for `entries` (grouped by tenant, see `_by_tenant`)."""
+        publisher = self._publisher
+        self._metrics.transaction(len(entries))
+        try:
+            async with UnitOfWork(self._engine, self._worker, notify=publisher is None) as uow:
+                claimed = set(await uow.claim_all(self._worker, [e.message for e in entries]))
                 outcomes: list[Committed] = []
-                for entry, message_id in zip(entries, ids, strict=True):
-                    if message_id not in claimed:  # in the inbox already, or earlier in this batch
+                for entry in entries:
+                    message = entry.message
+                    if message.message_id not in claimed:  # in the inbox already, or earlier in this batch
                         outcomes.append(Duplicate())
                         continue
-                    claimed.discard(message_id)
+                    claimed.discard(message.message_id)
+                    await uow.scope_to(message.tenant_id)
                     with structlog.contextvars.bound_contextvars(
                         worker=self._worker,
-                        message_id=str(message_id),
-                        correlation_id=entry.message.correlation_id,
-                        tenant_id=tenant,
+                        message_id=str(message.message_id),
+                        correlation_id=message.correlation_id,
+                        tenant_id=message.tenant_id,
                         batch_size=len(entries),
                     ):
-                        await entry.handler(entry.message, uow)
+                        await entry.handler(message, uow)
                     outcomes.append(Handled())
                 await uow.commit()
         except Exception as exc:
-            log.info("batch.rolled_back", size=len(entries), tenant=tenant, error=repr(exc)[:MAX_ERROR])
+            kind = failure_kind(exc)
+            self._metrics.batch_fallback(kind)
+            log.info("batch.rolled_back", size=len(entries), kind=kind, error=repr(exc)[:MAX_ERROR])
             for entry in entries:
                 _answer(entry, None)
             return
         if publisher is not None and uow.written:
             try:
                 await publisher.submit(uow.written)
-            except (
-                Exception
-            ) as exc:  # as on the single path: judged per delivery (the retry finds it claimed)
+            except Exception as exc:  # as on the single path: judged per delivery (a retry finds it claimed)
                 for entry in entries:
                     _answer(entry, exc)
                 return
         for entry, outcome in zip(entries, outcomes, strict=True):
             _answer(entry, outcome)
+
+
+def _by_tenant(batch: list[_Entry]) -> list[_Entry]:
+    """The batch grouped by tenant, tenants in the order they first appear, each tenant's deliveries in
+    their order: the transaction's tenant setting then changes once per tenant."""
+    groups: dict[str, list[_Entry]] = {}
+    for entry in batch:
+        groups.setdefault(entry.message.tenant_id, []).append(entry)
+    return [entry for group in groups.values() for entry in group]
 
 
 def _answer(entry: _Entry, outcome: Answer) -> None:

@@ -6,7 +6,7 @@
   and attempt count are believed).
 - `transaction.Transactions`: inbox claim, handler, outbox and commit in one transaction; a duplicate is
   acked with no effect; conflicts and transient blips are retried in place. With `batch_max` > 1,
-  `batch.Batches` first handles the deliveries waiting together (one transaction per tenant); a batch
+  `batch.Batches` first handles the deliveries waiting together (one transaction); a batch
   that fails sends each of its deliveries through `Transactions` alone.
 - `settle.Settler`: ack after the commit, on the channel that delivered the message; a transient failure
   that outlasts the quick tries is parked in the worker's delay queue of the next tier (`RetryLater`),
@@ -29,6 +29,7 @@ from contracts.reasons import DeadLetterReason
 from contracts.routes import RouteTable
 from workers.runtime.batch import Batches
 from workers.runtime.broker import Broker
+from workers.runtime.database import pool_size
 from workers.runtime.errors import DeadLetter
 from workers.runtime.fairness import LanesClosed, TenantLanes
 from workers.runtime.faults import FaultPoint, fault_point
@@ -85,9 +86,11 @@ class QueueConsumer:
         version) combinations this worker accepts (None: any, for the bench's stages). `return_exchange`:
         where the broker hands back expired delay-queue messages (the only way a delivery's retry headers
         are believed). `batch_max` > 1: the deliveries waiting are handled up to that many in one
-        transaction per tenant (workers/runtime/batch.py); the prefetch is raised to twice that, so the
+        transaction (workers/runtime/batch.py); the prefetch is raised to twice that, so the
         next batch gathers while one commits. 1: one delivery per transaction. `batch_runners`: batches at
-        once (default a quarter of the prefetch: below that many busy, a delivery is a batch of one)."""
+        once, each holding one pooled connection (default the pool's size less one, left for the direct
+        publisher's marks and the health check: below that many busy, a delivery is a batch of one; at
+        that many, what arrives gathers into the next batch)."""
         self.name = name
         self._queue_name = queue_name
         self._handlers = dict(handlers)
@@ -114,8 +117,9 @@ class QueueConsumer:
                 engine=engine,
                 publisher=publisher,
                 transactions=self._transactions,
+                metrics=self.metrics,
                 batch_max=batch_max,
-                runners=batch_runners or max(1, prefetch // 4),
+                runners=batch_runners or max(1, pool_size(engine) - 1),
             )
             if batch_max > 1
             else None
@@ -134,8 +138,12 @@ class QueueConsumer:
         self._consumer_tag: str | None = None
         self._in_flight: set[asyncio.Task] = set()
         self._stopping = False
-        self.counts: dict[str, int] = {}  # by outcome key ("handled", "dead_lettered:<reason>", ...)
         self.metrics.track_in_flight(lambda: len(self._in_flight))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Deliveries by outcome key ("handled", "dead_lettered:<reason>", ...), from the metrics."""
+        return self.metrics.outcomes()
 
     async def start(self) -> None:
         await self._check_delay_queues(self._delayed)
@@ -204,10 +212,6 @@ class QueueConsumer:
         retries: what a delivery does between decode and ack (`Handled` or `Duplicate`)."""
         return await self._transactions.run(message, self._handlers[type(message)])
 
-    def _record(self, outcome: Outcome, message_type: str, duration_s: float | None = None) -> None:
-        self.counts[outcome.key] = self.counts.get(outcome.key, 0) + 1
-        self.metrics.message(message_type, outcome, duration_s)
-
     async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         if task is not None:
@@ -223,7 +227,7 @@ class QueueConsumer:
         try:
             fault_point(FaultPoint.AFTER_RECEIVE)
             outcome, message_type, duration_s = await self._process(incoming)
-            self._record(outcome, message_type, duration_s)
+            self.metrics.message(message_type, outcome, duration_s)
         except asyncio.CancelledError:
             # Drain timed out: leave it unacked; the broker redelivers it to another consumer.
             log.warning("message.abandoned_on_shutdown")

@@ -6,8 +6,9 @@ runs module-level parameterised SQL (`$1`, `$2`, ...) through it, which asyncpg 
 connection and caches by its text. No value is ever pasted into SQL text (tests/unit/test_sql_idiom.py
 scans the workers for that); SQLAlchemy only pools the connections.
 
-- BEGIN, then the inbox claim, which also sets the transaction's tenant (`claim=` below);
-- `now()` is asked only when a handler wants it, once per transaction;
+- BEGIN, then the inbox claim, which also sets the transaction's tenant and returns its clock
+  (`claim=` below; a batch claims its deliveries with `claim_all`);
+- `now()` is asked only when a handler wants it and no statement returned it yet, once per transaction;
 - the outbox rows a handler emits are written in one statement just before the COMMIT (`written`
   holds them afterwards, for the consumer to publish directly); with `notify`, the same statement
   wakes this producer's relay (per-producer NOTIFY channel, delivered at commit);
@@ -19,7 +20,7 @@ scans the workers for that); SQLAlchemy only pools the connections.
 import asyncio
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, NoReturn, TypeVar
@@ -27,6 +28,7 @@ from uuid import UUID
 
 import asyncpg
 import structlog
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import Pool
 
@@ -91,12 +93,13 @@ def pool_exhausted(engine: AsyncEngine) -> bool:
     """Every connection of the pool is checked out (a unit of work would wait for one)."""
     pool = engine.sync_engine.pool
     checked_out = getattr(pool, "checkedout", None)
-    size = _pool_size(engine)
+    size = pool_size(engine)
     overflow = getattr(pool, "_max_overflow", 0)
     return callable(checked_out) and size > 0 and checked_out() >= size + max(overflow, 0)
 
 
-def _pool_size(engine: AsyncEngine) -> int:
+def pool_size(engine: AsyncEngine) -> int:
+    """The connections the engine's pool holds (0 when it is not a sized pool)."""
     size = getattr(engine.sync_engine.pool, "size", None)
     return size() if callable(size) else 0
 
@@ -125,6 +128,16 @@ def _reraise(error: Exception, lost: bool) -> NoReturn:
             f"connection unusable: {error!r}"[:300]
         ) from error
     raise error
+
+
+def _check_tenant(tenant: str) -> None:
+    if not _TENANT.match(tenant):
+        raise ValueError(f"not a tenant id: {tenant[:70]!r}")
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """A SQLAlchemy URL (`postgresql+asyncpg://...`) as the DSN plain asyncpg connects with."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def execute_alone(engine: AsyncEngine, statement: str, *args: object) -> str:
@@ -164,7 +177,8 @@ class UnitOfWork:
 
     `claim=(consumer, message_id)` records the message in the inbox as the transaction's first
     statement (in the consumer's own partition, with the transaction's tenant); `claimed` is then False
-    for a duplicate (the caller skips it; nothing was written).
+    for a duplicate (the caller skips it; nothing was written). A batch opens the unit of work without a
+    claim and claims its deliveries with `claim_all`, then `scope_to` each message's tenant in turn.
     """
 
     def __init__(
@@ -180,14 +194,14 @@ class UnitOfWork:
         only see and write that tenant's rows (row-level security, migration 0007; enforced for the
         per-worker roles, not for the owner): set right after BEGIN (with the claim). `notify=False`:
         the caller publishes the committed rows itself (`written`), so the relay is not woken."""
-        if tenant is not None and not _TENANT.match(tenant):
-            raise ValueError(f"not a tenant id: {tenant[:70]!r}")
+        if tenant is not None:
+            _check_tenant(tenant)
         self._tenant = tenant
+        self._scoped: str | None = None  # the tenant the transaction's statements are scoped to now
         self._engine = engine
         self.producer = producer
         self._connection: AsyncConnection  # the pooled connection; SQLAlchemy never runs a statement on it
         self.driver: asyncpg.Connection  # the one handle on the transaction (see the module docstring)
-        self.emitted: list[Envelope] = []
         self.written: list[outbox.OutboxRow] = []  # the outbox rows the commit wrote
         self.claimed = True
         self._claim = claim
@@ -199,13 +213,13 @@ class UnitOfWork:
         self._broken = False
 
     async def __aenter__(self) -> "UnitOfWork":
-        self.emitted = []
         self.written = []
         self._pending = []
+        self._scoped = None
         self._now = None
         self._committed = False
         # Every pooled connection may have died in the same outage: try each (a dead one fails at once).
-        attempts = max(BEGIN_ATTEMPTS, _pool_size(self._engine) + 1)
+        attempts = max(BEGIN_ATTEMPTS, pool_size(self._engine) + 1)
         for attempt in range(1, attempts + 1):
             self._connection = await self._engine.connect()
             try:
@@ -234,12 +248,51 @@ class UnitOfWork:
             raise asyncpg.exceptions.InterfaceError("pooled connection was left inside a transaction")
         await driver.execute("BEGIN")
         if self._claim is not None:
-            # The tenant setting travels with the claim: one statement (see `inbox.claim`).
+            # The tenant setting (and the clock) travel with the claim: one statement (see `inbox.claim`).
             consumer, message_id = self._claim
-            return await inbox.claim(driver, consumer, self._tenant or "", message_id)
+            return bool(await self._claim_rows(consumer, [self._tenant or ""], [message_id]))
         if self._tenant is not None:
             await driver.execute(_SET_TENANT, self._tenant)
+            self._scoped = self._tenant
         return True
+
+    async def claim_all(self, consumer: str, messages: Sequence[Envelope]) -> frozenset[UUID]:
+        """Claim `messages` in `consumer`'s inbox in one statement, each with its own tenant; returns the
+        ids claimed now (the others are duplicates: in the inbox already, or earlier in `messages`). Then
+        `scope_to` each message's tenant before its handler runs."""
+        for message in messages:
+            _check_tenant(message.tenant_id)
+        return await self._claim_rows(
+            consumer, [m.tenant_id for m in messages], [m.message_id for m in messages]
+        )
+
+    async def _claim_rows(self, consumer: str, tenants: list[str], ids: list[UUID]) -> frozenset[UUID]:
+        try:
+            claimed = await inbox.claim(self.driver, consumer, tenants, ids)
+        except Exception as exc:
+            self._failed(exc)
+        # One tenant in the claim: the transaction is scoped to it. Several: to one of them, which one
+        # depends on the order the server produced the rows in, so nothing is assumed (`scope_to` sets it).
+        distinct = set(tenants)
+        if len(distinct) == 1 and tenants[0]:
+            self._scoped = tenants[0]
+        elif len(distinct) > 1:
+            self._scoped = None
+        if claimed.now is not None:
+            self.saw_now(claimed.now)
+        return claimed.fresh
+
+    async def scope_to(self, tenant: str) -> None:
+        """Scope the transaction's next statements to `tenant` (row-level security), when it is not
+        already: a batch's handlers each run scoped to their own message's tenant."""
+        _check_tenant(tenant)
+        if tenant == self._scoped:
+            return
+        try:
+            await self.driver.execute(_SET_TENANT, tenant)
+        except Exception as exc:
+            self._failed(exc)
+        self._scoped = tenant
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -310,7 +363,6 @@ class UnitOfWork:
     async def emit(self, message: Envelope) -> None:
         """Queue `message` for the outbox; the rows are written with the commit, in one statement."""
         self._pending.append(outbox.row_for(message, self.producer))
-        self.emitted.append(message)
 
     async def follow(
         self, cause: Envelope, event_type: type[E], payload: object, *, correlation_id: str | None = None

@@ -57,3 +57,15 @@ def is_transient(error: BaseException) -> bool:
         | aiormq.exceptions.AMQPConnectionError
         | aio_pika.exceptions.ChannelInvalidStateError,
     )
+
+
+def failure_kind(error: BaseException) -> str:
+    """What kind of failure ended a transaction, as metrics label it: conflict, transient, dead_letter or
+    handler_error (anything else: a bug, bad data)."""
+    if is_conflict(error):
+        return "conflict"
+    if is_transient(error):
+        return "transient"
+    if isinstance(error, DeadLetter):
+        return "dead_letter"
+    return "handler_error"

@@ -29,6 +29,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Handling a message is one database transaction: milliseconds, unless something waits.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+# Deliveries per transaction: 1 on a quiet queue, up to APPT_BATCH_MAX (default 32, at most 500) under load.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 500)
+
 # A message that could not be decoded has no trustworthy type; labels stay a bounded set.
 UNDECODED = "undecoded"
 
@@ -115,6 +118,23 @@ class WorkerMetrics:
             ["worker", "reason"],
             registry=registry,
         )
+        self.batch_size = Histogram(
+            "appt_batch_size",
+            "Deliveries per transaction the consumer began (1: a delivery alone, on the single path; more: "
+            "a batch, workers/runtime/batch.py). Attempts count: a batch that rolls back, and each of its "
+            "deliveries going on alone, are all observed.",
+            ["worker"],
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.batch_fallbacks = Counter(
+            "appt_batch_fallbacks",
+            "Batches rolled back whose deliveries then went one at a time through the single path, by "
+            "what failed: conflict (serialization failure or deadlock), transient (database or broker "
+            "away), dead_letter (a handler refused a message), handler_error (any other exception).",
+            ["worker", "kind"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "appt_messages_in_flight", "Deliveries being processed now.", ["worker"], registry=registry
         )
@@ -138,6 +158,7 @@ class WorkerMetrics:
         )
         self._messages: dict[tuple[str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
+        self._batch_size: Histogram | None = None
 
     def message(self, message_type: str, outcome: Outcome, duration_s: float | None = None) -> None:
         """Count one delivery's outcome (a `DeadLettered` also counts the dead letter, by its reason)."""
@@ -155,6 +176,31 @@ class WorkerMetrics:
                     self.worker, message_type
                 )
             histogram.observe(duration_s)
+
+    def outcomes(self) -> dict[str, int]:
+        """Deliveries so far by outcome key ("handled", "duplicate", "dead_lettered:<reason>", ...), all
+        message types together, read from the counters above (what tests and the drain's log line show)."""
+        counts: dict[str, int] = {}
+        for metric, label in ((self.messages, "outcome"), (self.dead_letters, "reason")):
+            for sample in next(iter(metric.collect())).samples:
+                if not sample.name.endswith("_total") or not sample.value:
+                    continue
+                value = sample.labels[label]
+                if label == "outcome" and value == DeadLettered.label:
+                    continue  # by reason, from dead_letters
+                key = DeadLettered(value).key if label == "reason" else value
+                counts[key] = counts.get(key, 0) + int(sample.value)
+        return counts
+
+    def transaction(self, deliveries: int) -> None:
+        """A transaction begun for `deliveries` deliveries (1: the single path)."""
+        histogram = self._batch_size
+        if histogram is None:
+            histogram = self._batch_size = self.batch_size.labels(self.worker)
+        histogram.observe(deliveries)
+
+    def batch_fallback(self, kind: str) -> None:
+        self.batch_fallbacks.labels(self.worker, kind).inc()
 
     def retry(self, kind: str) -> None:
         self.retries.labels(self.worker, kind).inc()

@@ -34,7 +34,6 @@ from uuid import UUID
 import aiormq.exceptions
 import asyncpg
 import structlog
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.decoding import encode
@@ -47,10 +46,6 @@ from workers.runtime.fairness import take_in_turn
 from workers.runtime.faults import FaultPoint, fault_point
 
 log = structlog.get_logger(__name__)
-# The migration's trigger notifies this shared channel on every outbox insert (kept for rows written by
-# other code paths); the relays listen on their producer's own channel, which `write` notifies, so a
-# commit wakes only the relay that has something to publish.
-NOTIFY_CHANNEL = "outbox"
 
 
 # Writers (migration 0013): a worker's pooled connections carry its writer id in this setting, which the
@@ -118,11 +113,13 @@ def relay_call(producer: str, operation: str, arity: int = 0) -> tuple[str, tupl
 
 
 # The rows, as parallel arrays, in one statement; the writer's relay is woken (delivered at commit) by
-# the same statement unless the writer publishes its rows itself right after the commit.
+# the same statement unless the writer publishes its rows itself right after the commit. Each row sets
+# the transaction's tenant to its own as it is produced, before row-level security checks it (as the
+# inbox claim does): a batch's rows of several tenants go out in one statement, each under its tenant.
 _WRITE = """
 INSERT INTO {table} (message_id, producer, exchange_role, routing_key, message_type, correlation_id,
                      tenant_id, headers, body)
-SELECT m, $1, r, k, t, c, tn, h::jsonb, b
+SELECT m, $1, r, k, t, c, set_config('appt.tenant_id', tn, true), h::jsonb, b
   FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
               $9::bytea[]) AS u(m, r, k, t, c, tn, h, b)
 """
@@ -209,10 +206,6 @@ async def _publish_rows(broker, producer: str, rows: Sequence[OutboxRow]) -> lis
     return results
 
 
-def asyncpg_dsn(database_url: str) -> str:
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 class OutboxRelay:
     def __init__(
         self,
@@ -239,7 +232,7 @@ class OutboxRelay:
         self._engine = engine
         self._broker = broker
         self._producer = producer
-        self._dsn = asyncpg_dsn(database_url)
+        self._dsn = database.asyncpg_dsn(database_url)
         self._server_settings = {"application_name": application_name[:63]} if application_name else None
         self._batch_size = batch_size
         # The columns after `id` are OutboxRow's fields, in its order.
@@ -418,7 +411,6 @@ class DirectPublisher:
         self._to_mark = asyncio.Event()
         self._stopping = False
         self.published_total = 0
-        self.left_to_relay = 0
 
     async def submit(self, rows: Sequence[OutboxRow]) -> None:
         """Queue committed rows for the next burst; first wait while `max_pending` rows are ahead and some
@@ -488,7 +480,6 @@ class DirectPublisher:
             self._room.set()
         fault_point(FaultPoint.AFTER_PUBLISH)
         confirmed = [row.message_id for row, result in zip(rows, results, strict=True) if result is None]
-        self.left_to_relay += len(rows) - len(confirmed)
         if confirmed:
             self._confirmed.extend(confirmed)
             self._to_mark.set()

@@ -9,20 +9,12 @@ class Handled:
 
     label = "handled"
 
-    @property
-    def key(self) -> str:
-        return self.label
-
 
 @dataclass(frozen=True)
 class Duplicate:
     """Already in the inbox: acked with no effect."""
 
     label = "duplicate"
-
-    @property
-    def key(self) -> str:
-        return self.label
 
 
 @dataclass(frozen=True)
@@ -44,20 +36,12 @@ class RetryLater:
     tier: int
     label = "retried"
 
-    @property
-    def key(self) -> str:
-        return self.label
-
 
 @dataclass(frozen=True)
 class Requeued:
     """Handed back to the broker unacknowledged (draining, or the broker could not take a copy)."""
 
     label = "requeued"
-
-    @property
-    def key(self) -> str:
-        return self.label
 
 
 Outcome = Handled | Duplicate | DeadLettered | RetryLater | Requeued

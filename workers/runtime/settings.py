@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     startup_retry_s: float = Field(default=60.0, ge=0, alias="APPT_STARTUP_RETRY_S")
     transient_retry_delay_s: float = Field(default=1.0, ge=0, alias="APPT_TRANSIENT_RETRY_DELAY_S")
     # Transient failures (database or broker away): a few quick retries in place, then delay queues.
-    # Deliveries waiting are handled up to this many in one transaction per tenant (1: one per transaction).
+    # Deliveries waiting are handled up to this many in one transaction (1: one per transaction).
     batch_max: int = Field(default=32, ge=1, le=500, alias="APPT_BATCH_MAX")
     retry_in_place: int = Field(default=2, ge=0, le=10, alias="APPT_RETRY_IN_PLACE")
     retry_delays: str = Field(

@@ -85,8 +85,10 @@ class Transactions:
             await asyncio.sleep(wait)
 
     async def once(self, message: Envelope, handler: Handler) -> Committed:
-        # The inbox claim is the transaction's first statement, sent with its BEGIN.
+        # BEGIN, then the inbox claim (which sets the tenant and returns the clock); the handler's
+        # statements; the outbox rows, then COMMIT.
         publisher = self._publisher
+        self._metrics.transaction(1)
         # With tenant lanes, a transaction waits for its tenant's turn; the publish below does not hold it.
         async with (
             self._lanes.turn(message.tenant_id) if self._lanes is not None else contextlib.nullcontext(),
