@@ -2,6 +2,8 @@
 
 Reading takes every message of the selected dead-letter queues with basic.get and no ack, so they stay
 owned by the queue; whatever is not replayed or purged is handed back (nack, requeue) when done.
+The auditor reads its own copies (`<dead queue>.audit`, infra/topology.py) the same way: its user may
+not read the real dead-letter queues, because reading a queue in RabbitMQ includes removing from it.
 Replay publishes confirmed and mandatory, and only then acks the dead letter: a failure leaves it in place.
 A dead letter goes back only by a route of its dead-letter queue's own worker (contracts/routes.py), and
 only when its body is the message type that route carries: a replay can never put a message somewhere a
@@ -23,7 +25,7 @@ from aiormq.exceptions import ChannelNotFoundEntity
 from apptctl.probe import missing_exchanges
 from contracts.decoding import DecodeFailure, decode
 from contracts.routes import SUBSCRIPTIONS, RouteTable
-from infra.topology import DEAD_LETTER, Topology
+from infra.topology import AUDIT, DEAD_LETTER, Topology, audit_copy_of
 from workers.runtime.broker import Broker
 
 MAX_SWEEP = 10_000  # dead letters read per queue in one command
@@ -63,18 +65,22 @@ def dead_letter_queues(topology: Topology) -> list[str]:
     return [spec.name for spec in topology.queues if spec.kind == DEAD_LETTER]
 
 
-def resolve_queues(topology: Topology, name: str | None) -> list[str]:
+def resolve_queues(topology: Topology, name: str | None, *, audit: bool = False) -> list[str]:
     """The dead-letter queues `name` means: all of them, or one given as `policy_gate`,
-    `appt.policy_gate` or `appt.policy_gate.dead`."""
-    if name is None:
-        return dead_letter_queues(topology)
-    for spec in topology.queues:
+    `appt.policy_gate` or `appt.policy_gate.dead`. With `audit`, the auditor's copies of them."""
+    chosen = dead_letter_queues(topology) if name is None else None
+    for spec in topology.queues if chosen is None else ():
         if spec.worker is not None and name in (spec.worker, spec.name, spec.dead_letter_queue):
-            return [spec.dead_letter_queue or ""]
-    choices = ", ".join(dead_letter_queues(topology))
-    raise UnknownQueue(
-        f"no dead-letter queue {name!r} in namespace {topology.namespace!r}; choose one of {choices}"
-    )
+            chosen = [spec.dead_letter_queue or ""]
+            break
+        if audit and spec.kind == AUDIT and name == spec.name:
+            return [spec.name]
+    if chosen is None:
+        choices = ", ".join(dead_letter_queues(topology))
+        raise UnknownQueue(
+            f"no dead-letter queue {name!r} in namespace {topology.namespace!r}; choose one of {choices}"
+        )
+    return [audit_copy_of(queue) for queue in chosen] if audit else chosen
 
 
 # --- reading ---------------------------------------------------------------------------------------

@@ -293,12 +293,21 @@ QUEUE_OPTION = typer.Option(
 )
 
 
-def _dead_letter_queues(settings: Settings, queue: str | None) -> list[str]:
+AUDIT_OPTION = typer.Option(
+    False,
+    "--audit",
+    help="read the auditor's copies (`<queue>.audit`: every dead letter, replayed and purged ones too, "
+    "the newest 10,000 per worker) instead of the dead-letter queues; the auditor's broker user reads "
+    "only these",
+)
+
+
+def _dead_letter_queues(settings: Settings, queue: str | None, *, audit: bool = False) -> list[str]:
     from apptctl.dlq import UnknownQueue, resolve_queues
     from infra.topology import build
 
     try:
-        return resolve_queues(build(settings.namespace), queue)
+        return resolve_queues(build(settings.namespace), queue, audit=audit)
     except UnknownQueue as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
@@ -306,6 +315,8 @@ def _dead_letter_queues(settings: Settings, queue: str | None) -> list[str]:
 
 def _with_broker(settings: Settings, action):
     """Run `action(broker)` on a connected broker; an unreachable broker or missing queue is a clear error."""
+    from aiormq.exceptions import ChannelAccessRefused
+
     from apptctl.dlq import DeadLetterQueueMissing
     from infra.topology import build
     from workers.runtime.broker import Broker
@@ -333,18 +344,26 @@ def _with_broker(settings: Settings, action):
     except DeadLetterQueueMissing as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
+    except ChannelAccessRefused as exc:
+        typer.echo(
+            f"RabbitMQ refused this user ({str(exc)[:200]}): the dead-letter queues are for ops; "
+            "the auditor reads its copies with `--audit`",
+            err=True,
+        )
+        raise typer.Exit(1) from None
 
 
 @dlq_app.command("list")
 def dlq_list(
     queue: str | None = QUEUE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of the table"),
+    audit: bool = AUDIT_OPTION,
 ) -> None:
     """Dead letters grouped by queue and reason, with counts and sample message ids."""
     from apptctl import dlq
 
     settings = Settings()
-    queues = _dead_letter_queues(settings, queue)
+    queues = _dead_letter_queues(settings, queue, audit=audit)
     sweep = _with_broker(settings, lambda broker: dlq.read(broker.connection, queues))
     groups = dlq.group(sweep.letters)
     if as_json:
@@ -363,6 +382,9 @@ def dlq_list(
         typer.echo(f"{name}: {sum(g.count for g in mine)}{more} dead letter(s)")
         for g in mine:
             typer.echo(f"  {g.reason:<28} {g.count:>6}   e.g. {', '.join(g.sample_ids) or '(no message id)'}")
+    if audit:
+        typer.echo("next: `apptctl dlq show MESSAGE_ID --audit`")
+        return
     typer.echo("next: `apptctl dlq show MESSAGE_ID`, `apptctl dlq replay ...` or `apptctl dlq purge ...`")
 
 
@@ -370,12 +392,13 @@ def dlq_list(
 def dlq_show(
     message_id: str = typer.Argument(..., help="the message id (AMQP message_id property)"),
     queue: str | None = QUEUE_OPTION,
+    audit: bool = AUDIT_OPTION,
 ) -> None:
     """One dead letter (every copy with that message id): why, properties, headers, body."""
     from apptctl import dlq
 
     settings = Settings()
-    queues = _dead_letter_queues(settings, queue)
+    queues = _dead_letter_queues(settings, queue, audit=audit)
     sweep = _with_broker(settings, lambda broker: dlq.read(broker.connection, queues))
     found = [letter for letter in sweep.letters if letter.message_id == message_id]
     if not found:

@@ -138,16 +138,18 @@ async def audit_trail(engine: AsyncEngine, tenant_id: str, appointment_id: str) 
         return [AuditLine(*r) for r in rows]
 
 
-async def request(engine: AsyncEngine, tenant_id: str, request_id: str) -> RequestView | None:
+async def request(
+    engine: AsyncEngine, tenant_id: str, request_id: str, producer: str | None = None
+) -> RequestView | None:
+    """The read store's row of the request (request ids are per portal: `producer`'s, or any portal's)."""
     t = portal_requests
+    query = select(t.c.request_id, t.c.status, t.c.reason_code, t.c.reason_text).where(
+        t.c.tenant_id == tenant_id, t.c.request_id == request_id
+    )
+    if producer is not None:
+        query = query.where(t.c.producer == producer)
     async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                select(t.c.request_id, t.c.status, t.c.reason_code, t.c.reason_text).where(
-                    t.c.tenant_id == tenant_id, t.c.request_id == request_id
-                )
-            )
-        ).first()
+        row = (await conn.execute(query)).first()
     return RequestView(*row) if row else None
 
 

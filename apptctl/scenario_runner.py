@@ -13,6 +13,7 @@ from apptctl import readstore
 from apptctl.scenarios import Scenario, World
 from contracts.decoding import CONTENT_TYPE
 from contracts.office_v1 import ApprovalDecided, ApprovalDecidedPayload
+from infra.topology import DEAD_LETTER
 from workers.runtime.broker import Broker
 
 TERMINAL = frozenset({"rejected", "completed", "failed"})
@@ -189,7 +190,7 @@ async def take_dead_letters(broker: Broker, message_id: str, expected: int, time
     """Remove the dead letters carrying `message_id` from every dead-letter queue and return them.
     Other dead letters are left where they were (returned to their queue when our channel closes)."""
     found: list[DeadLetter] = []
-    dead_queues = [q.name for q in broker.topology.queues if q.worker is None]
+    dead_queues = [q.name for q in broker.topology.queues if q.kind == DEAD_LETTER]  # not the audit copies
 
     async def sweep() -> bool:
         assert broker.connection is not None

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aio_pika.abc import AbstractConnection
+from aiormq.exceptions import ChannelAccessRefused
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -43,7 +44,8 @@ class Problem:
 @dataclass
 class QueueStatus:
     name: str
-    kind: str  # "work", "dead-letter" or "delay" (retries waiting for their next attempt; no consumer)
+    kind: str  # "work", "dead-letter", "dead-letter-audit" (the auditor's copies) or "delay" (retries
+    # waiting for their next attempt; no consumer)
     worker: str | None
     exists: bool | None = None  # None: could not ask the broker
     ready: int | None = None
@@ -163,7 +165,17 @@ async def _management_counts(settings: Settings, status: Status) -> None:
 async def _dead_letters(connection: AbstractConnection, status: Status) -> None:
     """Read every dead letter (they stay queued) to count them by reason; the count is exact."""
     names = [q.name for q in status.queues if q.kind == "dead-letter" and q.exists]
-    sweep = await dlq.read(connection, names, limit=STATUS_SWEEP)
+    try:
+        sweep = await dlq.read(connection, names, limit=STATUS_SWEEP)
+    except ChannelAccessRefused:
+        # the auditor may not read the dead-letter queues (reading would let it remove them): the counts
+        # of the passive declares stand, the reasons are in its copies
+        for queue in status.queues:
+            if queue.name in names:
+                total = queue.ready or 0
+                unread = {"(reasons: `apptctl dlq list --audit`)": total} if total else {}
+                status.dead_letters[queue.name] = DeadLetterCounts(total, unread)
+        return
     by_queue = dlq.counts_by_reason(sweep.letters)
     now = datetime.now(UTC)
     for queue in status.queues:
@@ -267,7 +279,9 @@ def problems_of(status: Status) -> list[Problem]:
                     "or `apptctl run`)",
                 )
             )
-        if queue.exists and queue.max_length and (queue.ready or 0) >= queue.max_length:
+        # (the auditor's dead-letter copies are capped too, and keeping only the newest is their design)
+        capped = queue.kind == "sink" and queue.max_length
+        if queue.exists and capped and (queue.ready or 0) >= (queue.max_length or 0):
             problems.append(
                 Problem(
                     WARNING,

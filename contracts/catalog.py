@@ -73,8 +73,9 @@ class Publisher:
 
 @dataclass(frozen=True)
 class Auditor:
-    """`apptctl reconcile` / `status`: reads every worker's schema (every tenant) and, without taking them,
-    the dead letters; publishes nothing, consumes nothing, writes nothing."""
+    """`apptctl reconcile` / `status` / `dlq list --audit`: reads every worker's schema (every tenant) and
+    its own copies of the dead letters (infra/topology.py AUDIT), never the dead-letter queues themselves;
+    publishes nothing, consumes nothing, writes nothing."""
 
     name: str
 

@@ -37,6 +37,22 @@ class Envelope(Strict):
     )
     occurred_at: Timestamp = Field(description="When the fact happened (timezone-aware).")
     producer: Slug = Field(description="Who produced the message, e.g. 'portal-web' or 'modify_handler'.")
+    # A request id means one request of one portal (issue 19): (tenant_id, request_producer, request id)
+    # names it. Absent (not even null) when it is None, so every other message keeps its bytes.
+    request_producer: Slug | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="The portal (the verified producer of its `modify.requested`) whose request this "
+        "message follows from: with the request id (`correlation_id`, or the payload's `request_id`) it "
+        "names one request, since request ids are scoped by tenant and portal. Our workers set it on "
+        "every message that follows from a portal request; the office sets it on "
+        "`office.approval.decided` when two portals' requests wait under one id. Absent otherwise (and in "
+        "`modify.requested`, whose own `producer` it is).",
+    )
+
+    def request_portal(self) -> str | None:
+        """The portal whose request this message is or follows from (None when unknown)."""
+        return self.request_producer
 
     def route(self) -> str:
         """The routing key this message is published with: the class's, unless a message routes by its
@@ -48,7 +64,9 @@ class Envelope(Strict):
         cls, cause: "Envelope", *, producer: str, occurred_at, correlation_id: str | None = None, **fields
     ):
         """Build a message caused by `cause`: same tenant and correlation (unless the cause answers another
-        request, e.g. an office approval), causation = cause's id."""
+        request, e.g. an office approval), causation = cause's id, and the same request's portal (unless
+        `request_producer` names the portal of the request it answers)."""
+        request_producer = fields.pop("request_producer", None) or cause.request_portal()
         return cls(
             message_id=uuid4(),
             tenant_id=cause.tenant_id,
@@ -56,5 +74,6 @@ class Envelope(Strict):
             causation_id=cause.message_id,
             occurred_at=occurred_at,
             producer=producer,
+            request_producer=request_producer,
             **fields,
         )

@@ -4,7 +4,7 @@ The reply goes out when the request named a queue."""
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from contracts.common import ArrivalWindow, ModifyAction
 from contracts.envelope import Envelope, Strict
@@ -54,6 +54,16 @@ class ModifyRequested(Envelope):
     type: Literal["modify.requested"] = "modify.requested"
     schema_version: Literal[1] = 1
     payload: ModifyRequestedPayload
+
+    @model_validator(mode="after")
+    def _its_own_portal(self) -> "ModifyRequested":
+        # the request's portal is the (signature-verified) producer; a body may not name another
+        if self.request_producer not in (None, self.producer):
+            raise ValueError("leave out request_producer: in modify.requested, the producer is the portal")
+        return self
+
+    def request_portal(self) -> str | None:
+        return self.producer
 
 
 class ModifyOutcomePayload(Strict):

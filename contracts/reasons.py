@@ -51,6 +51,7 @@ class OfficeOutcomeCode(StrEnum):
     STALE_RECORD = "stale_record"  # refused: built before a customer's change that it would undo
     UNKNOWN_VERSION = "unknown_version"  # refused: built on a version of ours that never existed
     APPROVAL_NOT_PENDING = "approval_not_pending"  # refused: the request is not waiting for the office
+    APPROVAL_AMBIGUOUS = "approval_ambiguous"  # refused: requests of two portals wait under that id
 
 
 OFFICE_TEXT: dict[str, str] = {
@@ -69,6 +70,10 @@ OFFICE_TEXT: dict[str, str] = {
     OfficeOutcomeCode.APPROVAL_NOT_PENDING: (
         "The request is not waiting for the office's approval (unknown, or already settled); nothing "
         "was changed."
+    ),
+    OfficeOutcomeCode.APPROVAL_AMBIGUOUS: (
+        "Requests of more than one portal wait for approval under this request id; nothing was changed. "
+        "Send the decision again naming the portal (`request_producer`)."
     ),
 }
 

@@ -53,6 +53,18 @@ PORTAL_QUEUES = "portal"
 # a sink holds feed events nobody subscribed to (the oldest are dropped).
 WORK, DEAD_LETTER, DELAY, SINK = "work", "dead-letter", "delay", "sink"
 
+# The auditor's copy of a worker's dead letters (issue 19). RabbitMQ's read permission on a queue allows
+# basic.get, consume, ack and queue.purge alike, so an identity that may read the real dead-letter queue
+# may also remove from it. Each dead-letter binding therefore also routes into `<dead queue>.audit`, which
+# only the auditor reads: whatever it takes or purges there, the real dead letters stay for ops (list,
+# replay, purge). Bounded: the newest AUDIT_COPY_MAX dead letters (or AUDIT_COPY_MAX_BYTES of bodies) per
+# worker; beyond that the oldest copies are dropped (drop-head never refuses a publish, so a full copy never
+# stops a worker's or the broker's dead-lettering). It keeps the copies of replayed and purged ones too.
+AUDIT = "dead-letter-audit"
+AUDIT_SUFFIX = ".audit"
+AUDIT_COPY_MAX = 10_000
+AUDIT_COPY_MAX_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class ExchangeSpec:
@@ -105,6 +117,10 @@ class Topology:
             if spec.worker == worker and spec.kind == WORK:
                 return spec
         raise KeyError(f"no queue for worker {worker!r}")
+
+    def audit_copies(self) -> tuple[QueueSpec, ...]:
+        """The auditor's copies of the dead-letter queues (empty for a topology without them)."""
+        return tuple(spec for spec in self.queues if spec.kind == AUDIT)
 
     def delay_queues_of(self, worker: str) -> tuple[QueueSpec, ...]:
         """The worker's delay queues, shortest delay first (empty for a topology without retry tiers)."""
@@ -204,6 +220,21 @@ def _delay_queue_arguments(return_exchange: str, work_queue: str, delay_s: float
     }
 
 
+def audit_copy_of(dead_letter_queue: str) -> str:
+    """The auditor's copy of a dead-letter queue."""
+    return dead_letter_queue + AUDIT_SUFFIX
+
+
+def _audit_copy_arguments() -> dict:
+    # New queue, new arguments: the real dead-letter queues keep theirs (`{"x-queue-type": "quorum"}`).
+    return {
+        "x-queue-type": "quorum",
+        "x-max-length": AUDIT_COPY_MAX,
+        "x-max-length-bytes": AUDIT_COPY_MAX_BYTES,
+        "x-overflow": "drop-head",
+    }
+
+
 def own_role(role: str, worker: str) -> str:
     """A worker's own exchange for `role` (dead letters, retries): the only one of that kind its broker
     user may write to, so no worker can put a message into another worker's dead-letter or delay queue
@@ -247,6 +278,8 @@ def build(
         # publish through their own.
         dead_bindings = (Binding(DEAD_LETTER_ROLE, dead), Binding(own_role(DEAD_LETTER_ROLE, worker), dead))
         queues.append(QueueSpec(dead, {"x-queue-type": "quorum"}, dead_bindings, None, None, DEAD_LETTER))
+        # the same bindings: every dead letter of the worker, the broker's and the worker's own, lands in both
+        queues.append(QueueSpec(audit_copy_of(dead), _audit_copy_arguments(), dead_bindings, kind=AUDIT))
         for delay in delays:
             # `.delay.`, not the earlier `.retry.` (whose expired messages came back through the default
             # exchange): new arguments need new queues; delete the old ones once they are empty.

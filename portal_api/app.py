@@ -190,6 +190,14 @@ IfMatch = Annotated[
         alias="If-Match", pattern=IF_MATCH, description='The appointment version the customer saw, e.g. "3".'
     ),
 ]
+PortalOfRequest = Annotated[
+    str | None,
+    Query(
+        pattern=ENTITY_ID,
+        description="The portal whose request it is (`portal` in the approval list): needed only when "
+        "requests of several portals have this id, since request ids are per portal.",
+    ),
+]
 LastEventId = Annotated[
     str | None,
     Header(alias="Last-Event-ID", pattern=EVENT_ID, description="Resume after this event (SSE reconnect)."),
@@ -485,10 +493,11 @@ def _routes(app: FastAPI) -> None:
         request_id: RequestId,
         body: models.DecisionBody,
         who: Annotated[Caller, Depends(office)],
+        portal: PortalOfRequest = None,
     ) -> models.DecisionAccepted:
         svc = services(request)
         async with reads.tenant_transaction(svc.reader, who.tenant_id) as conn:
-            state = await reads.request_state(conn, who.tenant_id, request_id)
+            state = await _office_request_state(conn, who.tenant_id, request_id, portal)
         if state is None or state.status != "awaiting_approval":
             raise not_found("request waiting for approval")
         await commands.send_decision(
@@ -499,6 +508,7 @@ def _routes(app: FastAPI) -> None:
             reason=body.reason,
             decided_by=body.decided_by,
             retry_after_s=svc.settings.broker_retry_after_s,
+            request_producer=state.producer,
         )
         url = f"/v1/office/requests/{request_id}"
         response.headers["Location"] = url
@@ -511,11 +521,14 @@ def _routes(app: FastAPI) -> None:
         responses=READ_ERRORS,
     )
     async def office_request(
-        request: Request, request_id: RequestId, who: Annotated[Caller, Depends(office)]
+        request: Request,
+        request_id: RequestId,
+        who: Annotated[Caller, Depends(office)],
+        portal: PortalOfRequest = None,
     ) -> models.RequestState:
         svc = services(request)
         async with reads.tenant_transaction(svc.reader, who.tenant_id) as conn:
-            state = await reads.request_state(conn, who.tenant_id, request_id)
+            state = await _office_request_state(conn, who.tenant_id, request_id, portal)
         if state is None:
             raise not_found("request")
         return _state(state)
@@ -548,12 +561,31 @@ def _state(row) -> models.RequestState:
     )
 
 
-async def _request_state(svc: Services, who: Customer, request_id: str) -> models.RequestState:
+async def _office_request_state(conn, tenant_id: str, request_id: str, portal: str | None):
+    try:
+        return await reads.request_state(conn, tenant_id, request_id, portal)
+    except reads.AmbiguousRequest:
+        raise ApiProblem(
+            409,
+            "request_id_ambiguous",
+            "Requests of several portals have this id",
+            "Request ids are per portal, and more than one portal used this one: name the portal with "
+            "`?portal=` (the `portal` of the approval list).",
+        ) from None
+
+
+async def _request_state(
+    svc: Services, who: Customer, request_id: str, producer: str | None = None
+) -> models.RequestState:
+    """The caller's portal's request with this id (request ids are per portal: its key's producer, or
+    `producer` for the demo pages, which have no key)."""
+    producer = producer or who.key.producer
+    assert producer is not None
     async with reads.tenant_transaction(svc.reader, who.tenant_id) as conn:
-        own = await reads.own_request(conn, who.tenant_id, who.customer_id, request_id)
+        own = await reads.own_request(conn, who.tenant_id, who.customer_id, producer, request_id)
         if own is None:
             raise not_found("request")
-        state = await reads.request_state(conn, who.tenant_id, request_id)
+        state = await reads.request_state(conn, who.tenant_id, request_id, producer)
     if state is None:  # sent, not yet in the read store
         return models.RequestState(
             request_id=request_id, appointment_id=own.appointment_id, action=own.action, status="pending"

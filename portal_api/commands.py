@@ -31,14 +31,16 @@ from workers.runtime.broker import Broker
 log = structlog.get_logger(__name__)
 MESSAGE_NAMESPACE = uuid.UUID("5d0e7f0e-3c43-4f55-9d7a-6b2b3c0a1e13")
 
+# A request id (the Idempotency-Key) means one request of one portal: keyed by the key's producer too.
 CLAIM = text(
-    "INSERT INTO portal_api.requests (tenant_id, request_id, customer_id, appointment_id, action, "
-    "body_sha256, message_id) VALUES (:tenant, :request, :customer, :appointment, :action, :hash, :message) "
-    "ON CONFLICT (tenant_id, request_id) DO NOTHING RETURNING request_id"
+    "INSERT INTO portal_api.requests (tenant_id, producer, request_id, customer_id, appointment_id, action, "
+    "body_sha256, message_id) "
+    "VALUES (:tenant, :producer, :request, :customer, :appointment, :action, :hash, :message) "
+    "ON CONFLICT (tenant_id, producer, request_id) DO NOTHING RETURNING request_id"
 )
 EXISTING = text(
     "SELECT customer_id, appointment_id, action, body_sha256 FROM portal_api.requests "
-    "WHERE tenant_id = :tenant AND request_id = :request"
+    "WHERE tenant_id = :tenant AND producer = :producer AND request_id = :request"
 )
 
 
@@ -107,9 +109,10 @@ async def send_modify(
     whatever the version is now; a new request built on another version than `current_version` is
     refused (412) before anything is recorded or sent."""
     digest = body_hash(customer_id, appointment_id, change)
-    message_id = uuid.uuid5(MESSAGE_NAMESPACE, f"{tenant_id}/{request_id}/{digest}")
+    message_id = uuid.uuid5(MESSAGE_NAMESPACE, f"{tenant_id}/{producer}/{request_id}/{digest}")
     params = {
         "tenant": tenant_id,
+        "producer": producer,
         "request": request_id,
         "customer": customer_id,
         "appointment": appointment_id,
@@ -166,13 +169,16 @@ async def send_decision(
     reason: str | None,
     decided_by: str,
     retry_after_s: int,
+    request_producer: str | None = None,
 ) -> None:
+    """`request_producer`: the portal whose request it is (request ids are per portal)."""
     message = ApprovalDecided(
         message_id=uuid.uuid4(),
         tenant_id=tenant_id,
         correlation_id=f"decision-{uuid.uuid4().hex[:16]}",
         occurred_at=datetime.now(UTC),
         producer="office",
+        request_producer=request_producer or None,
         payload=ApprovalDecidedPayload(
             request_id=request_id, approved=approved, reason=reason, decided_by=decided_by
         ),

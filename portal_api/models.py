@@ -110,6 +110,11 @@ class RequestState(BaseModel):
 
 class Approval(BaseModel):
     request_id: str
+    portal: str | None = Field(
+        default=None,
+        description="The portal whose request it is (request ids are per portal); name it as `?portal=` "
+        "when deciding if requests of several portals wait under this id.",
+    )
     appointment_id: str
     customer_id: str | None
     requester_id: str | None

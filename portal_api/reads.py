@@ -74,23 +74,26 @@ PICKABLE = text(
     "WHERE c.tenant_id = :tenant AND c.appointment_id = :appointment AND :customer = ANY(c.contact_ids))) "
     "ORDER BY starts_at LIMIT 200"
 )
+# Request ids are per tenant and portal (`producer`): a portal reads its own; the office names the portal
+# when several have used the id (NULL: any, at most two rows to tell).
 REQUEST_STATE = text(
-    "SELECT r.request_id, r.appointment_id, r.action, r.status, r.reason_code, r.reason_text, r.updated_at "
-    "FROM portal.requests r WHERE r.tenant_id = :tenant AND r.request_id = :request"
+    "SELECT r.request_id, r.appointment_id, r.action, r.status, r.reason_code, r.reason_text, r.updated_at, "
+    "r.producer FROM portal.requests r WHERE r.tenant_id = :tenant AND r.request_id = :request "
+    "AND (CAST(:producer AS text) IS NULL OR r.producer = :producer) ORDER BY r.producer LIMIT 2"
 )
 OWN_REQUEST = text(
     "SELECT request_id, appointment_id, action FROM portal_api.requests "
-    "WHERE tenant_id = :tenant AND request_id = :request AND customer_id = :customer"
+    "WHERE tenant_id = :tenant AND producer = :producer AND request_id = :request AND customer_id = :customer"
 )
 REQUEST_OF_CUSTOMER = text(
     "SELECT r.request_id FROM portal.requests r "
     "JOIN portal.appointments a ON a.tenant_id = r.tenant_id AND a.appointment_id = r.appointment_id "
-    "WHERE r.tenant_id = :tenant AND r.request_id = :request "
+    "WHERE r.tenant_id = :tenant AND r.producer = :producer AND r.request_id = :request "
     "AND (a.customer_id = :customer OR r.requester_id = :customer)"
 )
 APPROVALS = text(
-    "SELECT r.request_id, r.appointment_id, a.customer_id, r.requester_id, r.action, r.reason_code, "
-    "r.reason_text, r.requested_at FROM portal.requests r "
+    "SELECT r.request_id, r.producer, r.appointment_id, a.customer_id, r.requester_id, r.action, "
+    "r.reason_code, r.reason_text, r.requested_at FROM portal.requests r "
     "LEFT JOIN portal.appointments a ON a.tenant_id = r.tenant_id AND a.appointment_id = r.appointment_id "
     "WHERE r.tenant_id = :tenant AND r.status = 'awaiting_approval' ORDER BY r.requested_at, r.request_id "
     "LIMIT 200"
@@ -216,13 +219,24 @@ async def pickable(conn: AsyncConnection, tenant: str, customer: str, appointmen
     ]
 
 
-async def request_state(conn: AsyncConnection, tenant: str, request_id: str):
-    return (await conn.execute(REQUEST_STATE, {"tenant": tenant, "request": request_id})).one_or_none()
+class AmbiguousRequest(Exception):
+    """Requests of more than one portal carry this id: the caller must say whose."""
 
 
-async def own_request(conn: AsyncConnection, tenant: str, customer: str, request_id: str):
-    """The API's record of the customer's request, or the read store's when it was sent over AMQP."""
-    params = {"tenant": tenant, "customer": customer, "request": request_id}
+async def request_state(conn: AsyncConnection, tenant: str, request_id: str, producer: str | None):
+    """The read store's row of `producer`'s request with this id (of any portal's when None, and then
+    AmbiguousRequest when several portals used it)."""
+    params = {"tenant": tenant, "request": request_id, "producer": producer}
+    rows = (await conn.execute(REQUEST_STATE, params)).all()
+    if len(rows) > 1:
+        raise AmbiguousRequest(request_id)
+    return rows[0] if rows else None
+
+
+async def own_request(conn: AsyncConnection, tenant: str, customer: str, producer: str, request_id: str):
+    """The API's record of the customer's request (sent with this portal's key), or the read store's when
+    it was sent over AMQP."""
+    params = {"tenant": tenant, "customer": customer, "request": request_id, "producer": producer}
     row = (await conn.execute(OWN_REQUEST, params)).one_or_none()
     if row is not None:
         return row
@@ -243,6 +257,7 @@ async def approvals(conn: AsyncConnection, tenant: str) -> list[models.Approval]
     return [
         models.Approval(
             request_id=r.request_id,
+            portal=r.producer or None,
             appointment_id=r.appointment_id,
             customer_id=r.customer_id,
             requester_id=r.requester_id,

@@ -265,7 +265,12 @@ def install(app: FastAPI) -> None:
         _check_id(request_id)
         from portal_api.app import Customer, _request_state
 
-        state = await _request_state(s, Customer(None, v.tenant_id, v.customer_id), request_id)  # type: ignore[arg-type]
+        state = await _request_state(
+            s,
+            Customer(None, v.tenant_id, v.customer_id),  # type: ignore[arg-type]
+            request_id,
+            s.settings.demo_producer,
+        )
         async with reads.tenant_transaction(s.reader, v.tenant_id) as conn:
             row = await reads.customer_appointment(conn, v.tenant_id, v.customer_id, state.appointment_id)
         appointment = reads.appointment(row) if row is not None else None
@@ -316,11 +321,15 @@ def install(app: FastAPI) -> None:
         request_id: str,
         decision: Annotated[str, Form(pattern="^(approve|decline)$")],
         reason: Annotated[str, Form(max_length=200)] = "",
+        portal: Annotated[str, Form(max_length=64)] = "",
     ):
         v, s = visitor(request, office=True), svc(request)
         _check_id(request_id)
         async with reads.tenant_transaction(s.reader, v.tenant_id) as conn:
-            state = await reads.request_state(conn, v.tenant_id, request_id)
+            try:
+                state = await reads.request_state(conn, v.tenant_id, request_id, portal or None)
+            except reads.AmbiguousRequest:
+                state = None  # the board's form names the portal
         if state is not None and state.status == "awaiting_approval":
             await commands.send_decision(
                 broker=s.broker,
@@ -330,6 +339,7 @@ def install(app: FastAPI) -> None:
                 reason=reason.strip() or None,
                 decided_by="office-demo",
                 retry_after_s=s.settings.broker_retry_after_s,
+                request_producer=state.producer,
             )
         return RedirectResponse("/office", status_code=303)
 

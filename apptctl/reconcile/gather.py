@@ -404,14 +404,20 @@ async def _capacity(conn, tenants: Sequence[str] | None) -> list[SlotUsage] | No
 
 
 async def read_dead_letters(amqp_url: str, namespace: str) -> list[DeadLetterRef]:
-    """Every dead letter of the namespace, left where it is (taken without ack, handed back)."""
+    """Every dead letter of the namespace, left where it is (taken without ack, handed back). The auditor,
+    which may not read the dead-letter queues, reads its copies of them (which also keep the purged ones)."""
+    from aiormq.exceptions import ChannelAccessRefused
+
     from apptctl import dlq
     from infra.nodes import connect_first
-    from infra.topology import build
+    from infra.topology import audit_copy_of, build
 
     # the queues work queues dead-letter into (not every queue without a worker is one)
     queues = sorted({spec.dead_letter_queue for spec in build(namespace).queues if spec.dead_letter_queue})
     connection = await connect_first(amqp_url, client_properties={"connection_name": "apptctl-reconcile"})
     async with connection:
-        sweep = await dlq.read(connection, queues)
+        try:
+            sweep = await dlq.read(connection, queues)
+        except ChannelAccessRefused:
+            sweep = await dlq.read(connection, [audit_copy_of(queue) for queue in queues])
     return [dead_letter_ref(letter) for letter in sweep.letters]

@@ -192,8 +192,10 @@ decisions = Table(
     Column("setting_level", String(16)),
     Column("office_decided_by", ID),
     Column("office_decided_at", DateTime(timezone=True)),
-    Column("producer", String(64)),  # the portal that sent the request (migration 0009)
-    PrimaryKeyConstraint("tenant_id", "request_id"),
+    # the portal that sent the request (migration 0009); '' for decisions recorded before 0009. A request
+    # id means one request of one portal: the key has it (migration 0017)
+    Column("producer", String(64), nullable=False, server_default=text("''")),
+    PrimaryKeyConstraint("tenant_id", "producer", "request_id"),
     CheckConstraint("outcome IN ('approved','rejected','needs_approval')", name="decision_outcome_known"),
     schema=POLICY,
 )
@@ -265,7 +267,9 @@ portal_requests = Table(
     _now(),
     Column("reply_to", String(200)),
     Column("replied_at", DateTime(timezone=True)),
-    PrimaryKeyConstraint("tenant_id", "request_id"),
+    # the request's portal (migration 0017; '' where it was not known then)
+    Column("producer", String(64), nullable=False, server_default=text("''")),
+    PrimaryKeyConstraint("tenant_id", "producer", "request_id"),
     CheckConstraint(
         "status IN ('pending','awaiting_approval','rejected','completed','failed')",
         name="request_status_known",
@@ -397,7 +401,9 @@ api_requests = Table(
     Column("body_sha256", String(64), nullable=False),
     Column("message_id", UUID(as_uuid=True), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    PrimaryKeyConstraint("tenant_id", "request_id"),
+    # the portal whose key sent it (migration 0017; '' where it was not known then)
+    Column("producer", String(64), nullable=False, server_default=text("''")),
+    PrimaryKeyConstraint("tenant_id", "producer", "request_id"),
     schema="portal_api",
 )
 

@@ -115,7 +115,8 @@ class Permissions:
 
 
 # One user per identity of the catalog (contracts/catalog.py): each worker, each outside publisher, and
-# the auditor (`apptctl reconcile` / `status`), which reads (without taking) dead letters.
+# the auditor (`apptctl reconcile` / `status` / `dlq list --audit`), which reads the database and its own
+# copies of the dead letters (never the dead-letter queues themselves).
 WORKERS = WORKER_NAMES
 PUBLISHERS = tuple(publisher.name for publisher in EXTERNAL_PUBLISHERS)
 AUDITOR = CATALOG_AUDITOR.name
@@ -221,7 +222,8 @@ def permissions(topology: Topology) -> dict[str, Permissions]:
         read=_with(_names(*readable), own_queues),
         topics=portal.topics,
     )
-    # basic.get without ack and a requeue: it reads dead letters, removes nothing, publishes nothing
-    dead = [spec.dead_letter_queue for spec in topology.queues if spec.dead_letter_queue]
-    result[AUDITOR] = Permissions(configure=NOTHING, write=NOTHING, read=_names(*dead), topics={})
+    # The auditor reads its own copies of the dead letters (infra/topology.py AUDIT), never the real
+    # dead-letter queues: read permission on a queue would let it ack (remove) and purge them too.
+    copies = [spec.name for spec in topology.audit_copies()]
+    result[AUDITOR] = Permissions(configure=NOTHING, write=NOTHING, read=_names(*copies), topics={})
     return result

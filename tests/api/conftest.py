@@ -35,6 +35,7 @@ class Api:
     portal_key: str
     office_key: str
     other_portal_key: str
+    second_portal_key: str = ""  # another portal (producer portal-app) of the same tenant
     clients: list[httpx.AsyncClient] = field(default_factory=list)
 
     def client(self, key: str | None = None, *, tenant: str | None = None, customer: str | None = None):
@@ -60,12 +61,14 @@ class Api:
         return self.app.state.services
 
 
-def keys_json(tenant: str, other_tenant: str, portal: str, office: str, other: str) -> str:
+def keys_json(tenant: str, other_tenant: str, portal: str, office: str, other: str, second: str = "") -> str:
     return json.dumps(
         {
             "keys": [
                 {"id": "t-portal", "kind": "portal", "sha256": hash_key(portal), "tenants": [tenant],
                  "producer": "portal-web"},
+                {"id": "t-second", "kind": "portal", "sha256": hash_key(second or "-" * 43),
+                 "tenants": [tenant], "producer": "portal-app"},
                 {"id": "t-office", "kind": "office", "sha256": hash_key(office), "tenants": [tenant]},
                 {"id": "t-other", "kind": "portal", "sha256": hash_key(other), "tenants": [other_tenant],
                  "producer": "portal-app"},
@@ -106,12 +109,12 @@ async def running_api(settings, topology, api_roles, amqp_url: str | None = None
     """The API on the test's namespace, reading and writing as the API roles; `amqp_url` to reach the
     broker some other way (through a proxy)."""
     tenant, other = unique_tenant("api"), unique_tenant("api")
-    portal, office, other_key = (secrets.token_urlsafe(32) for _ in range(3))
+    portal, office, other_key, second = (secrets.token_urlsafe(32) for _ in range(4))
     api_settings = ApiSettings(
         AMQP_URL=amqp_url or settings.amqp_url,
         DATABASE_URL=settings.database_url,
         APPT_NAMESPACE=topology.namespace,
-        APPT_API_KEYS=keys_json(tenant, other, portal, office, other_key),
+        APPT_API_KEYS=keys_json(tenant, other, portal, office, other_key, second),
         APPT_PORTAL_READER_DATABASE_URL=api_roles["portal_reader"].database_url,
         APPT_PORTAL_API_DATABASE_URL=api_roles["portal_api"].database_url,
         APPT_API_DB_POOL_SIZE=3,
@@ -120,7 +123,7 @@ async def running_api(settings, topology, api_roles, amqp_url: str | None = None
     )
     app = create_app(api_settings, topology=topology)
     async with serve(app) as url:
-        running = Api(url, app, tenant, other, portal, office, other_key)
+        running = Api(url, app, tenant, other, portal, office, other_key, second)
         await asyncio.wait_for(running.services.hub.ready.wait(), 30)
         try:
             yield running

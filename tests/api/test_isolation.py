@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 
+from tests import factories as f
 from tests.api.conftest import Api, checksum
 from tests.api.test_customer import offered
 from tests.e2e.test_policy_engine import World, everything
@@ -147,3 +148,36 @@ async def test_the_broker_away_is_503_with_retry_after_and_nothing_recorded(api:
     )
     assert back.status_code == 202
     assert (await client.get("/v1/requests/req-away-1", params={"wait": 20})).json()["status"] == "completed"
+
+
+async def test_another_portal_of_the_tenant_can_neither_squat_nor_read_a_request_id(api: Api, world: World):
+    """Request ids are per portal (issue 19): a second portal of the same tenant takes the first
+    portal's id first; the first portal's request under it is still accepted and decided, each portal
+    reads only its own request, and the office must say which portal's it means."""
+    await world.settings({"settings": everything()})
+    await world.book("apt-1")
+    await world.book("apt-2")
+    web = api.customer(f.CUSTOMER_ID)
+    app = api.client(api.second_portal_key, tenant=api.tenant, customer=f.CUSTOMER_ID)
+    await offered(web, "apt-1")
+    await offered(web, "apt-2")
+    request_id = f"req-{uuid.uuid4().hex[:12]}"
+    headers = {"Idempotency-Key": request_id, "If-Match": '"1"'}
+
+    squat = await app.post("/v1/appointments/apt-2/cancel", json={"reason": "mine now"}, headers=headers)
+    assert squat.status_code == 202, squat.text
+    squatted = (await app.get(squat.headers["location"], params={"wait": 20})).json()
+    assert (squatted["appointment_id"], squatted["status"]) == ("apt-2", "completed")
+    mine = await web.post("/v1/appointments/apt-1/cancel", json={"reason": "moving"}, headers=headers)
+    assert mine.status_code == 202, mine.text  # not 409: the other portal's key is not this one's
+    done = (await web.get(mine.headers["location"], params={"wait": 20})).json()
+    assert (done["appointment_id"], done["status"]) == ("apt-1", "completed")
+    again = (await app.get(f"/v1/requests/{request_id}")).json()
+    assert again["appointment_id"] == "apt-2"
+
+    office = api.office()
+    ambiguous = await office.get(f"/v1/office/requests/{request_id}")
+    assert ambiguous.status_code == 409 and ambiguous.json()["code"] == "request_id_ambiguous"
+    for portal, appointment in (("portal-web", "apt-1"), ("portal-app", "apt-2")):
+        named = await office.get(f"/v1/office/requests/{request_id}", params={"portal": portal})
+        assert named.status_code == 200 and named.json()["appointment_id"] == appointment

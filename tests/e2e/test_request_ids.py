@@ -1,8 +1,12 @@
-"""A request id means one request, of one portal: reusing it for another change changes nothing anywhere
-and is dead-lettered as `request_id_reused`; sending the same request again is a silent no-op."""
+"""A request id means one request of one portal: reusing it for another change changes nothing anywhere
+and is dead-lettered as `request_id_reused`; sending the same request again is a silent no-op; another
+portal's request under the same id is a request of its own (request ids are scoped by tenant and portal)."""
 
+import json
 import uuid
 
+import aio_pika
+import asyncpg
 import pytest
 from sqlalchemy import select, text
 
@@ -11,6 +15,9 @@ from apptctl.scenario_runner import publish_all, take_dead_letters, wait_until
 from infra.db.tables import appointments
 from tests import factories as f
 from tests.e2e.test_policy_engine import ALLOW, World, everything
+from workers.portal_sync import store as portal_store
+from workers.portal_sync.projection import RequestOutcome
+from workers.runtime.database import asyncpg_dsn
 
 
 @pytest.fixture
@@ -89,7 +96,7 @@ async def settled_request(world: World, **fields):
 
 @pytest.mark.parametrize(
     "reuse",
-    ["another_window", "another_appointment", "another_portal"],
+    ["another_window", "another_appointment"],
 )
 async def test_a_reused_request_id_changes_nothing_and_is_dead_lettered(world: World, workers, reuse):
     first = await settled_request(world)
@@ -97,7 +104,6 @@ async def test_a_reused_request_id_changes_nothing_and_is_dead_lettered(world: W
     change = {
         "another_window": dict(change=f.reschedule(f.arrival_window(11))),
         "another_appointment": dict(appointment_id="apt-2"),
-        "another_portal": dict(producer="portal-app"),
     }[reuse]
     fields = dict(
         tenant=world.tenant,
@@ -128,3 +134,141 @@ async def test_the_same_request_sent_again_is_a_silent_no_op(world: World, worke
     assert await handled_by_both(workers, counted)
     assert "dead_lettered:request_id_reused" not in workers["policy_gate"].consumer.counts
     assert await footprint(world, first.correlation_id) == before
+
+
+async def replies_on(queue) -> list[dict]:
+    """Every reply waiting on a portal's queue (bodies)."""
+    replies = []
+    while True:
+        try:
+            message = await queue.get(timeout=3, fail=True)
+        except aio_pika.exceptions.QueueEmpty:
+            return replies
+        await message.ack()
+        replies.append(json.loads(message.body))
+
+
+async def test_another_portal_taking_a_request_id_first_squats_nothing(world: World, workers, service_urls):
+    """The attack: portal-app (a key allowed for the same tenant) sends portal-web's request id first.
+    Both requests are decided and answered, each to its own portal's queue; neither portal reads the
+    other's outcome; a reused id within one portal is still refused."""
+    await world.settings({"settings": everything(ALLOW)})
+    await world.book("apt-1")
+    await world.book("apt-2")
+    request_id = f"req-{uuid.uuid4().hex[:10]}"
+    prefix = world.broker.topology.portal_queue_prefix
+    connection = await aio_pika.connect(service_urls.amqp)
+    try:
+        channel = await connection.channel()
+        queues = {}
+        for portal in ("portal-web", "portal-app"):
+            queues[portal] = await channel.declare_queue(f"{prefix}{portal}.r-{world.tenant}", exclusive=True)
+            await queues[portal].bind(
+                world.broker.topology.exchange("reply"), routing_key=queues[portal].name
+            )
+        squat = f.modify_requested(
+            tenant=world.tenant,
+            appointment_id="apt-2",
+            change=f.cancel("squatting"),
+            request_id=request_id,
+            producer="portal-app",
+            reply_to=queues["portal-app"].name,
+        )
+        genuine = f.modify_requested(
+            tenant=world.tenant,
+            appointment_id="apt-1",
+            change=f.reschedule(f.arrival_window(9)),
+            request_id=request_id,
+            producer="portal-web",
+            reply_to=queues["portal-web"].name,
+        )
+        await publish_all(world.broker, [squat])
+        squatted = await world.outcome(request_id)
+        assert squatted is not None and squatted.status == "completed"
+        await publish_all(world.broker, [genuine])
+
+        async def both_final():
+            views = [await readstore.request(world.engine, world.tenant, request_id, p) for p in queues]
+            return views if all(v is not None and v.status == "completed" for v in views) else None
+
+        assert await wait_until(both_final, 15), "both portals' requests are answered"
+        web = await replies_on(queues["portal-web"])
+        app = await replies_on(queues["portal-app"])
+    finally:
+        await connection.close()
+    # each portal got exactly its own outcome, and its request is the one it sent
+    assert [(r["payload"]["appointment_id"], r["payload"]["action"]) for r in web] == [
+        ("apt-1", "reschedule")
+    ]
+    assert [(r["payload"]["appointment_id"], r["payload"]["action"]) for r in app] == [("apt-2", "cancel")]
+    assert {r["request_producer"] for r in web} == {"portal-web"}
+    assert {r["request_producer"] for r in app} == {"portal-app"}
+    assert "dead_lettered:request_id_reused" not in workers["policy_gate"].consumer.counts
+    async with world.engine.connect() as conn:
+        decided = (
+            await conn.execute(
+                text(
+                    "SELECT producer, appointment_id, outcome FROM policy.decisions "
+                    "WHERE tenant_id = :t AND request_id = :r ORDER BY producer"
+                ),
+                dict(t=world.tenant, r=request_id),
+            )
+        ).all()
+        statuses = dict(
+            (
+                await conn.execute(
+                    select(appointments.c.appointment_id, appointments.c.status).where(
+                        appointments.c.tenant_id == world.tenant
+                    )
+                )
+            ).all()
+        )
+    assert [tuple(row) for row in decided] == [
+        ("portal-app", "apt-2", "approved"),
+        ("portal-web", "apt-1", "approved"),
+    ]
+    assert statuses["apt-2"] == "canceled" and statuses["apt-1"] != "canceled"
+
+    # within one portal, an id still means one request
+    before = await footprint(world, request_id)
+    reused = f.modify_requested(
+        tenant=world.tenant,
+        appointment_id="apt-1",
+        change=f.reschedule(f.arrival_window(11)),
+        request_id=request_id,
+        producer="portal-app",
+        occurred_at=f.now(),
+    )
+    await publish_all(world.broker, [reused])
+    letters = await take_dead_letters(world.broker, str(reused.message_id), expected=1)
+    assert [(letter.queue.split(".")[-2], letter.reason) for letter in letters] == [
+        ("policy_gate", "request_id_reused")
+    ]
+    assert "portal-app" in letters[0].detail
+    assert await footprint(world, request_id) == before
+
+
+async def test_an_outcome_from_before_the_upgrade_finds_its_request_without_naming_the_portal(settings):
+    """An outcome event published before request_producer travelled (a worker not yet upgraded) updates
+    the one request with that id, whatever its portal, and its reply is claimed for that portal."""
+    tenant, request_id = f"legacy-{uuid.uuid4().hex[:8]}", "req-legacy"
+    connection = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+    transaction = connection.transaction()
+    await transaction.start()
+    try:
+        pending = RequestOutcome(
+            request_id, "apt-1", "cancel", "pending", producer="portal-app", reply_to="q"
+        )
+        assert await portal_store.record_request(connection, tenant, pending, f.now()) is not None
+        legacy = RequestOutcome(request_id, "apt-1", "cancel", "rejected", "x", "y")  # no producer
+        recorded = await portal_store.record_request(connection, tenant, legacy, None)
+        assert recorded is not None and recorded.producer == "portal-app" and recorded.reply_due
+        reply = await portal_store.claim_reply(connection, tenant, request_id, recorded.producer)
+        assert reply is not None and reply["status"] == "rejected"
+        rows = await connection.fetch(
+            "SELECT producer, status FROM portal.requests WHERE tenant_id = $1", tenant
+        )
+        assert [tuple(r) for r in rows] == [("portal-app", "rejected")]
+    finally:
+        await transaction.rollback()  # leaves nothing behind
+        await connection.close()

@@ -18,6 +18,7 @@ import pytest
 from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity
 from pydantic import SecretStr
 
+from apptctl import dlq
 from apptctl.portal_keys import DEV_PORTAL_KEYS_FILE
 from apptctl.scenario_runner import publish_all, take_dead_letters
 from apptctl.scenarios import window_on
@@ -44,6 +45,7 @@ from tests.e2e.test_delivery_guarantees import (
     request,
     settings_allowing_everything,
 )
+from tests.integration.test_ops_cli import apptctl
 from workers.runtime.database import asyncpg_dsn
 from workers.runtime.worker import Worker
 
@@ -412,6 +414,102 @@ async def test_replaying_an_unsigned_approval_cannot_reach_the_internal_exchange
     await refused_everywhere(broker, sent, "signature_missing", ["policy_gate", "portal_sync"])
     assert await tenant_checksum(settings.database_url, tenant) == before
     assert (await appointment_view(engine, tenant, "apt-1")).status == "scheduled"
+
+
+async def _ready(broker, name: str) -> int:
+    channel = await broker.connection.channel()
+    try:
+        return (await channel.declare_queue(name, passive=True)).declaration_result.message_count
+    finally:
+        await channel.close()
+
+
+def _as_dead_letter(letter) -> tuple:
+    """What a dead letter says, wherever it is kept: id, why, where it came from, by whom, and the body."""
+    headers = dlq.plain(letter.headers)
+    keys = ("x-dead-letter-detail", "x-original-exchange", "x-original-routing-key", "x-dead-lettered-by")
+    return (letter.message_id, letter.reason, *(headers.get(k) for k in keys), letter.body)
+
+
+async def test_the_auditor_reads_a_copy_of_every_dead_letter_and_cannot_remove_the_real_ones(
+    least_privilege, broker, engine, settings, topology
+):
+    """RabbitMQ's read permission on a queue includes ack and purge, so the auditor reads its own copies
+    (`<dead queue>.audit`) and may not touch the real dead-letter queues; ops still list, purge them."""
+    created, _, _ = least_privilege
+    auditor = created["auditor"]
+    as_auditor = {"AMQP_URL": auditor.amqp_url, "DATABASE_URL": auditor.database_url or ""}
+    tenant = await victim(broker, engine)
+    forged = ApprovalDecided(
+        **envelope(tenant, "portal-web"),
+        payload=ApprovalDecidedPayload(request_id="req-x", approved=True, decided_by="portal-chose-this"),
+    )
+    body = encode(forged)
+    requests = topology.exchange("requests")
+    mismatch = await publish_as(
+        created["portal"], requests, "modify.requested", body, signed(body, WEB), forged.type
+    )
+    unsigned = await publish_as(created["portal"], requests, "modify.requested", body, {}, forged.type)
+    # and one by the route the broker's own dead-lettering takes (a work queue's delivery limit)
+    gate_dead = topology.queue_of("policy_gate").dead_letter_queue or ""
+    sync_dead = topology.queue_of("portal_sync").dead_letter_queue or ""
+    crashed = aio_pika.Message(b"{}", message_id=str(uuid.uuid4()))
+    await broker.publish(topology.dead_letter_exchange, gate_dead, crashed)
+    for _ in range(150):
+        if (await _ready(broker, gate_dead), await _ready(broker, sync_dead)) == (3, 2):
+            break
+        await asyncio.sleep(0.1)
+    real_queues = dlq.dead_letter_queues(topology)
+    real = (await dlq.read(broker.connection, real_queues)).letters
+    assert len(real) == 5 and {letter.reason for letter in real} >= {"route_type_mismatch"}, real
+
+    # the auditor's copies hold every dead letter, reason headers and all
+    listed = await apptctl(settings, "dlq", "list", "--audit", "--json", env=as_auditor)
+    assert listed.code == 0, listed.err
+    assert listed.json()["total"] == 5
+    assert {(g["queue"], g["reason"], g["count"]) for g in listed.json()["groups"]} == {
+        (f"{g.queue}.audit", g.reason, g.count) for g in dlq.group(real)
+    }
+    copies = (await dlq.read(broker.connection, [f"{q}.audit" for q in real_queues])).letters
+    assert sorted(map(_as_dead_letter, copies)) == sorted(map(_as_dead_letter, real))
+    shown = await apptctl(
+        settings, "dlq", "show", mismatch, "--audit", "--queue", "policy_gate", env=as_auditor
+    )
+    assert shown.code == 0, shown.err
+    assert f"in {gate_dead}.audit" in shown.out and "reason: route_type_mismatch" in shown.out, shown.out
+    assert "reaches policy_gate only by" in shown.out and '"x-original-exchange": "' + requests in shown.out
+    # reading the copy removed nothing from it
+    again = await apptctl(settings, "dlq", "list", "--audit", "--json", env=as_auditor)
+    assert again.json()["total"] == 5
+
+    # the real dead-letter queues: the auditor may neither take, purge nor delete, and apptctl says why
+    connection = await aio_pika.connect(auditor.amqp_url)
+    try:
+        for attempt in ("get", "purge", "delete"):
+            channel = await connection.channel()
+            with pytest.raises(ChannelAccessRefused):
+                if attempt == "delete":
+                    await channel.queue_delete(gate_dead)
+                queue = await channel.declare_queue(gate_dead, passive=True)
+                await (queue.get(no_ack=False, fail=False) if attempt == "get" else queue.purge())
+    finally:
+        await connection.close()
+    for command in (("list",), ("show", unsigned), ("purge", "--yes"), ("replay", "--all")):
+        refused = await apptctl(settings, "dlq", *command, env=as_auditor)
+        assert refused.code == 1 and "ACCESS_REFUSED" in refused.err and "--audit" in refused.err, refused
+    # its status counts them by the passive declare (which needs no permission) without reading them
+    status = await apptctl(settings, "status", "--json", env=as_auditor)
+    data = status.json()
+    assert data["broker"]["reachable"], data
+    assert data["dead_letters"][gate_dead]["total"] == 3 and data["dead_letters"][sync_dead]["total"] == 2
+    assert (await _ready(broker, gate_dead), await _ready(broker, sync_dead)) == (3, 2)
+
+    # ops purge the real ones; the auditor's copies still say what was dead-lettered
+    purged = await apptctl(settings, "dlq", "purge", "--yes")
+    assert purged.code == 0 and "purged 5 dead letter(s)" in purged.out, purged
+    after = await apptctl(settings, "dlq", "list", "--audit", "--json", env=as_auditor)
+    assert after.json()["total"] == 5
+    assert unsigned in {i for g in after.json()["groups"] for i in g["sample_ids"]}
 
 
 async def test_a_key_bound_to_businesses_acts_only_for_them(

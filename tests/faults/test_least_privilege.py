@@ -224,14 +224,27 @@ async def test_broker_users_may_read_only_their_queue_and_publish_only_their_mes
     assert not await is_refused(sync, publish("reply", "some-portal-queue"))
     for creds in (gate, handler, sync, portal, office):
         assert await is_refused(creds, to_the_default_exchange), creds.name
-    # the auditor reads dead letters (and hands them back), nothing else
+    # the auditor reads its copies of the dead letters (and hands them back), nothing else: not the real
+    # dead-letter queues, since reading them would let it ack and purge them
     auditor = created["auditor"]
+    real_dead = topology.queue_of("policy_gate").dead_letter_queue or ""
 
-    async def peek_dead_letters(channel):
-        queue = await channel.declare_queue(topology.queue_of("policy_gate").dead_letter_queue, passive=True)
-        await queue.get(no_ack=False, fail=False)
+    def peek(name: str):
+        async def action(channel):
+            queue = await channel.declare_queue(name, passive=True)
+            await queue.get(no_ack=False, fail=False)
 
-    assert not await is_refused(auditor, peek_dead_letters)
+        return action
+
+    async def purge_real(channel):
+        await (await channel.declare_queue(real_dead, passive=True)).purge()
+
+    async def delete_real(channel):
+        await channel.queue_delete(real_dead)
+
+    assert not await is_refused(auditor, peek(f"{real_dead}.audit"))
+    for attempt in (peek(real_dead), purge_real, delete_real):
+        assert await is_refused(auditor, attempt), attempt
     assert await is_refused(auditor, consume("policy_gate"))
     assert await is_refused(auditor, publish("requests", "modify.requested"))
     # and the passwords are the ones in the env files, nothing else gets in

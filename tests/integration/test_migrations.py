@@ -4,6 +4,7 @@ import asyncio
 import uuid
 
 import asyncpg
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -125,5 +126,71 @@ async def test_0008_moves_the_inbox_and_outbox_rows_into_each_workers_partition_
             assert await connection.fetchval("SELECT count(*) FROM messaging.outbox") == 3
         finally:
             await connection.close()
+    finally:
+        await drop_database(url)
+
+
+BEFORE_0017 = "0016"  # the revision 0017 follows
+
+
+async def test_0017_keys_requests_by_portal_and_keeps_every_row(service_urls):
+    """Decisions, read-store requests and the API's records written before 0017 stay, each with its portal
+    (from the decision; '' where none is known); after it two portals may use one request id."""
+    url = (
+        make_url(service_urls.database)
+        .set(database=f"appt_test_mig_{uuid.uuid4().hex[:8]}")
+        .render_as_string(hide_password=False)
+    )
+    decision = (
+        "INSERT INTO policy.decisions (tenant_id, request_id, message_id, appointment_id, action, outcome,"
+        " decided_at, producer)"
+        " VALUES ('acme', $1, gen_random_uuid(), 'apt-1', 'cancel', 'approved', now(), $2)"
+    )
+    request = (
+        "INSERT INTO portal.requests (tenant_id, request_id, appointment_id, action, status)"
+        " VALUES ('acme', $1, 'apt-1', 'cancel', 'completed')"
+    )
+    api = (
+        "INSERT INTO portal_api.requests (tenant_id, request_id, customer_id, appointment_id, action,"
+        " body_sha256, message_id) VALUES ('acme', $1, 'cust-1', 'apt-1', 'cancel', 'h', gen_random_uuid())"
+    )
+    await ensure_database(url)
+    try:
+        await upgrade_async(url, BEFORE_0017)
+        connection = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            await connection.execute(decision, "req-web", "portal-web")
+            await connection.execute(decision, "req-old", None)  # decided before 0009 recorded producers
+            for request_id in ("req-web", "req-old", "req-undecided"):
+                await connection.execute(request, request_id)
+                await connection.execute(api, request_id)
+        finally:
+            await connection.close()
+
+        await upgrade_async(url, "0017")
+        connection = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            expected = [("req-old", ""), ("req-undecided", ""), ("req-web", "portal-web")]
+            for table in ("portal.requests", "portal_api.requests"):
+                rows = await connection.fetch(f"SELECT request_id, producer FROM {table} ORDER BY 1")
+                assert [tuple(r) for r in rows] == expected, table
+            rows = await connection.fetch("SELECT request_id, producer FROM policy.decisions ORDER BY 1")
+            assert [tuple(r) for r in rows] == [("req-old", ""), ("req-web", "portal-web")]
+            # another portal's request under a known id is a row of its own; the same portal's is not
+            await connection.execute(decision, "req-web", "portal-app")
+            await connection.execute(
+                request.replace("status)", "status, producer)").replace(
+                    "'completed')", "'completed', 'portal-app')"
+                ),
+                "req-web",
+            )
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await connection.execute(decision, "req-web", "portal-web")
+        finally:
+            await connection.close()
+
+        # the old key cannot hold two portals' rows: downgrading refuses rather than losing one
+        with pytest.raises(Exception, match=r"could not create unique index|duplicate key"):
+            await asyncio.to_thread(command.downgrade, alembic_config(url), BEFORE_0017)
     finally:
         await drop_database(url)

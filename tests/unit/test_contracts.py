@@ -669,3 +669,37 @@ def test_a_carried_offer_must_be_for_the_state_the_change_leaves() -> None:
     assert refused.value.failure.reason == DeadLetterReason.SCHEMA_VIOLATION
     # Without the field, a version 1 event is as valid as before.
     assert f.appointment_canceled(version=2).payload.offer is None
+
+
+# --- request ids per portal (issue 19) -----------------------------------------------------------------
+
+
+def test_messages_that_follow_a_request_name_its_portal_and_others_keep_their_bytes() -> None:
+    """A request id means one request of one portal: every message that follows from a portal's request
+    carries that portal (`request_producer`) on and on; a message with none has no such key at all."""
+    request = f.modify_requested(producer="portal-app", request_id="req-1")
+    assert b"request_producer" not in encode(request)
+    assert request.request_portal() == "portal-app"
+    payload = dict(request_id="req-1", appointment_id="apt-1", action="cancel", reason_code="x", reason="y")
+    rejected = ModifyRejected.follow(request, producer="policy_gate", occurred_at=f.now(), payload=payload)
+    assert rejected.request_producer == "portal-app" and rejected.correlation_id == "req-1"
+    again = ModifyRejected.follow(rejected, producer="portal_sync", occurred_at=f.now(), payload=payload)
+    assert again.request_producer == "portal-app"
+    assert json.loads(encode(again))["request_producer"] == "portal-app"
+    assert decode(encode(again)) == again
+    # an answer to another request names that request's portal
+    other = ModifyRejected.follow(
+        rejected, producer="policy_gate", occurred_at=f.now(), payload=payload, request_producer="portal-web"
+    )
+    assert other.request_producer == "portal-web"
+    booking = f.appointment_recorded()
+    assert booking.request_portal() is None and b"request_producer" not in encode(booking)
+
+
+def test_a_request_naming_another_portal_as_its_own_is_a_schema_violation() -> None:
+    body = json.loads(encode(f.modify_requested(producer="portal-web")))
+    body["request_producer"] = "portal-app"
+    failure = decode(json.dumps(body).encode())
+    assert isinstance(failure, DecodeFailure) and failure.reason == DeadLetterReason.SCHEMA_VIOLATION
+    body["request_producer"] = "portal-web"
+    assert not isinstance(decode(json.dumps(body).encode()), DecodeFailure)

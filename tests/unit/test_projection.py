@@ -2,6 +2,7 @@
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 from uuid import uuid4
@@ -262,7 +263,16 @@ def settings_updated() -> PortalSettingsUpdated:
     ],
 )
 def test_request_outcome(event: Envelope, expected: RequestOutcome | None) -> None:
-    assert request_outcome(event) == expected
+    # a request's outcome names its portal: the request's producer (these events carry none)
+    portal = event.producer if isinstance(event, ModifyRequested) else None
+    assert request_outcome(event) == (expected and replace(expected, producer=portal))
+
+
+def test_an_outcome_names_the_portal_of_the_request_it_answers() -> None:
+    """Request ids are per portal: the row an outcome updates is the portal's the event names."""
+    event = rejected().model_copy(update={"request_producer": "portal-app"})
+    outcome = request_outcome(event)
+    assert outcome is not None and (outcome.request_id, outcome.producer) == (REQUEST_ID, "portal-app")
 
 
 def test_outcome_actions_are_plain_strings() -> None:

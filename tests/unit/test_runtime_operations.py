@@ -10,6 +10,8 @@ from apptctl.dlq import reason_of
 from apptctl.processes import WorkerProcesses
 from apptctl.status import OutboxStatus, QueueStatus, Status, initial_queues, problems_of, render
 from infra.topology import (
+    AUDIT,
+    AUDIT_COPY_MAX,
     DEAD_LETTER,
     DEAD_LETTER_ROLE,
     DEFAULT_RETRY_DELAYS_S,
@@ -60,7 +62,26 @@ def test_each_worker_has_one_delay_queue_per_tier_that_expires_back_into_its_wor
                 (f"{RETRY_ROLE}.{worker}", tier.name),
             ]
         assert topology.own_exchange(RETRY_ROLE, worker) == f"ns.retry.{worker}"
-    assert {q.kind for q in topology.queues} == {WORK, DEAD_LETTER, DELAY, SINK}
+    assert {q.kind for q in topology.queues} == {WORK, DEAD_LETTER, AUDIT, DELAY, SINK}
+
+
+def test_every_dead_letter_queue_has_a_bounded_audit_copy_with_the_same_bindings():
+    """The auditor's copy gets every dead letter the real queue gets (the same bindings on the shared and
+    the worker's own dead-letter exchange), drops its oldest beyond its cap (never refusing a publish, so a
+    full copy never stops dead-lettering), and the real queue's arguments stay what they were."""
+    topology = build("ns", (5, 30, 300))
+    copies = {spec.name: spec for spec in topology.audit_copies()}
+    assert set(copies) == {f"ns.{worker}.dead.audit" for worker in WORKERS}
+    for worker in WORKERS:
+        dead_name = topology.queue_of(worker).dead_letter_queue
+        dead = next(spec for spec in topology.queues if spec.name == dead_name)
+        copy = copies[f"{dead_name}.audit"]
+        assert dead.arguments == {"x-queue-type": "quorum"}  # a contract: unchanged
+        assert copy.kind == AUDIT and copy.worker is None and copy.dead_letter_queue is None
+        assert copy.bindings == dead.bindings
+        assert copy.arguments["x-max-length"] == AUDIT_COPY_MAX
+        assert copy.arguments["x-overflow"] == "drop-head"
+        assert not any(key.startswith("x-dead-letter") for key in copy.arguments)
 
 
 def test_each_worker_writes_its_dead_letters_and_retries_through_exchanges_of_its_own():
@@ -82,7 +103,8 @@ def test_each_worker_writes_its_dead_letters_and_retries_through_exchanges_of_it
             for b in q.bindings
             if topology.exchange(b.exchange_role) in {own, topology.own_exchange(RETRY_ROLE, worker)}
         }
-        assert reached == {dead, *(q.name for q in topology.delay_queues_of(worker))}
+        # its dead letters (and the auditor's copy of them) and its delay queues, nothing of another worker
+        assert reached == {dead, f"{dead}.audit", *(q.name for q in topology.delay_queues_of(worker))}
         assert own not in others
     # a topology without them (the bench's clones) falls back to the shared ones
     assert topology.own_exchange(DEAD_LETTER_ROLE, "rt_stage1") == "ns.dead-letters"

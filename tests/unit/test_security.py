@@ -53,6 +53,13 @@ def test_each_identity_may_read_only_its_queue_and_write_only_its_routes():
     # (RabbitMQ checks the default exchange's permission under the name amq.default)
     assert not any(re.fullmatch(p.write, "amq.default") for p in allowed.values())
     assert allowed["office"].read == NOTHING
+    # the auditor reads its copies of the dead letters, never the real dead-letter queues (reading a queue
+    # includes ack and purge), and may neither declare, delete nor publish anything
+    auditor = allowed["auditor"]
+    assert sorted(q for q in queues if re.fullmatch(auditor.read, q)) == sorted(
+        f"appt.{w}.dead.audit" for w in ("modify_handler", "policy_gate", "portal_sync")
+    )
+    assert auditor.configure == NOTHING and auditor.write == NOTHING and auditor.topics == {}
     # portals: their own reply and feed queues under `appt.portal.`, nothing else of ours
     portal = allowed["portal"]
     assert [q for q in queues if re.fullmatch(portal.read, q)] == []

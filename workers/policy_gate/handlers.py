@@ -52,6 +52,7 @@ async def _approve(
     change,
     version: int,
     offer: AppointmentOfferChangedPayload | None,
+    request_producer: str | None = None,
 ) -> None:
     await uow.follow(
         cause,
@@ -64,6 +65,7 @@ async def _approve(
             offer=offer,
         ),
         correlation_id=request_id,
+        request_producer=request_producer,
     )
 
 
@@ -76,6 +78,7 @@ async def _reject(
     action: str,
     code: str,
     text: str,
+    request_producer: str | None = None,
 ) -> None:
     await uow.follow(
         cause,
@@ -84,6 +87,7 @@ async def _reject(
             request_id=request_id, appointment_id=appointment_id, action=action, reason_code=code, reason=text
         ),
         correlation_id=request_id,
+        request_producer=request_producer,
     )
 
 
@@ -145,13 +149,13 @@ async def _already_decided(message: ModifyRequested, uow: UnitOfWork) -> None:
         change=request.change.model_dump(mode="json"),
     )
     if not same:
-        # A request id means one request (of one portal): a different change under a known id, or
-        # another portal's id, changes nothing.
+        # A request id means one request of one portal: a different change under this portal's known id
+        # changes nothing (another portal's request under the same id is another request).
         raise DeadLetter(
             DeadLetterReason.REQUEST_ID_REUSED,
-            f"request id {message.correlation_id} already names a different request of this tenant "
-            "(another change, appointment, requester or portal); nothing was changed: send the new "
-            "request with a new request id",
+            f"request id {message.correlation_id} already names a different request of this portal "
+            f"({message.producer}) in this tenant (another change, appointment or requester); nothing was "
+            "changed: send the new request with a new request id",
         )
     log.info("gate.request_already_decided")
 
@@ -248,16 +252,22 @@ async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> N
     decision = message.payload
     conn = uow.driver
     now = await uow.now()
-    pending = await store.lock_pending_approval(conn, message.tenant_id, decision.request_id)
-    if pending is None:
-        log.info("gate.approval_not_pending", request_id=decision.request_id)
-        await uow.emit(
-            office_outcome(
-                message, now, decision.request_id, OfficeOutcomeCode.APPROVAL_NOT_PENDING, producer=PRODUCER
-            )
-        )
+    # Request ids are per portal: the office names the portal when two portals' requests wait under one
+    # id (`request_producer`); without it, the one waiting request with that id is meant.
+    waiting = await store.lock_pending_approvals(
+        conn, message.tenant_id, decision.request_id, message.request_producer
+    )
+    if len(waiting) != 1:
+        code = OfficeOutcomeCode.APPROVAL_AMBIGUOUS if waiting else OfficeOutcomeCode.APPROVAL_NOT_PENDING
+        log.info("gate.approval_not_settled", request_id=decision.request_id, reason_code=code.value)
+        await uow.emit(office_outcome(message, now, decision.request_id, code, producer=PRODUCER))
         return
-    ids = dict(request_id=pending.request_id, appointment_id=pending.appointment_id)
+    pending = waiting[0]
+    ids = dict(
+        request_id=pending.request_id,
+        appointment_id=pending.appointment_id,
+        request_producer=pending.producer or None,
+    )
     change = CHANGE_ADAPTER.validate_python(pending.change)
     if decision.approved:
         code = text = None
@@ -270,6 +280,7 @@ async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> N
         conn,
         message.tenant_id,
         pending.request_id,
+        producer=pending.producer,
         approved=decision.approved,
         reason_code=code,
         reason_text=text,

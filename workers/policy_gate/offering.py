@@ -188,7 +188,7 @@ async def _in_flight(uow: UnitOfWork, tenant_id: str, stored, facts: Appointment
     request_id = stored["carried_request_id"]
     if request_id is None or request_id == failed:
         return None, facts
-    pending = await store.approved_change(uow.driver, tenant_id, request_id)
+    pending = await store.approved_change(uow.driver, tenant_id, request_id, stored["appointment_id"])
     if pending is None or pending.decided_on_version != facts.version:
         return None, facts  # applied, or overtaken by an office change (then it fails)
     return request_id, facts_after(facts, CHANGE_ADAPTER.validate_python(pending.change))

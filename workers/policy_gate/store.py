@@ -178,8 +178,8 @@ ON CONFLICT DO NOTHING
 RETURNING request_id
 """
 _DECIDED_REQUEST = """
-SELECT producer, appointment_id, requester_id, change FROM policy.decisions
- WHERE tenant_id = $1 AND request_id = $2
+SELECT appointment_id, requester_id, change FROM policy.decisions
+ WHERE tenant_id = $1 AND producer = $2 AND request_id = $3
 """
 
 
@@ -193,15 +193,16 @@ async def same_request(
     requester_id: str,
     change: dict,
 ) -> bool:
-    """Is the decided request with this id the same request (same portal, appointment, requester and
-    change)? A request id means one request: anything else reusing it is refused."""
-    row = await driver.fetchrow(_DECIDED_REQUEST, tenant_id, request_id)
+    """Is the decided request with this portal's id the same request (same appointment, requester and
+    change)? A request id means one request of one portal: anything else reusing it is refused. (Another
+    portal's request under the same id is another request: decisions are keyed by tenant, producer and
+    request id, migration 0017.)"""
+    row = await driver.fetchrow(_DECIDED_REQUEST, tenant_id, producer, request_id)
     if row is None:
         return False
     stored_change = row["change"] if isinstance(row["change"], dict) else json.loads(row["change"])
     return (
-        row["producer"] in (None, producer)  # decided before producers were recorded
-        and row["appointment_id"] == appointment_id
+        row["appointment_id"] == appointment_id
         and row["requester_id"] == requester_id
         and stored_change == change
     )
@@ -289,6 +290,7 @@ async def record_refusal(
 class PendingApproval(NamedTuple):
     """A decided request still waiting for the office."""
 
+    producer: str  # the request's portal
     request_id: str
     appointment_id: str
     requester_id: str | None
@@ -298,29 +300,33 @@ class PendingApproval(NamedTuple):
 
 
 _LOCK_PENDING_APPROVAL = """
-SELECT request_id, appointment_id, requester_id, action, change::text AS change, decided_on_version
+SELECT producer, request_id, appointment_id, requester_id, action, change::text AS change, decided_on_version
   FROM policy.decisions
- WHERE tenant_id = $1 AND request_id = $2 AND outcome = 'needs_approval'
+ WHERE tenant_id = $1 AND request_id = $2 AND ($3::text IS NULL OR producer = $3)
+   AND outcome = 'needs_approval'
+ ORDER BY producer
+ LIMIT 2
    FOR UPDATE
 """
 
 
-async def lock_pending_approval(
-    driver: asyncpg.Connection, tenant_id: str, request_id: str
-) -> PendingApproval | None:
-    """The decision row of a request still waiting for the office, locked; None if there is none."""
-    row = await driver.fetchrow(_LOCK_PENDING_APPROVAL, tenant_id, request_id)
-    if row is None:
-        return None
-    change = None if row["change"] is None else json.loads(row["change"])
-    return PendingApproval(*row.values())._replace(change=change)
+async def lock_pending_approvals(
+    driver: asyncpg.Connection, tenant_id: str, request_id: str, producer: str | None
+) -> list[PendingApproval]:
+    """The decision rows of requests still waiting for the office under this id (of `producer`'s, or of
+    any portal when None: more than one means the office must say whose), locked; at most two."""
+    rows = await driver.fetch(_LOCK_PENDING_APPROVAL, tenant_id, request_id, producer)
+    return [
+        PendingApproval(*row.values())._replace(change=row["change"] and json.loads(row["change"]))
+        for row in rows
+    ]
 
 
 _SETTLE_APPROVAL = """
 UPDATE policy.decisions
    SET outcome = $3, rule = 'office_approval', reason_code = $4, reason_text = $5, office_decided_by = $6,
        office_decided_at = $7
- WHERE tenant_id = $1 AND request_id = $2
+ WHERE tenant_id = $1 AND request_id = $2 AND producer = $8
 """
 
 
@@ -329,6 +335,7 @@ async def settle_approval(
     tenant_id: str,
     request_id: str,
     *,
+    producer: str,
     approved: bool,
     reason_code: str | None,
     reason_text: str | None,
@@ -344,6 +351,7 @@ async def settle_approval(
         reason_text,
         decided_by,
         decided_at,
+        producer,
     )
 
 
@@ -447,17 +455,21 @@ class ApprovedChange(NamedTuple):
     decided_on_version: int
 
 
+# Request ids are per portal (migration 0017): of the requests under this id, the one for this appointment
+# (two portals' approved requests under one id for one appointment: the later decision carried the offer).
 _APPROVED_CHANGE = """
 SELECT change::text AS change, decided_on_version FROM policy.decisions
- WHERE tenant_id = $1 AND request_id = $2 AND outcome = 'approved'
+ WHERE tenant_id = $1 AND request_id = $2 AND appointment_id = $3 AND outcome = 'approved'
+ ORDER BY decided_at DESC LIMIT 1
 """
 
 
 async def approved_change(
-    driver: asyncpg.Connection, tenant_id: str, request_id: str
+    driver: asyncpg.Connection, tenant_id: str, request_id: str, appointment_id: str
 ) -> ApprovedChange | None:
-    """The change the gate approved under a request id, and the appointment version it approved it on."""
-    row = await driver.fetchrow(_APPROVED_CHANGE, tenant_id, request_id)
+    """The change the gate approved under a request id for an appointment, and the appointment version it
+    approved it on."""
+    row = await driver.fetchrow(_APPROVED_CHANGE, tenant_id, request_id, appointment_id)
     if row is None:
         return None
     return ApprovedChange(json.loads(row["change"]), row["decided_on_version"])

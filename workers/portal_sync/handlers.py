@@ -85,7 +85,7 @@ async def project_event(message: Envelope, uow: UnitOfWork) -> None:
             )
         # Once per request, whichever of the request and its outcome came last (the row says so).
         reply = (
-            await store.claim_reply(conn, message.tenant_id, outcome.request_id)
+            await store.claim_reply(conn, message.tenant_id, outcome.request_id, recorded.producer)
             if recorded is not None and recorded.reply_due
             else None
         )
@@ -103,6 +103,7 @@ async def project_event(message: Envelope, uow: UnitOfWork) -> None:
                     reply_to=reply["reply_to"],
                 ),
                 correlation_id=reply["request_id"],
+                request_producer=recorded.producer or None,
             )
     audit = projection.audit_entry(message)
     # A request's own line only when this is the first sighting of the request: a re-sent or reused

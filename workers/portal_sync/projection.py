@@ -4,7 +4,7 @@ Request outcomes: `pending` is set when the request is seen; the first terminal 
 completed, failed) wins and is never overwritten, whatever order the events arrive in.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from contracts.common import AppointmentSnapshot
 from contracts.events_v1 import (
@@ -38,6 +38,9 @@ class RequestOutcome:
     reason_text: str | None = None
     requester_id: str | None = None
     reply_to: str | None = None
+    # the request's portal: request ids are per tenant and portal (None: an event from before the
+    # producer travelled with it; the store then takes the one row with that id)
+    producer: str | None = None
 
 
 def business_unit_row(event) -> dict | None:
@@ -66,6 +69,11 @@ def appointment_row(snapshot: AppointmentSnapshot) -> dict:
 
 def request_outcome(event) -> RequestOutcome | None:
     """What an event says about a portal request, if anything."""
+    outcome = _request_outcome(event)
+    return None if outcome is None else replace(outcome, producer=event.request_portal())
+
+
+def _request_outcome(event) -> RequestOutcome | None:
     match event:
         case ModifyRequested(payload=p):
             return RequestOutcome(

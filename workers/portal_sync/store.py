@@ -120,12 +120,17 @@ async def append_audit(driver: asyncpg.Connection, tenant_id: str, entry: dict) 
 
 
 _TERMINAL = tuple(TERMINAL_REQUEST_STATUSES)
+# Keyed by tenant, portal and request id (migration 0017). An outcome event from before the portal travelled
+# with it ($11 NULL) means the one request with that id (the old key), or '' when none is known yet.
 _RECORD_REQUEST = """
 INSERT INTO portal.requests AS t (tenant_id, request_id, appointment_id, requester_id, action, status,
-                                  reason_code, reason_text, requested_at, reply_to)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (tenant_id, request_id) DO UPDATE SET {set} {where}
-RETURNING now() AS now, t.status, t.reply_to IS NOT NULL AND t.replied_at IS NULL AS reply_owed,
+                                  reason_code, reason_text, requested_at, reply_to, producer)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+        COALESCE($11, (SELECT r.producer FROM portal.requests r
+                        WHERE r.tenant_id = $1::varchar AND r.request_id = $2::varchar
+                        ORDER BY r.producer LIMIT 1), ''))
+ON CONFLICT (tenant_id, producer, request_id) DO UPDATE SET {set} {where}
+RETURNING now() AS now, t.status, t.reply_to IS NOT NULL AND t.replied_at IS NULL AS reply_owed, t.producer,
           (SELECT a.customer_id FROM portal.appointments a
             WHERE a.tenant_id = t.tenant_id AND a.appointment_id = t.appointment_id) AS customer_id,
           (SELECT a.job_id FROM portal.appointments a
@@ -166,6 +171,7 @@ class RecordedRequest:
     # read in the same statement: where the feed event about the request is routed.
     customer_id: str | None
     job_id: str | None
+    producer: str = ""  # the request's portal (the row's key)
 
 
 async def record_request(
@@ -188,18 +194,23 @@ async def record_request(
         outcome.reason_text,
         requested_at,
         outcome.reply_to,
+        outcome.producer,
     )
     if row is None:
         return None
     return RecordedRequest(
-        row["now"], row["reply_owed"] and row["status"] in _TERMINAL, row["customer_id"], row["job_id"]
+        row["now"],
+        row["reply_owed"] and row["status"] in _TERMINAL,
+        row["customer_id"],
+        row["job_id"],
+        row["producer"],
     )
 
 
 _CLAIM_REPLY = (
     """
 UPDATE portal.requests SET replied_at = now()
- WHERE tenant_id = $1 AND request_id = $2 AND reply_to IS NOT NULL AND replied_at IS NULL
+ WHERE tenant_id = $1 AND producer = $3 AND request_id = $2 AND reply_to IS NOT NULL AND replied_at IS NULL
    AND status IN ("""
     + ", ".join(f"'{s}'" for s in _TERMINAL)
     + """)
@@ -208,10 +219,10 @@ RETURNING request_id, appointment_id, action, status, reason_code, reason_text, 
 )
 
 
-async def claim_reply(driver: asyncpg.Connection, tenant_id: str, request_id: str):
+async def claim_reply(driver: asyncpg.Connection, tenant_id: str, request_id: str, producer: str):
     """The request's final outcome, if it has one and names a reply queue not yet answered; marks it
     answered in the same transaction, so the reply goes out once whichever event came last."""
-    return await driver.fetchrow(_CLAIM_REPLY, tenant_id, request_id)
+    return await driver.fetchrow(_CLAIM_REPLY, tenant_id, request_id, producer)
 
 
 _RECORD_OFFICE_OUTCOME = f"""

@@ -365,17 +365,25 @@ class UnitOfWork:
         self._pending.append(outbox.row_for(message, self.producer))
 
     async def follow(
-        self, cause: Envelope, event_type: type[E], payload: object, *, correlation_id: str | None = None
+        self,
+        cause: Envelope,
+        event_type: type[E],
+        payload: object,
+        *,
+        correlation_id: str | None = None,
+        request_producer: str | None = None,
     ) -> E:
         """Build the event of type `event_type` that `cause` leads to and queue it for the outbox: its
         producer (this unit of work's), occurred_at (the transaction's clock), tenant, correlation id
-        (the cause's, unless the event answers another request) and causation id (the cause's id) are
-        filled in; only the payload is the handler's."""
+        (the cause's, unless the event answers another request, then with that request's portal in
+        `request_producer`) and causation id (the cause's id) are filled in; only the payload is the
+        handler's."""
         event = event_type.follow(
             cause,
             producer=self.producer,
             occurred_at=await self.now(),
             correlation_id=correlation_id,
+            request_producer=request_producer,
             payload=payload,
         )
         await self.emit(event)
