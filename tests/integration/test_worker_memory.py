@@ -17,6 +17,7 @@ import aio_pika
 import asyncpg
 
 from apptctl.processes import WorkerProcesses
+from bench.memory import memory_mb
 from infra.db.names import inbox_table
 from tests.conftest import unique_tenant
 from tests.factories import modify_requested
@@ -32,16 +33,6 @@ PEAK_LIMIT_MB = 120  # the issue's target; measured 97-102 with a full window of
 # What each delivery in hand may add: measured 12-15 KB (the AMQP frames and properties, the task, the
 # decoded message); a gate that took the whole backlog (4,000) would grow by ~46 MB, not <= 32.
 PER_DELIVERY_LIMIT_KB = 16
-
-
-def memory_mb(pid: int) -> dict[str, float]:
-    """VmRSS (resident now) and VmHWM (the most it ever was) of a process, in MB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields
 
 
 async def consuming(amqp_url: str, queue: str) -> bool:
