@@ -22,7 +22,7 @@ from infra.db.names import inbox_table
 from tests.conftest import unique_tenant
 from tests.factories import modify_requested
 from tests.waiting import eventually
-from workers.runtime.outbox import asyncpg_dsn
+from workers.runtime.database import asyncpg_dsn
 from workers.runtime.settings import Settings
 
 WORKER = "policy_gate"
