@@ -23,7 +23,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
-from contracts.catalog import MESSAGING, POLICY, PORTAL, SCHEDULING, WORKER_NAMES, WORKER_SCHEMAS, worker
+from contracts.catalog import MESSAGING, POLICY, PORTAL, SCHEDULING, WORKER_SCHEMAS
+
+# Re-exported: the partitions' names, which the workers import from names.py without these definitions.
+from infra.db.names import UNASSIGNED, WORKERS, inbox_table, outbox_function, outbox_table  # noqa: F401
 
 metadata = MetaData()
 
@@ -412,8 +415,7 @@ api_requests = Table(
 # and `messaging.<worker>_outbox`, never the parents (which the owner and the auditor read whole); any
 # other name lands in the `unassigned_*` default partitions (tests, tools). Row-level security by tenant
 # on every partition; the relay crosses tenants only through its worker's SECURITY DEFINER functions.
-WORKERS = WORKER_NAMES
-UNASSIGNED = "unassigned"
+# WORKERS, UNASSIGNED and the name helpers: names.py (imported above).
 
 
 def _inbox_columns() -> list:
@@ -487,23 +489,3 @@ OUTBOXES = {
     )
     for name in (*WORKERS, UNASSIGNED)
 }
-
-
-def inbox_table(consumer: str) -> str:
-    """Where `consumer`'s claims are written: its own partition when it is a worker (its role may write
-    nowhere else), else the parent (the owner's tools and tests; rows go to the default partition)."""
-    return worker(consumer).inbox_table if consumer in WORKERS else f"{MESSAGING}.inbox"
-
-
-def outbox_table(producer: str) -> str:
-    """Where `producer`'s events are written (as `inbox_table`)."""
-    return worker(producer).outbox_table if producer in WORKERS else f"{MESSAGING}.outbox"
-
-
-def outbox_function(producer: str, operation: str) -> tuple[str, tuple[str, ...]]:
-    """The relay's `operation` (claim, mark, purge, backlog) for `producer`: the function's name and the
-    leading arguments it takes. A worker's own SECURITY DEFINER function is bound to its partition;
-    anyone else calls the generic one with the producer's name (with the caller's rights: the owner)."""
-    if producer in WORKERS:
-        return f"{worker(producer).outbox_table}_{operation}", ()
-    return f"{MESSAGING}.outbox_{operation}", (producer,)

@@ -16,7 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
-from infra.db.tables import WORKERS, inbox_table
+from infra.db.names import WORKERS, inbox_table
 
 # Each row sets the transaction's tenant to its own (SET LOCAL, as a parameter) as it is produced, so the
 # setting is made before row-level security checks that row; after the statement the transaction is

@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.decoding import encode
 from contracts.envelope import Envelope
-from infra.db.tables import WORKERS, outbox_function, outbox_table
+from infra.db.names import WORKERS, outbox_function, outbox_table
 from infra.topology import REPLY_ROLE
 from workers.runtime import database
 from workers.runtime.broker import amqp_properties, headers_for

@@ -8,6 +8,7 @@ import signal
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -21,10 +22,12 @@ from workers.runtime.consumer import DelayedRetry, Handler, QueueConsumer
 from workers.runtime.database import create_engine
 from workers.runtime.health import HealthMonitor
 from workers.runtime.metrics import WorkerMetrics
-from workers.runtime.ops_server import OpsServer
 from workers.runtime.outbox import DirectPublisher, OutboxRelay, new_writer, writer_settings
 from workers.runtime.settings import Settings
 from workers.runtime.signatures import PORTAL_ROLE, SignaturePolicy
+
+if TYPE_CHECKING:
+    from workers.runtime.ops_server import OpsServer
 
 log = structlog.get_logger(__name__)
 WRITER_LOCK_WAIT_S = 10.0
@@ -138,17 +141,18 @@ class Worker:
             queues=((queue.name, "work"),)
             + (((queue.dead_letter_queue, "dead_letter"),) if queue.dead_letter_queue else ()),
         )
-        self.ops_server = (
-            OpsServer(
+        self.ops_server: OpsServer | None = None
+        if settings.metrics_port is not None:
+            # Imported only when served: its HTTP server (aiohttp) is ~9 MB resident (docs/benchmarks.md).
+            from workers.runtime import ops_server
+
+            self.ops_server = ops_server.OpsServer(
                 metrics=self.metrics,
                 health=self.health,
                 consuming=lambda: self.consumer.consuming,
                 host=settings.metrics_host,
                 port=settings.metrics_port,
             )
-            if settings.metrics_port is not None
-            else None
-        )
         self._relay_task: asyncio.Task | None = None
         self._publisher_task: asyncio.Task | None = None
         self._stop = asyncio.Event()
