@@ -20,10 +20,20 @@ def key() -> str:
     return f"req-{uuid.uuid4().hex[:12]}"
 
 
+def changes(events) -> list[dict]:
+    """Every view change the events list (feed v2: one event per change, its views in `changes`), each
+    with its event's customer and job."""
+    return [
+        {"customer_id": e["data"].get("customer_id"), "job_id": e["data"].get("job_id"), **change}
+        for e in events
+        for change in e["data"].get("changes", ())
+    ]
+
+
 def saw(events, view: str, **fields) -> bool:
     return any(
-        e["data"].get("view") == view and all(e["data"].get(k) == v for k, v in fields.items())
-        for e in events
+        change.get("view") == view and all(change.get(k) == v for k, v in fields.items())
+        for change in changes(events)
     )
 
 

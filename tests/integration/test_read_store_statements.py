@@ -1,0 +1,243 @@
+"""portal_sync's merged statements on the real database: what one event writes is one statement, a batch
+of events one statement per round; the version gates, idempotency, one audit line per fact, one reply per
+request and the tenant wall hold as they did statement by statement; and each handled event announces its
+change with one live-feed event (v2) listing every view it changed.
+
+Batches are driven as workers/runtime/batch.py drives them: one unit of work for the tenant, `uow.batch`
+set to its messages, the handler called for each in turn, one commit."""
+
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.envelope import Envelope
+from contracts.feed_v2 import PortalViewChangedV2
+from contracts.portal_v1 import ModifyOutcome
+from tests import factories as f
+from tests.conftest import unique_tenant
+from workers.portal_sync import store
+from workers.portal_sync.handlers import project_event, writes_of
+from workers.runtime.database import UnitOfWork
+from workers.runtime.outbox import asyncpg_dsn
+
+pytestmark = pytest.mark.integration
+
+
+class CountingDriver:
+    """The unit of work's asyncpg connection, counting the statements the handler sends (round trips)."""
+
+    def __init__(self, driver: asyncpg.Connection) -> None:
+        self._driver = driver
+        self.statements = 0
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._driver, name)
+        if name in ("fetch", "fetchrow", "fetchval", "execute"):
+
+            async def counted(*args, **kwargs):
+                self.statements += 1
+                return await attribute(*args, **kwargs)
+
+            return counted
+        return attribute
+
+
+async def handle(engine: AsyncEngine, messages: Sequence[Envelope], *, batch: bool = True):
+    """The messages in one transaction (a batch when `batch`); what it emitted and how many statements
+    the handler sent."""
+    tenant = messages[0].tenant_id
+    async with UnitOfWork(engine, "portal_sync", tenant=tenant) as uow:
+        counting = CountingDriver(uow.driver)
+        uow.driver = counting  # type: ignore[assignment]
+        if batch and len(messages) > 1:
+            uow.batch = tuple(messages)
+        for message in messages:
+            await project_event(message, uow)
+        uow.driver = counting._driver
+        await uow.commit()
+    return uow.emitted, counting.statements
+
+
+def again(message: Envelope) -> Envelope:
+    """The same fact carried by another message id (a producer's retry, a replay)."""
+    return message.model_copy(update={"message_id": uuid.uuid4()})
+
+
+def feed_events(emitted) -> list[PortalViewChangedV2]:
+    return [m for m in emitted if isinstance(m, PortalViewChangedV2)]
+
+
+def replies(emitted) -> list[ModifyOutcome]:
+    return [m for m in emitted if isinstance(m, ModifyOutcome)]
+
+
+async def read(database_url: str, sql: str, *args):
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        return await connection.fetch(sql, *args)
+    finally:
+        await connection.close()
+
+
+def story(tenant: str, *, reply_to: str | None = "appt.portal.replies-1", request_id: str = "req-1"):
+    requested = f.modify_requested(tenant=tenant, reply_to=reply_to, request_id=request_id)
+    approved = f.modify_approved(requested)
+    return requested, f.appointment_rescheduled(approved, version=3)
+
+
+async def test_one_event_is_one_statement_and_one_feed_event_listing_every_view(engine):
+    tenant = unique_tenant()
+    requested, rescheduled = story(tenant)
+    emitted, statements = await handle(engine, [requested])
+    assert statements == 1
+    (event,) = feed_events(emitted)
+    assert [(c.view, c.status) for c in event.payload.changes] == [("request", "pending")]
+
+    emitted, statements = await handle(engine, [rescheduled])
+    # The appointment, the request's outcome, its reply claim and its audit line: one round trip.
+    assert statements == 1
+    (event,) = feed_events(emitted)
+    assert event.route() == f"{tenant}.{f.CUSTOMER_ID}.{f.JOB_ID}"
+    assert event.correlation_id == "req-1" and event.causation_id == rescheduled.message_id
+    assert [(c.view, c.appointment_id, c.status, c.version) for c in event.payload.changes] == [
+        ("appointment", f.APPOINTMENT_ID, "scheduled", 3),
+        ("request", f.APPOINTMENT_ID, "completed", None),
+    ]
+    assert len(replies(emitted)) == 1
+
+
+async def test_a_batch_is_one_statement_and_one_feed_event_per_message(engine, database_url):
+    tenant = unique_tenant()
+    requests = [
+        f.modify_requested(tenant=tenant, appointment_id=f"apt-{i}", request_id=f"req-{i}") for i in range(4)
+    ]
+    emitted, statements = await handle(engine, requests)
+    assert statements == 1
+    assert len(feed_events(emitted)) == 4
+    assert [e.correlation_id for e in feed_events(emitted)] == [f"req-{i}" for i in range(4)]
+    # Events that touch one row (here: four requests about one appointment) go in separate rounds.
+    emitted, statements = await handle(engine, [story(tenant, request_id=f"req-{i}")[0] for i in range(4, 8)])
+    assert statements == 4 and len(feed_events(emitted)) == 4
+    assert {r["request_id"] for r in await read(database_url, REQUESTS, tenant)} == {
+        f"req-{i}" for i in range(8)
+    }
+
+
+REQUESTS = "SELECT request_id, status, replied_at FROM portal.requests WHERE tenant_id = $1 ORDER BY 1"
+APPOINTMENT = "SELECT version FROM portal.appointments WHERE tenant_id = $1 AND appointment_id = $2"
+AUDIT = "SELECT entry, request_id, version FROM portal.audit_trail WHERE tenant_id = $1 ORDER BY entry"
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "one-by-one"])
+async def test_a_late_or_repeated_snapshot_never_moves_the_portal_backwards(engine, database_url, batch):
+    tenant = unique_tenant()
+    requested = f.modify_requested(tenant=tenant)
+    v3 = f.appointment_updated(f.appointment_recorded(tenant=tenant), version=3)
+    v5 = f.appointment_updated(f.appointment_recorded(tenant=tenant), version=5)
+    v4 = f.appointment_updated(f.appointment_recorded(tenant=tenant), version=4)
+    emitted, _ = await handle(engine, [requested, v3, v5, v4, again(v5)], batch=batch)
+    assert [r["version"] for r in await read(database_url, APPOINTMENT, tenant, f.APPOINTMENT_ID)] == [5]
+    changed = [c.version for e in feed_events(emitted) for c in e.payload.changes if c.view == "appointment"]
+    assert changed == [3, 5]  # the late v4 and the repeated v5 changed nothing, and say nothing
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "one-by-one"])
+async def test_a_redelivered_or_recarried_event_writes_nothing_and_says_nothing(engine, database_url, batch):
+    tenant = unique_tenant()
+    requested, rescheduled = story(tenant)
+    await handle(engine, [requested, rescheduled], batch=batch)
+    emitted, _ = await handle(engine, [again(requested), again(rescheduled), again(rescheduled)], batch=batch)
+    assert emitted == []
+    assert [(r["request_id"], r["status"]) for r in await read(database_url, REQUESTS, tenant)] == [
+        ("req-1", "completed")
+    ]
+    # One audit line per fact, whatever message ids carried it.
+    assert [(r["entry"], r["request_id"]) for r in await read(database_url, AUDIT, tenant)] == [
+        ("requested", "req-1"),
+        ("rescheduled", "req-1"),
+    ]
+
+
+async def test_a_reused_request_id_writes_no_audit_line_of_its_own(engine, database_url):
+    tenant = unique_tenant()
+    requested = f.modify_requested(tenant=tenant)
+    reused = f.modify_requested(
+        tenant=tenant, appointment_id="apt-other"
+    )  # same request id, other appointment
+    await handle(engine, [requested])
+    emitted, _ = await handle(engine, [reused])
+    assert emitted == []
+    assert [(r["entry"], r["request_id"]) for r in await read(database_url, AUDIT, tenant)] == [
+        ("requested", "req-1")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("order", "batch"),
+    [
+        ("request first", True),
+        ("request first", False),
+        ("outcome first", True),
+        ("outcome first", False),
+    ],
+)
+async def test_the_reply_goes_out_once_whichever_came_last(engine, database_url, order, batch):
+    tenant = unique_tenant()
+    requested, rescheduled = story(tenant)
+    rejected = f.modify_rejected(requested)  # a second, later terminal outcome: the first one stands
+    messages = [requested, rescheduled] if order == "request first" else [rescheduled, requested]
+    emitted, _ = await handle(engine, [*messages, again(rescheduled), rejected], batch=batch)
+    (reply,) = replies(emitted)
+    assert (reply.payload.status, reply.payload.reply_to) == ("completed", "appt.portal.replies-1")
+    emitted, _ = await handle(engine, [again(requested), again(rescheduled), again(rejected)], batch=batch)
+    assert replies(emitted) == []
+    ((request_id, status, replied_at),) = await read(database_url, REQUESTS, tenant)
+    assert (request_id, status) == ("req-1", "completed") and replied_at is not None
+
+
+async def test_requests_of_one_batch_are_answered_each_once(engine):
+    tenant = unique_tenant()
+    requests = [
+        f.modify_requested(tenant=tenant, appointment_id=f"apt-{i}", request_id=f"req-{i}", reply_to="q")
+        for i in range(3)
+    ]
+    outcomes = [f.modify_rejected(r) for r in requests]
+    emitted, statements = await handle(engine, [*requests, *outcomes])
+    assert sorted(r.payload.request_id for r in replies(emitted)) == ["req-0", "req-1", "req-2"]
+    assert statements == 2  # the requests, then their outcomes (each touches its request's row again)
+
+
+def test_rounds_keep_each_rows_events_in_order() -> None:
+    tenant = "acme"
+    a = f.appointment_updated(f.appointment_recorded(tenant=tenant), version=1)
+    b = f.appointment_updated(f.appointment_recorded(tenant=tenant), version=2)
+    other = f.modify_requested(tenant=tenant, appointment_id="apt-x", request_id="req-x")
+    assert store.rounds([writes_of(m) for m in (a, other, b)]) == [[0, 1], [2]]
+
+
+async def test_the_statement_keeps_the_tenant_wall(engine, database_url):
+    """Under a role bound by row-level security (as every worker's is), the merged statement writes the
+    rows of the tenant its transaction names, and none of another tenant's."""
+    role = f"rls_ps_{uuid.uuid4().hex[:10]}"
+    mine, theirs = unique_tenant(), unique_tenant()
+    admin = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" NOLOGIN')
+        await admin.execute(f'GRANT USAGE ON SCHEMA portal TO "{role}"')
+        await admin.execute(f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA portal TO "{role}"')
+        async with admin.transaction():
+            await admin.execute(f'SET LOCAL ROLE "{role}"')
+            await admin.execute("SELECT set_config('appt.tenant_id', $1, true)", mine)
+            written = await store.write(admin, mine, writes_of(f.modify_requested(tenant=mine)))
+            assert written.request is not None and written.request.status == "pending"
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+                async with admin.transaction():
+                    await store.write(admin, theirs, writes_of(f.modify_requested(tenant=theirs)))
+    finally:
+        await admin.execute(f'REVOKE ALL ON ALL TABLES IN SCHEMA portal FROM "{role}"')
+        await admin.execute(f'REVOKE USAGE ON SCHEMA portal FROM "{role}"')
+        await admin.execute(f'DROP ROLE "{role}"')
+        await admin.close()
