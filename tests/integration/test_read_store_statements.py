@@ -241,3 +241,25 @@ async def test_the_statement_keeps_the_tenant_wall(engine, database_url):
         await admin.execute(f'REVOKE USAGE ON SCHEMA portal FROM "{role}"')
         await admin.execute(f'DROP ROLE "{role}"')
         await admin.close()
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "one-by-one"])
+@pytest.mark.parametrize("request_first", [True, False], ids=["request-first", "wait-first"])
+async def test_no_reply_while_the_office_decides_whichever_came_first(
+    engine, database_url, batch, request_first
+):
+    """A request that waits for the office's approval is not answered until its outcome is final (the
+    request brings the reply queue, before or after the wait), and then once."""
+    tenant = unique_tenant()
+    requested, rescheduled = story(tenant)
+    waiting = f.modify_awaiting_approval(requested)
+    emitted, _ = await handle(
+        engine, [requested, waiting] if request_first else [waiting, requested], batch=batch
+    )
+    assert replies(emitted) == []
+    statuses = [c.status for e in feed_events(emitted) for c in e.payload.changes]
+    # The request's own sighting after the wait fills in its details; its status stays.
+    assert statuses == (["pending", "awaiting_approval"] if request_first else ["awaiting_approval"] * 2)
+    emitted, _ = await handle(engine, [rescheduled, again(rescheduled)], batch=batch)
+    (reply,) = replies(emitted)
+    assert reply.payload.status == "completed"
