@@ -15,15 +15,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.envelope import Envelope
 from contracts.feed_v2 import PortalViewChangedV2
-from contracts.portal_v1 import ModifyOutcome
+from contracts.portal_v1 import ModifyOutcome, ModifyRequested
 from tests import factories as f
 from tests.conftest import unique_tenant
+from tests.integration import test_runtime as runtime_tests
+from tests.integration.test_batches import Gate, in_one_batch
+from tests.integration.test_runtime import outbox_rows
+from tests.waiting import eventually
 from workers.portal_sync import store
 from workers.portal_sync.handlers import project_event, writes_of
 from workers.runtime.database import UnitOfWork
 from workers.runtime.outbox import asyncpg_dsn
 
 pytestmark = pytest.mark.integration
+
+# The runtime tests' consumer on its own connection, to run portal_sync's handler through real batches.
+start_consumer = runtime_tests.start_consumer
 
 
 class CountingDriver:
@@ -263,3 +270,31 @@ async def test_no_reply_while_the_office_decides_whichever_came_first(
     emitted, _ = await handle(engine, [rescheduled, again(rescheduled)], batch=batch)
     (reply,) = replies(emitted)
     assert reply.payload.status == "completed"
+
+
+async def test_the_runtimes_batch_hands_portal_sync_every_message_of_its_transaction(
+    broker, start_consumer, engine, database_url
+):
+    """Through the real consumer and its batches: the deliveries waiting together are one transaction,
+    the handler learns all of them at once (uow.batch) and writes them together; each gets its own
+    live-feed event."""
+    gate, seen_batches = Gate(), []
+
+    async def handle(message: Envelope, uow: UnitOfWork) -> None:
+        await gate.hold(message)
+        seen_batches.append(len(uow.batch))
+        await project_event(message, uow)
+
+    consumer = await start_consumer({ModifyRequested: handle}, batch_max=8, batch_runners=1)
+    tenant = unique_tenant()
+    first, *rest = [
+        f.modify_requested(tenant=tenant, appointment_id=f"apt-{i}", request_id=f"req-{i}") for i in range(6)
+    ]
+    await in_one_batch(broker, consumer, gate, first, rest)
+    await eventually(lambda: consumer.counts.get("handled") == 6, "all handled")
+    assert consumer.batches.sizes == {1: 1, 5: 1}
+    assert seen_batches == [0, 5, 5, 5, 5, 5]  # the first alone, then one batch of five
+    rows = await read(database_url, REQUESTS, tenant)
+    assert [(r["request_id"], r["status"]) for r in rows] == [(f"req-{i}", "pending") for i in range(6)]
+    events = [r for r in await outbox_rows(engine, consumer.name) if r.message_type == "portal.view_changed"]
+    assert len(events) == 6
