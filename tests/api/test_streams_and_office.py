@@ -82,6 +82,15 @@ async def test_a_customer_stream_resumes_after_a_reconnect_without_losing_a_chan
         )
         assert saw(live, "appointment", appointment_id="apt-2", status="canceled")
         assert all(e["data"].get("customer_id") in (None, "cust-1") for e in missed + live)
+        # One event per change (feed v2): the cancel moved the appointment and completed the request at
+        # once, so the event that says the appointment is canceled says the request completed too.
+        (canceled,) = [
+            e for e in live if any(c.get("status") == "canceled" for c in e["data"].get("changes", ()))
+        ]
+        assert {(c["view"], c.get("status")) for c in canceled["data"]["changes"]} == {
+            ("appointment", "canceled"),
+            ("request", "completed"),
+        }
 
 
 async def test_the_office_stream_sees_every_customer_and_a_customer_only_their_own(api: Api, world: World):
