@@ -298,3 +298,25 @@ async def test_the_runtimes_batch_hands_portal_sync_every_message_of_its_transac
     assert [(r["request_id"], r["status"]) for r in rows] == [(f"req-{i}", "pending") for i in range(6)]
     events = [r for r in await outbox_rows(engine, consumer.name) if r.message_type == "portal.view_changed"]
     assert len(events) == 6
+
+
+async def test_a_change_that_carries_its_offer_is_one_statement_and_one_event_listing_all_three(engine):
+    """The offer travels with the change (issue 14, item 1): the new time, the new offer and the
+    request's outcome are one statement and one live-feed event."""
+    tenant = unique_tenant()
+    requested = f.modify_requested(tenant=tenant)
+    rescheduled = f.appointment_rescheduled(
+        f.modify_approved(requested), version=3, offer=f.carried_offer(3, offer_version=4)
+    )
+    await handle(engine, [requested])
+    emitted, statements = await handle(engine, [rescheduled])
+    assert statements == 1
+    (event,) = feed_events(emitted)
+    assert [(c.view, c.status, c.version) for c in event.payload.changes] == [
+        ("appointment", "scheduled", 3),
+        ("offer", None, 4),
+        ("request", "completed", None),
+    ]
+    # A late announcement of the same offer changes nothing and says nothing.
+    emitted, _ = await handle(engine, [f.appointment_offer_changed(rescheduled, offer_version=4)])
+    assert feed_events(emitted) == []
