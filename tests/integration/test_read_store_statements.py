@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from contracts.decoding import decode_or_raise
 from contracts.envelope import Envelope
 from contracts.feed_v2 import PortalViewChangedV2
 from contracts.portal_v1 import ModifyOutcome, ModifyRequested
@@ -24,8 +25,7 @@ from tests.integration.test_runtime import outbox_rows
 from tests.waiting import eventually
 from workers.portal_sync import store
 from workers.portal_sync.handlers import project_event, writes_of
-from workers.runtime.database import UnitOfWork
-from workers.runtime.outbox import asyncpg_dsn
+from workers.runtime.database import UnitOfWork, asyncpg_dsn
 
 pytestmark = pytest.mark.integration
 
@@ -53,19 +53,30 @@ class CountingDriver:
 
 
 async def handle(engine: AsyncEngine, messages: Sequence[Envelope], *, batch: bool = True):
-    """The messages in one transaction (a batch when `batch`); what it emitted and how many statements
-    the handler sent."""
-    tenant = messages[0].tenant_id
-    async with UnitOfWork(engine, "portal_sync", tenant=tenant) as uow:
-        counting = CountingDriver(uow.driver)
-        uow.driver = counting  # type: ignore[assignment]
+    """The messages in one transaction (a batch when `batch`: each handler scoped to its message's
+    tenant, as the runtime does); what it emitted and how many statements the handler sent."""
+    async with UnitOfWork(engine, "portal_sync") as uow:
         if batch and len(messages) > 1:
             uow.batch = tuple(messages)
+        statements = 0
         for message in messages:
-            await project_event(message, uow)
-        uow.driver = counting._driver
+            await uow.scope_to(message.tenant_id)
+            counting = CountingDriver(uow.driver)
+            uow.driver = counting  # type: ignore[assignment]
+            try:
+                await project_event(message, uow)
+            finally:
+                uow.driver = counting._driver
+            statements += counting.statements
         await uow.commit()
-    return uow.emitted, counting.statements
+    return [decoded(row) for row in uow.written], statements
+
+
+def decoded(row) -> Envelope:
+    """An outbox row's message (a reply goes to a portal's own queue: not among the routed types)."""
+    if row.message_type == ModifyOutcome.model_fields["type"].default:
+        return ModifyOutcome.model_validate_json(row.body)
+    return decode_or_raise(row.body)
 
 
 def again(message: Envelope) -> Envelope:
@@ -320,3 +331,24 @@ async def test_a_change_that_carries_its_offer_is_one_statement_and_one_event_li
     # A late announcement of the same offer changes nothing and says nothing.
     emitted, _ = await handle(engine, [f.appointment_offer_changed(rescheduled, offer_version=4)])
     assert feed_events(emitted) == []
+
+
+async def test_a_batch_of_several_tenants_writes_each_tenants_part_under_its_own_scope(engine, database_url):
+    """The runtime's batches mix tenants, grouped by tenant, each handler scoped to its message's tenant:
+    each tenant's messages are written together, and each row carries its own tenant."""
+    mine, theirs = unique_tenant(), unique_tenant()
+    messages = [
+        *(
+            f.modify_requested(tenant=mine, appointment_id=f"apt-{i}", request_id=f"req-{i}")
+            for i in range(3)
+        ),
+        *(
+            f.modify_requested(tenant=theirs, appointment_id=f"apt-{i}", request_id=f"req-{i}")
+            for i in range(2)
+        ),
+    ]
+    emitted, statements = await handle(engine, messages)
+    assert statements == 2  # one per tenant
+    assert [e.tenant_id for e in feed_events(emitted)] == [mine] * 3 + [theirs] * 2
+    assert [r["request_id"] for r in await read(database_url, REQUESTS, mine)] == ["req-0", "req-1", "req-2"]
+    assert [r["request_id"] for r in await read(database_url, REQUESTS, theirs)] == ["req-0", "req-1"]

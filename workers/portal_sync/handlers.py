@@ -71,12 +71,18 @@ _WRITTEN = "portal_sync.written"  # uow.memo: message id -> what the batch's sta
 
 
 async def _written(message: Envelope, writes: store.Writes, uow: UnitOfWork) -> store.Written:
-    """What the read store took of `message`. In a batch, the first call writes for every message of the
-    transaction at once (store.write_many: one statement per round) and the others find theirs."""
+    """What the read store took of `message`. In a batch, the first call for a tenant writes for every
+    message of that tenant in the transaction at once (store.write_many: one statement per round), and
+    the others find theirs. Only that tenant's: the transaction is scoped to it now (row-level security;
+    the runtime groups a batch's messages by tenant and scopes each handler to its message's)."""
     done: dict = uow.memo.setdefault(_WRITTEN, {})
     if message.message_id in done:
         return done.pop(message.message_id)
-    batch = [m for m in uow.batch if m.message_id not in done and type(m) in HANDLERS]
+    batch = [
+        m
+        for m in uow.batch
+        if m.tenant_id == message.tenant_id and m.message_id not in done and type(m) in HANDLERS
+    ]
     if len(batch) > 1 and any(m.message_id == message.message_id for m in batch):
         results = await store.write_many(
             uow.driver, message.tenant_id, [writes if m is message else writes_of(m) for m in batch]
