@@ -352,3 +352,21 @@ async def test_a_batch_of_several_tenants_writes_each_tenants_part_under_its_own
     assert [e.tenant_id for e in feed_events(emitted)] == [mine] * 3 + [theirs] * 2
     assert [r["request_id"] for r in await read(database_url, REQUESTS, mine)] == ["req-0", "req-1", "req-2"]
     assert [r["request_id"] for r in await read(database_url, REQUESTS, theirs)] == ["req-0", "req-1"]
+
+
+async def test_an_outcome_without_its_portal_in_the_same_batch_finds_the_request_after_it(
+    engine, database_url
+):
+    """Request ids are per tenant and portal; an outcome from before the portal travelled with it names
+    none and means the one request with that id: in a batch it goes in the round after the request."""
+    tenant = unique_tenant()
+    requested = f.modify_requested(tenant=tenant, reply_to="q", producer="portal-app")
+    legacy = f.modify_rejected(requested).model_copy(update={"request_producer": None})
+    emitted, statements = await handle(engine, [requested, legacy])
+    assert statements == 2
+    (reply,) = replies(emitted)
+    assert reply.payload.status == "rejected"
+    rows = await read(
+        database_url, "SELECT producer, status FROM portal.requests WHERE tenant_id = $1", tenant
+    )
+    assert [tuple(r) for r in rows] == [("portal-app", "rejected")]
