@@ -126,8 +126,11 @@ class Outcomes:
                             event, data = json.loads(data), None
                             if event.get("view") == "ready":
                                 self.ready += 1
-                            elif event.get("view") == "request" and event.get("status") in FINAL:
-                                self.seen.setdefault(event["request_id"], (time.monotonic(), event["status"]))
+                                continue
+                            for change in event.get("changes", ()):  # feed v2: the views one change touched
+                                if change.get("view") == "request" and change.get("status") in FINAL:
+                                    seen = (time.monotonic(), change["status"])
+                                    self.seen.setdefault(change["request_id"], seen)
             except httpx.TransportError:
                 self.reconnects += 1
             await asyncio.sleep(0.2)

@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +17,7 @@ import asyncpg
 import psutil
 
 from apptctl.processes import WorkerProcesses
-from bench import peer_dramatiq, peer_faststream, rt_stage, seed
+from bench import counters, peer_dramatiq, peer_faststream, rt_stage, seed
 from bench.common import (
     BARE_EXCHANGE,
     OURS_NAMESPACE,
@@ -130,6 +130,8 @@ class PhaseResult:
     transactions_per_request: float = 0.0  # committed + rolled back in the bench database, all clients
     new_connections: int = 0  # sessions opened to the bench database during the phase
     others_percent: float = 0.0  # of the machine, used by processes this run did not measure
+    # OURS: each process's deliveries and publishes for this phase's requests (bench/counters.py)
+    flow: dict[str, counters.Flow] = field(default_factory=dict)
 
     def p(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
@@ -479,7 +481,10 @@ async def run_system(
     deadline: float = float("inf"),
     before_phases: Callable | None = None,
     profile: tuple[str, Path] | None = None,
+    flow: Callable[[], Awaitable[dict[str, counters.Flow]]] | None = None,
 ) -> SystemResult:
+    """`flow`: reads the processes' deliveries and publishes (OURS' metrics); read once the pipeline is
+    idle before each phase and after the last, so a phase is billed for all its requests caused."""
     result = SystemResult(system.key, system.title, [])
     monitor = Monitor()
     try:
@@ -489,6 +494,7 @@ async def run_system(
             monitor.add(name, pid)
         if before_phases is not None:
             await before_phases()
+        billing: tuple[PhaseResult, dict[str, counters.Flow]] | None = None
         for n, phase in enumerate(plan.phases):
             # Leave each later phase its load time plus a few seconds to drain.
             # Over budget, drains are cut short (unfinished requests are reported), never phases skipped.
@@ -499,12 +505,21 @@ async def run_system(
                 spy = (pids[profile[0]], profile[1])
             await wait_idle(db, 30.0)
             await vacuum_if_no_autovacuum(db)
+            if flow is not None:
+                mark = await flow()
+                if billing is not None:
+                    billing[0].flow = counters.delta(mark, billing[1])
             log(f"{system.key}: phase {phase.label} ({len(phase_messages[phase.key])} messages ready)")
             phase_result = await run_phase(
                 system, phase, phase_messages[phase.key], plan, monitor, db, work_dir, phase_deadline, spy
             )
+            if flow is not None:
+                billing = (phase_result, mark)
             if phase.measured:
                 result.phases.append(phase_result)
+        if flow is not None and billing is not None:
+            await wait_idle(db, 30.0)
+            billing[0].flow = counters.delta(await flow(), billing[1])
         result.peak_rss_mb = {name: peak_rss_mb(pid) for name, pid in pids.items()}
         result.dead_letters = await dead_letter_count(amqp_url(), system.dead_queues)
     finally:
@@ -533,6 +548,10 @@ def print_system(result: SystemResult) -> None:
         )
     rss = ", ".join(f"{n} {v:.0f} MB" for n, v in result.peak_rss_mb.items() if v is not None)
     print(f"  peak RSS: {rss}")
+    for r in result.phases:
+        if r.flow:
+            per = counters.per_request(r.flow, r.done)
+            print(f"  {r.phase.label:>7} {counters.text(per, result.process_names)}")
     problems = []
     for r in result.phases:
         if r.failed_publishes:
@@ -577,7 +596,17 @@ def summary_line(results: dict[str, SystemResult]) -> str:
         own = [phase.cpu_ms_per_request.get(name, float("nan")) for name in results[key].process_names]
         return sum(own) / len(STAGES) if own else float("nan")
 
+    def flow_per_request() -> counters.Flow:
+        """OURS' deliveries and publishes per finished request over all measured phases (all workers)."""
+        phases = [p for p in results["ours"].phases if p.flow] if "ours" in results else []
+        if not phases:
+            return counters.Flow(float("nan"), float("nan"))
+        total = sum((f for p in phases for f in p.flow.values()), counters.Flow())
+        done = max(sum(p.done for p in phases), 1)
+        return counters.Flow(total.deliveries / done, total.publishes / done)
+
     ours, bare = thr("ours"), thr("bare")
+    flow = flow_per_request()
     return (
         f"bench: throughput_ratio={ratio(ours, bare):.2f}"
         f" p99_ratio_at_200={ratio(p99_at_200('ours'), p99_at_200('bare')):.2f}"
@@ -586,6 +615,7 @@ def summary_line(results: dict[str, SystemResult]) -> str:
         f" faststream_ratio={ratio(thr('faststream'), bare):.2f}"
         f" ours_rps={ours or float('nan'):.0f} bare_rps={bare or float('nan'):.0f}"
         f" runtime_cpu_ms_per_hop={cpu_per_hop('runtime'):.2f} bare_cpu_ms_per_hop={cpu_per_hop('bare'):.2f}"
+        f" deliveries_per_request={flow.deliveries:.2f} publishes_per_request={flow.publishes:.2f}"
     )
 
 
@@ -611,6 +641,12 @@ def to_json(results: dict[str, SystemResult]) -> dict:
                     "transactions_per_request": p.transactions_per_request,
                     "new_connections": p.new_connections,
                     "unfinished": p.unfinished,
+                    "flow_per_request": {
+                        name: {"deliveries": f.deliveries, "publishes": f.publishes}
+                        for name, f in counters.per_request(p.flow, p.done).items()
+                    }
+                    if p.flow
+                    else None,
                 }
                 for p in r.phases
             ],
@@ -724,9 +760,17 @@ async def main_async(
 
     try:
         if "ours" in only:
-            workers = processes(
-                {**base_env, "APPT_NAMESPACE": OURS_NAMESPACE}, work_dir / "logs", ours_commands(), replicas
-            )
+            # Each OURS process serves its metrics on its own port (the deliveries and publishes counted).
+            names = [name for stage in ours_commands() for name in replica_names(stage, replicas)]
+            metrics_base = counters.free_port_block(len(names))
+            metrics_ports = {name: metrics_base + index for index, name in enumerate(names)}
+            ours_env = {
+                **base_env,
+                "APPT_NAMESPACE": OURS_NAMESPACE,
+                "APPT_METRICS_PORT": str(metrics_base),
+                "APPT_METRICS_HOST": "127.0.0.1",
+            }
+            workers = processes(ours_env, work_dir / "logs", ours_commands(), replicas)
             ours_topology = topology_module.build(OURS_NAMESPACE)
 
             def start_ours() -> dict[str, int]:
@@ -744,6 +788,7 @@ async def main_async(
             results["ours"] = await run_system(
                 defs["ours"], start_ours, workers.stop, messages["ours"], plan, db, work_dir,
                 system_deadline("ours"), setup_ours, (profile, spy_out) if profile else None,
+                flow=lambda: counters.scrape(metrics_ports),
             )  # fmt: skip
         for key, module in STAGE_SYSTEMS.items():
             if key not in only:

@@ -14,7 +14,7 @@ from contracts.events_v1 import (
     OfficeOutcome,
     ProjectUpdated,
 )
-from contracts.feed_v1 import PortalViewChanged
+from contracts.feed_v2 import PortalViewChangedV2
 from contracts.internal_v1 import ModifyApproved, RefreshOffers
 from contracts.office_v1 import (
     AppointmentRecorded,
@@ -45,7 +45,7 @@ MESSAGE_CLASSES: tuple[type[Envelope], ...] = (
     AppointmentOfferChanged,
     CapacityUpdated,
     CapacityWindowChanged,
-    PortalViewChanged,
+    PortalViewChangedV2,
     ProjectRecorded,
     ProjectUpdated,
     OfficeOutcome,

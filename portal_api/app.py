@@ -38,7 +38,10 @@ Another tenant's or another customer's things answer 404.
 
 **Changes** are asynchronous: POST answers 202 with the request's URL; `GET /v1/requests/{id}?wait=20`
 waits for the outcome, and `GET /v1/events` streams every change (Server-Sent Events, resumable with
-`Last-Event-ID`). Errors are RFC 9457 `application/problem+json` with a stable `code`.
+`Last-Event-ID`): one `view_changed` event per change, its data the live feed's `portal.view_changed` v2
+payload (`customer_id`, `job_id`, `changes`: every view the change touched, each with `view`, its ids,
+`status` and `version`) plus `occurred_at`. Errors are RFC 9457 `application/problem+json` with a stable
+`code`.
 """
 
 

@@ -2,7 +2,11 @@
 
 One exclusive queue on the feed exchange per process, fanned out to Server-Sent Events streams (per
 customer, or per business for office keys) and to long-polls waiting for a request's outcome; on
-reconnect, what a stream missed is replayed from the read store's row times."""
+reconnect, what a stream missed is replayed from the read store's row times.
+
+An event's data is the feed's `portal.view_changed` v2 payload (`customer_id`, `job_id`, `changes`: every
+view one change touched, each with its ids, status and version) plus `occurred_at`; a replayed event
+groups the rows one transaction wrote for one customer and job the same way, marked `replayed`."""
 
 import asyncio
 import contextlib
@@ -29,6 +33,7 @@ log = structlog.get_logger(__name__)
 REPLAY_SLACK_US = 5_000_000
 SUBSCRIBER_BUFFER = 1000
 FEED_PRODUCER = PORTAL_SYNC.name
+FEED_SCHEMA_VERSION = 2  # contracts/feed_v2.py: one event per change, listing its views
 
 
 def cursor(instant: datetime) -> int:
@@ -64,9 +69,18 @@ class Subscription:
         return event.tenant_id == self.tenant_id and (
             self.customer_id is None
             or event.data.get("customer_id") == self.customer_id
-            or event.data.get("appointment_id") in self.appointments
-            or (event.data.get("view") == "job" and event.data.get("job_id") in self.jobs)
+            or any(change.get("appointment_id") in self.appointments for change in changes_of(event))
+            or (
+                event.data.get("job_id") in self.jobs
+                and any(change.get("view") == "job" for change in changes_of(event))
+            )
         )
+
+
+def changes_of(event: FeedEvent) -> list[dict]:
+    """The views an event lists (v2 `changes`); nothing for anything else."""
+    changes = event.data.get("changes")
+    return [c for c in changes if isinstance(c, dict)] if isinstance(changes, list) else []
 
 
 class FeedHub:
@@ -117,7 +131,11 @@ class FeedHub:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("api.feed_unreadable", error=repr(exc)[:200])
             return
-        if body.get("producer") != FEED_PRODUCER or not isinstance(payload, dict):
+        if (
+            body.get("producer") != FEED_PRODUCER
+            or body.get("schema_version") != FEED_SCHEMA_VERSION
+            or not isinstance(payload, dict)
+        ):
             return
         event = FeedEvent(cursor(occurred), tenant, {**payload, "occurred_at": body["occurred_at"]})
         self.dispatch(event)
@@ -129,10 +147,11 @@ class FeedHub:
                     subscription.queue.put_nowait(event)
                 except asyncio.QueueFull:
                     subscription.overflowed = True
-        request_id = event.data.get("request_id")
-        if request_id:
-            for waiter in self._request_waiters.get((event.tenant_id, request_id), ()):
-                waiter.set()
+        for change in changes_of(event):
+            request_id = change.get("request_id")
+            if request_id:
+                for waiter in self._request_waiters.get((event.tenant_id, request_id), ()):
+                    waiter.set()
 
     def subscribe(
         self,
@@ -228,22 +247,29 @@ async def replay(
         rows = (
             await conn.execute(REPLAY, {"tenant": tenant_id, "customer": customer_id, "since": since})
         ).all()
-    events = []
+    # One event per transaction (its clock, `updated_at`) and customer and job, as the feed groups them.
+    grouped: dict[tuple[datetime, str | None, str | None], list[dict]] = {}
     for r in rows:
-        data = {
+        change = {
             "view": r.view,
-            "customer_id": r.customer_id,
-            "job_id": r.job_id,
             "appointment_id": r.appointment_id,
             "request_id": r.request_id,
             "status": r.status,
             "version": r.version,
-            "occurred_at": r.updated_at.isoformat(),
+        }
+        grouped.setdefault((r.updated_at, r.customer_id, r.job_id), []).append(
+            {k: v for k, v in change.items() if v is not None}
+        )
+    events = []
+    for (updated_at, customer_id, job_id), changes in grouped.items():
+        data = {
+            "customer_id": customer_id,
+            "job_id": job_id,
+            "changes": changes,
+            "occurred_at": updated_at.isoformat(),
             "replayed": True,
         }
-        events.append(
-            FeedEvent(cursor(r.updated_at), tenant_id, {k: v for k, v in data.items() if v is not None})
-        )
+        events.append(FeedEvent(cursor(updated_at), tenant_id, data))
     return events
 
 

@@ -45,7 +45,7 @@ from contracts.events_v1 import (
     ProjectUpdatedPayload,
     office_outcome,
 )
-from contracts.feed_v1 import PortalViewChanged, PortalViewChangedPayload, ViewKind
+from contracts.feed_v2 import PortalViewChangedV2, PortalViewChangedV2Payload, ViewChange, ViewKind
 from contracts.internal_v1 import ModifyApproved, ModifyApprovedPayload, RefreshOffers, RefreshOffersPayload
 from contracts.office_v1 import (
     ActionRules,
@@ -586,17 +586,21 @@ def capacity_window_changed(cause: Envelope | None = None, *, free: int = 1, ver
     )
 
 
-def portal_view_changed(cause: Envelope | None = None, **fields) -> PortalViewChanged:
-    """A live-feed event: by default, the default appointment's view changed."""
+def portal_view_changed(
+    cause: Envelope | None = None, changes: list[ViewChange] | None = None, **fields
+) -> PortalViewChangedV2:
+    """A live-feed event: by default, the default appointment's view and its offer changed."""
     cause = cause or appointment_updated()
-    payload = dict(
-        view=ViewKind.APPOINTMENT, customer_id=CUSTOMER_ID, job_id=JOB_ID, appointment_id=APPOINTMENT_ID
-    )
-    return PortalViewChanged.follow(
+    changes = changes or [
+        ViewChange(view=ViewKind.APPOINTMENT, appointment_id=APPOINTMENT_ID, status="scheduled", version=1),
+        ViewChange(view=ViewKind.OFFER, appointment_id=APPOINTMENT_ID, version=1),
+    ]
+    payload = dict(customer_id=CUSTOMER_ID, job_id=JOB_ID, changes=changes)
+    return PortalViewChangedV2.follow(
         cause,
         producer="portal_sync",
         occurred_at=now(),
-        payload=PortalViewChangedPayload(**{**payload, **fields}),
+        payload=PortalViewChangedV2Payload(**{**payload, **fields}),
     )
 
 

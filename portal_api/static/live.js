@@ -37,7 +37,11 @@
   source.addEventListener("view_changed", function (event) {
     var data = {};
     try { data = JSON.parse(event.data); } catch (e) { return; }
-    if (data.appointment_id && changed.indexOf(data.appointment_id) < 0) changed.push(data.appointment_id);
+    // One event per change, listing every view it touched (feed v2): note each appointment named.
+    (data.changes || []).forEach(function (change) {
+      var id = change.appointment_id;
+      if (id && changed.indexOf(id) < 0) changed.push(id);
+    });
     if (timer === null) timer = setTimeout(refresh, 40);
   });
   source.onerror = function () { say("Reconnecting…"); };

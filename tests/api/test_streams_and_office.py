@@ -20,10 +20,20 @@ def key() -> str:
     return f"req-{uuid.uuid4().hex[:12]}"
 
 
+def changes(events) -> list[dict]:
+    """Every view change the events list (feed v2: one event per change, its views in `changes`), each
+    with its event's customer and job."""
+    return [
+        {"customer_id": e["data"].get("customer_id"), "job_id": e["data"].get("job_id"), **change}
+        for e in events
+        for change in e["data"].get("changes", ())
+    ]
+
+
 def saw(events, view: str, **fields) -> bool:
     return any(
-        e["data"].get("view") == view and all(e["data"].get(k) == v for k, v in fields.items())
-        for e in events
+        change.get("view") == view and all(change.get(k) == v for k, v in fields.items())
+        for change in changes(events)
     )
 
 
@@ -72,6 +82,18 @@ async def test_a_customer_stream_resumes_after_a_reconnect_without_losing_a_chan
         )
         assert saw(live, "appointment", appointment_id="apt-2", status="canceled")
         assert all(e["data"].get("customer_id") in (None, "cust-1") for e in missed + live)
+        # One event per change (feed v2): the cancel moved the appointment and completed the request at
+        # once, so the event that says the appointment is canceled says the request completed too.
+        (canceled,) = [
+            e
+            for e in live
+            if ("appointment", "canceled")
+            in {(c["view"], c.get("status")) for c in e["data"].get("changes", ())}
+        ]
+        assert {(c["view"], c.get("status")) for c in canceled["data"]["changes"]} >= {
+            ("appointment", "canceled"),
+            ("request", "completed"),
+        }
 
 
 async def test_the_office_stream_sees_every_customer_and_a_customer_only_their_own(api: Api, world: World):

@@ -1,5 +1,6 @@
-"""The live feed through the real workers: after each read-store change portal_sync publishes a small
-event routed by tenant, customer and job, so a board or portal binds to exactly what it shows."""
+"""The live feed through the real workers: after each read-store change portal_sync publishes one small
+event (v2) listing every view the change touched, routed by tenant, customer and job, so a board or
+portal binds to exactly what it shows and re-reads once per change."""
 
 import asyncio
 import json
@@ -7,7 +8,7 @@ import json
 import aio_pika
 import pytest
 
-from contracts.feed_v1 import routing_word
+from contracts.feed_v2 import routing_word
 from tests import factories as f
 from tests.e2e.test_policy_engine import ALLOW, World, everything
 
@@ -34,7 +35,9 @@ async def drain(queue, settle_s: float = 1.5) -> list[tuple[str, dict]]:
         except aio_pika.exceptions.QueueEmpty:
             return seen
         await message.ack()
-        seen.append((message.routing_key, json.loads(message.body)["payload"]))
+        body = json.loads(message.body)
+        assert (body["type"], body["schema_version"]) == ("portal.view_changed", 2)
+        seen.append((message.routing_key, body["payload"]))
 
 
 async def test_a_board_and_a_portal_each_see_exactly_their_part(world: World, service_urls, topology):
@@ -56,14 +59,29 @@ async def test_a_board_and_a_portal_each_see_exactly_their_part(world: World, se
         for connection in (board_connection, portal_connection, job_connection):
             await connection.close()
 
-    views = {(p["view"], p.get("appointment_id"), p.get("status")) for _, p in portal_events}
+    views = {
+        (c["view"], c.get("appointment_id"), c.get("status")) for _, p in portal_events for c in p["changes"]
+    }
     assert ("appointment", "apt-1", "scheduled") in views
     assert ("appointment", "apt-1", "canceled") in views
     assert ("request", "apt-1", "completed") in views
     assert ("job", None, "canceled") in views
     assert any(view == "offer" for view, _, _ in views)
+    # One event per change: the cancel moved the appointment and completed the request in one delivery,
+    # so one event lists both; no event names a view twice.
+    assert any(
+        {("appointment", "canceled"), ("request", "completed")}
+        <= {(c["view"], c.get("status")) for c in p["changes"]}
+        for _, p in portal_events
+    )
+    for _, p in portal_events:
+        assert len({c["view"] for c in p["changes"]}) == len(p["changes"]), p
+    requests = [c for _, p in portal_events for c in p["changes"] if c["view"] == "request"]
+    # The request's two sightings (itself, its outcome), each with the row's status after it.
+    assert len(requests) == 2 and requests[-1]["status"] == "completed"
     # The customer's portal hears nothing about the other customer; the board hears both.
     assert all(key == f"{world.tenant}.{f.CUSTOMER_ID}.job-apt-1" for key, _ in portal_events)
+    assert all(p["customer_id"] == f.CUSTOMER_ID and p["job_id"] == "job-apt-1" for _, p in portal_events)
     assert {p.get("customer_id") for _, p in board_events} >= {f.CUSTOMER_ID, "cust-other"}
     assert job_events and all(p["job_id"] == "job-apt-2" for _, p in job_events)
 

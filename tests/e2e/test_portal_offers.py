@@ -158,9 +158,10 @@ async def test_an_older_offer_arriving_late_never_replaces_a_newer_one(engine):
     newer = projection.offer_row(f.appointment_offer_changed(offer_version=3))
     older = projection.offer_row(f.appointment_offer_changed(offer_version=2))
     async with UnitOfWork(engine, "portal_sync") as uow:
-        assert await store.upsert_offer(uow.driver, tenant, newer)
-        assert not await store.upsert_offer(uow.driver, tenant, older)
-        assert not await store.upsert_offer(uow.driver, tenant, newer)  # a redelivery changes nothing
+        assert "offer" in await store.write(uow.driver, tenant, store.Writes(offer=newer))
+        assert "offer" not in await store.write(uow.driver, tenant, store.Writes(offer=older))
+        # a redelivery changes nothing
+        assert "offer" not in await store.write(uow.driver, tenant, store.Writes(offer=newer))
         await uow.commit()
     (offer,) = (await readstore.offers(engine, tenant, [f.APPOINTMENT_ID])).values()
     assert offer.offer_version == 3 and offer.modify_offered

@@ -259,12 +259,16 @@ async def test_an_outcome_from_before_the_upgrade_finds_its_request_without_nami
         pending = RequestOutcome(
             request_id, "apt-1", "cancel", "pending", producer="portal-app", reply_to="q"
         )
-        assert await portal_store.record_request(connection, tenant, pending, f.now()) is not None
+        await connection.execute("SELECT set_config('appt.tenant_id', $1, true)", tenant)
+        written = await portal_store.write(
+            connection, tenant, portal_store.Writes(request=pending, requested_at=f.now())
+        )
+        assert written.request is not None
         legacy = RequestOutcome(request_id, "apt-1", "cancel", "rejected", "x", "y")  # no producer
-        recorded = await portal_store.record_request(connection, tenant, legacy, None)
-        assert recorded is not None and recorded.producer == "portal-app" and recorded.reply_due
-        reply = await portal_store.claim_reply(connection, tenant, request_id, recorded.producer)
-        assert reply is not None and reply["status"] == "rejected"
+        # The same statement that records the outcome claims the reply, for the request's portal.
+        recorded = (await portal_store.write(connection, tenant, portal_store.Writes(request=legacy))).request
+        assert recorded is not None and recorded.producer == "portal-app"
+        assert recorded.reply is not None and recorded.reply["status"] == "rejected"
         rows = await connection.fetch(
             "SELECT producer, status FROM portal.requests WHERE tenant_id = $1", tenant
         )

@@ -377,10 +377,20 @@ def test_merge_request(current: str | None, incoming: str, expected: str | None)
 def test_the_read_stores_sql_applies_the_projections_precedence(incoming: str) -> None:
     """portal_sync/store.py's statement for an outcome overwrites exactly the statuses merge_request would
     replace (pending only fills in details: it never changes a status)."""
-    sql = portal_store._RECORD_BY_STATUS[incoming]
-    replaced = set(re.search(r"WHERE t\.status IN \(([^)]*)\)", sql).group(1).replace("'", "").split(", "))
+    sql = portal_store.statement_sql((("request", portal_store._REQUEST_COLUMNS),))
+    listed = re.search(rf"EXCLUDED\.status = '{incoming}' AND t\.status IN \(([^)]*)\)", sql).group(1)
+    replaced = set(listed.replace("'", "").split(", "))
     assert replaced == {current for current in REQUEST_RANK if merge_request(current, outcome(incoming))}
-    assert "WHERE t.status" not in portal_store._RECORD_BY_STATUS["pending"]
+    # Pending never changes a status: it only fills in the request's details, where none were seen yet.
+    assert "EXCLUDED.status = 'pending' AND t.status IN" not in sql
+    assert "(EXCLUDED.status = 'pending' AND t.requested_at IS NULL)" in sql
+
+
+def test_the_read_stores_sql_knows_the_final_statuses() -> None:
+    """The reply is claimed where a request becomes final: the SQL lists exactly the terminal statuses."""
+    listed = set(portal_store._TERMINAL_SQL.strip("()").replace("'", "").split(", "))
+    assert listed == TERMINAL_REQUEST_STATUSES
+    assert portal_store._CLAIM_REPLY.count(portal_store._TERMINAL_SQL) == 2
 
 
 def test_terminal_statuses() -> None:

@@ -16,7 +16,7 @@ from contracts.events_v1 import (
     OfficeOutcome,
     ProjectUpdated,
 )
-from contracts.feed_v1 import PortalViewChanged, PortalViewChangedPayload
+from contracts.feed_v2 import PortalViewChangedV2
 from contracts.office_v1 import CapacityUpdated
 from contracts.portal_v1 import ModifyOutcome, ModifyOutcomePayload, ModifyRequested
 from workers.portal_sync import feed, projection, store
@@ -25,93 +25,105 @@ from workers.runtime.database import UnitOfWork
 log = structlog.get_logger(__name__)
 
 
-async def project_event(message: Envelope, uow: UnitOfWork) -> None:
-    """Write what the event says into the read store; after each row that changed, tell the live feed."""
-    conn = uow.driver
-    changed: list[PortalViewChangedPayload] = []
-
-    def wrote(clock) -> bool:
-        """A write returns the transaction's clock when it changed a row (None when it did not)."""
-        if clock is None:
-            return False
-        uow.saw_now(clock)
-        return True
-
+def writes_of(message: Envelope) -> store.Writes:
+    """Everything the event says about the read store (pure)."""
     snapshot = projection.appointment_snapshot(message)
-    if snapshot is not None:
-        written = wrote(
-            await store.upsert_appointment(conn, message.tenant_id, projection.appointment_row(snapshot))
+    is_request = isinstance(message, ModifyRequested)
+    return store.Writes(
+        appointment=None if snapshot is None else projection.appointment_row(snapshot),
+        offer=projection.offer_row(message),
+        available_window=projection.available_window_row(message),
+        business_unit=projection.business_unit_row(message),
+        job=projection.job_row(message),
+        office_outcome=projection.office_outcome_row(message),
+        request=projection.request_outcome(message),
+        requested_at=message.occurred_at if is_request else None,
+        audit=projection.audit_entry(message),
+        # A request's own line only with the first sighting of the request: a re-sent or reused request
+        # id writes nothing (the gate dead-letters a reused one).
+        audit_if_recorded=is_request,
+    )
+
+
+def changes_of(message: Envelope, writes: store.Writes, written: store.Written) -> list[feed.Changed]:
+    """The views the statement changed, for the live feed (pure)."""
+    changed: list[feed.Changed] = []
+    snapshot = projection.appointment_snapshot(message)
+    if snapshot is not None and "appointment" in written:
+        changed.append(feed.appointment_changed(snapshot))
+    if writes.offer is not None and "offer" in written:
+        changed.append(feed.offer_changed(writes.offer))
+    if writes.available_window is not None and "available_window" in written:
+        changed.append(feed.availability_changed(writes.available_window))
+    if writes.job is not None and "job" in written:
+        changed.append(feed.job_changed(writes.job))
+    outcome, recorded = writes.request, written.request
+    if outcome is not None and recorded is not None:
+        # Routed with the event's own appointment when it carries one (the read store's row may be the
+        # one this statement just wrote), else as the read store knew the appointment.
+        customer_id = snapshot.customer_id if snapshot else recorded.customer_id or outcome.requester_id
+        job_id = snapshot.job_id if snapshot else recorded.job_id
+        changed.append(feed.request_changed(outcome, recorded.status, customer_id, job_id))
+    return changed
+
+
+_WRITTEN = "portal_sync.written"  # uow.memo: message id -> what the batch's statement wrote for it
+
+
+async def _written(message: Envelope, writes: store.Writes, uow: UnitOfWork) -> store.Written:
+    """What the read store took of `message`. In a batch, the first call for a tenant writes for every
+    message of that tenant in the transaction at once (store.write_many: one statement per round), and
+    the others find theirs. Only that tenant's: the transaction is scoped to it now (row-level security;
+    the runtime groups a batch's messages by tenant and scopes each handler to its message's)."""
+    done: dict = uow.memo.setdefault(_WRITTEN, {})
+    if message.message_id in done:
+        return done.pop(message.message_id)
+    batch = [
+        m
+        for m in uow.batch
+        if m.tenant_id == message.tenant_id and m.message_id not in done and type(m) in HANDLERS
+    ]
+    if len(batch) > 1 and any(m.message_id == message.message_id for m in batch):
+        results = await store.write_many(
+            uow.driver, message.tenant_id, [writes if m is message else writes_of(m) for m in batch]
         )
-        log.info("portal.appointment", version=snapshot.version, written=written)
-        if written:
-            changed.append(feed.appointment_changed(snapshot))
-    offer = projection.offer_row(message)
-    if offer is not None:
-        written = wrote(await store.upsert_offer(conn, message.tenant_id, offer))
-        log.info("portal.offer", offer_version=offer["offer_version"], written=written)
-        if written:
-            changed.append(feed.offer_changed(offer))
-    window = projection.available_window_row(message)
-    if window is not None:
-        written = wrote(await store.upsert_available_window(conn, message.tenant_id, window))
-        log.info("portal.available_window", free=window["free"], version=window["version"], written=written)
-        if written:
-            changed.append(feed.availability_changed(window))
-    unit = projection.business_unit_row(message)
-    if unit is not None:
-        wrote(await store.upsert_business_unit(conn, message.tenant_id, unit))
-    job = projection.job_row(message)
-    if job is not None and wrote(await store.upsert_job(conn, message.tenant_id, job)):
-        changed.append(feed.job_changed(job))
-    office = projection.office_outcome_row(message)
-    if office is not None:
-        written = await store.record_office_outcome(conn, message.tenant_id, office)
-        log.info("portal.office_outcome", status=office["status"], written=written)
-    outcome = projection.request_outcome(message)
-    recorded = None
-    if outcome is not None:
-        requested_at = message.occurred_at if isinstance(message, ModifyRequested) else None
-        recorded = await store.record_request(conn, message.tenant_id, outcome, requested_at)
-        log.info(
-            "portal.request",
-            request_id=outcome.request_id,
-            status=outcome.status,
-            written=recorded is not None,
+        done.update({m.message_id: w for m, w in zip(batch, results, strict=True)})
+        return done.pop(message.message_id)
+    return await store.write(uow.driver, message.tenant_id, writes)
+
+
+async def project_event(message: Envelope, uow: UnitOfWork) -> None:
+    """Write what the event says into the read store (one statement, or one for the whole batch); then
+    the reply (once per request) and one live-feed event listing every view that changed."""
+    writes = writes_of(message)
+    written = await _written(message, writes, uow)
+    if written.now is not None:
+        uow.saw_now(written.now)
+    recorded = written.request
+    log.info(
+        "portal.projected",
+        written=sorted(written.rows | ({"request"} if recorded else set())),
+        request_id=None if writes.request is None else writes.request.request_id,
+    )
+    if recorded is not None and recorded.reply is not None:
+        reply = recorded.reply
+        await uow.follow(
+            message,
+            ModifyOutcome,
+            ModifyOutcomePayload(
+                request_id=reply["request_id"],
+                appointment_id=reply["appointment_id"],
+                action=reply["action"],
+                status=reply["status"],
+                reason_code=reply["reason_code"],
+                reason=reply["reason_text"],
+                reply_to=reply["reply_to"],
+            ),
+            correlation_id=reply["request_id"],
+            request_producer=recorded.producer or None,
         )
-        if recorded is not None:
-            uow.saw_now(recorded.now)
-            changed.append(
-                feed.request_changed(outcome, recorded.customer_id or outcome.requester_id, recorded.job_id)
-            )
-        # Once per request, whichever of the request and its outcome came last (the row says so).
-        reply = (
-            await store.claim_reply(conn, message.tenant_id, outcome.request_id, recorded.producer)
-            if recorded is not None and recorded.reply_due
-            else None
-        )
-        if reply is not None:
-            await uow.follow(
-                message,
-                ModifyOutcome,
-                ModifyOutcomePayload(
-                    request_id=reply["request_id"],
-                    appointment_id=reply["appointment_id"],
-                    action=reply["action"],
-                    status=reply["status"],
-                    reason_code=reply["reason_code"],
-                    reason=reply["reason_text"],
-                    reply_to=reply["reply_to"],
-                ),
-                correlation_id=reply["request_id"],
-                request_producer=recorded.producer or None,
-            )
-    audit = projection.audit_entry(message)
-    # A request's own line only when this is the first sighting of the request: a re-sent or reused
-    # request id writes nothing (the gate dead-letters a reused one).
-    if audit is not None and (recorded is not None or not isinstance(message, ModifyRequested)):
-        await store.append_audit(conn, message.tenant_id, audit)
-    for payload in changed:
-        await uow.follow(message, PortalViewChanged, payload)
+    for payload in feed.events(changes_of(message, writes, written)):
+        await uow.follow(message, PortalViewChangedV2, payload)
 
 
 HANDLERS = {

@@ -150,6 +150,7 @@ class Batches:
         try:
             async with UnitOfWork(self._engine, self._worker, notify=publisher is None) as uow:
                 claimed = set(await uow.claim_all(self._worker, [e.message for e in entries]))
+                uow.batch = _handled(entries, claimed)
                 outcomes: list[Committed] = []
                 for entry in entries:
                     message = entry.message
@@ -184,6 +185,18 @@ class Batches:
                 return
         for entry, outcome in zip(entries, outcomes, strict=True):
             _answer(entry, outcome)
+
+
+def _handled(entries: list[_Entry], claimed: set) -> tuple[Envelope, ...]:
+    """The messages the handlers will run for, in order (claimed now, each id once): a handler may write
+    for several of them at once (`UnitOfWork.batch`), those of the tenant it is scoped to."""
+    fresh, seen = [], set()
+    for entry in entries:
+        message_id = entry.message.message_id
+        if message_id in claimed and message_id not in seen:
+            seen.add(message_id)
+            fresh.append(entry.message)
+    return tuple(fresh)
 
 
 def _by_tenant(batch: list[_Entry]) -> list[_Entry]:

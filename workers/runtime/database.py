@@ -203,6 +203,11 @@ class UnitOfWork:
         self._connection: AsyncConnection  # the pooled connection; SQLAlchemy never runs a statement on it
         self.driver: asyncpg.Connection  # the one handle on the transaction (see the module docstring)
         self.written: list[outbox.OutboxRow] = []  # the outbox rows the commit wrote
+        # The messages this transaction handles, in order (workers/runtime/batch.py sets them for a batch;
+        # empty for one message): a handler may write for all of them at its first call, in one
+        # statement, and keep what it learnt in `memo` for the calls that follow.
+        self.batch: tuple[Envelope, ...] = ()
+        self.memo: dict[str, Any] = {}
         self.claimed = True
         self._claim = claim
         self._notify = notify
@@ -214,6 +219,7 @@ class UnitOfWork:
 
     async def __aenter__(self) -> "UnitOfWork":
         self.written = []
+        self.memo = {}
         self._pending = []
         self._scoped = None
         self._now = None
