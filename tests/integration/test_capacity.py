@@ -181,6 +181,17 @@ async def accounting(engine, tenant: str) -> list[tuple]:
         return [tuple(r) for r in rows]
 
 
+def _window_at_its_start(tenant: str, *more):
+    """The capacity window at an appointment's unit, zone and start (and `more` conditions)."""
+    return select(capacity_windows.c.starts_at).where(
+        capacity_windows.c.tenant_id == tenant,
+        capacity_windows.c.business_unit == appointments.c.business_unit,
+        capacity_windows.c.zone == appointments.c.zone,
+        capacity_windows.c.starts_at == appointments.c.window_start,
+        *more,
+    )
+
+
 async def assert_accounting_holds(engine, tenant: str) -> None:
     for starts_at, places, capacity, booked, held in await accounting(engine, tenant):
         assert booked == held, f"window {starts_at}: booked {booked} but {held} appointments hold it"
@@ -193,31 +204,17 @@ async def assert_accounting_holds(engine, tenant: str) -> None:
             .where(
                 appointments.c.tenant_id == tenant,
                 appointments.c.holds_place,
-                ~select(capacity_windows.c.starts_at)
-                .where(
-                    capacity_windows.c.tenant_id == tenant,
-                    capacity_windows.c.business_unit == appointments.c.business_unit,
-                    capacity_windows.c.zone == appointments.c.zone,
-                    capacity_windows.c.starts_at == appointments.c.window_start,
-                )
-                .exists(),
+                ~_window_at_its_start(tenant).exists(),
             )
         )
         assert orphans.scalar_one() == 0
+        ends, end = capacity_windows.c.ends_at, appointments.c.window_end
         # and only ever in a window of exactly its span (an office record changing the end frees it)
         misfits = await conn.execute(
             select(appointments.c.appointment_id, appointments.c.window_end).where(
                 appointments.c.tenant_id == tenant,
                 appointments.c.holds_place,
-                select(capacity_windows.c.starts_at)
-                .where(
-                    capacity_windows.c.tenant_id == tenant,
-                    capacity_windows.c.business_unit == appointments.c.business_unit,
-                    capacity_windows.c.zone == appointments.c.zone,
-                    capacity_windows.c.starts_at == appointments.c.window_start,
-                    capacity_windows.c.ends_at != appointments.c.window_end,
-                )
-                .exists(),
+                _window_at_its_start(tenant, ends != end).exists(),
             )
         )
         assert misfits.all() == [], "appointments holding a place in a window of another span"
@@ -227,15 +224,7 @@ async def assert_accounting_holds(engine, tenant: str) -> None:
                 appointments.c.tenant_id == tenant,
                 ~appointments.c.holds_place,
                 appointments.c.status != "canceled",
-                select(capacity_windows.c.starts_at)
-                .where(
-                    capacity_windows.c.tenant_id == tenant,
-                    capacity_windows.c.business_unit == appointments.c.business_unit,
-                    capacity_windows.c.zone == appointments.c.zone,
-                    capacity_windows.c.starts_at == appointments.c.window_start,
-                    capacity_windows.c.ends_at == appointments.c.window_end,
-                )
-                .exists(),
+                _window_at_its_start(tenant, ends == end).exists(),
             )
         )
         assert unheld.all() == [], "appointments in a managed window that hold no place"
