@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from apptctl import reconcile
 from apptctl.reconcile import Report, Violation
 from infra.security.rabbitmq import ManagementClient
 from infra.topology import Topology
+from tests.faults import office
 from tests.faults.load import Office, Plan, build_plan, publish_confirmed, publish_paced, wait_for_setup
 from tests.faults.supervisor import Supervisor
 from tests.waiting import eventually
@@ -71,6 +73,7 @@ class Numbers:
     faults: dict[str, int] = field(default_factory=dict)
     restarts: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
+    office: dict[str, int] = field(default_factory=dict)  # the office records' outcomes, by kind
     lost: int = 0
     duplicated: int = 0
     unexpected: int = 0
@@ -194,6 +197,8 @@ class FaultRun:
         )
         self.monitor = ReadStoreMonitor(self.admin_dsn, plan.tenants)
         self.office = Office(self.engine, self.broker, plan.tenants)
+        self.writer = office.OfficeWriter(self.engine, self.broker, plan, seed=zlib.crc32(scenario.encode()))
+        self.office_facts = office.OfficeFacts()
         self.sent_at: dict[str, float] = {}
         self._tasks: list[asyncio.Task] = []
         self._started = time.monotonic()
@@ -212,7 +217,16 @@ class FaultRun:
         """Publish the plan's requests (or `copies`, e.g. with duplicates) spread over `duration_s`."""
         messages = copies if copies is not None else self.plan.requests
         self.numbers.published += len(messages)
-        await publish_paced(self.broker, messages, duration_s, self.sent_at)
+        await asyncio.gather(
+            publish_paced(self.broker, messages, duration_s, self.sent_at), self.write_office(duration_s)
+        )
+
+    async def write_office(self, duration_s: float) -> None:
+        """The office writes its commercial appointments meanwhile (tests/faults/office.py)."""
+        await self.writer.write(duration_s, self.writer.records_for(len(self.plan.requests)))
+
+    def office_messages(self) -> list:
+        return office.office_messages(self.plan, self.writer, self.office.sent)
 
     async def reconcile(self, grace_s: float = 0.0) -> Report:
         return await reconcile.check(
@@ -248,6 +262,9 @@ class FaultRun:
             try:
                 report = await self.reconcile()
                 quiet = not blocking(report) and report.counts["waiting"] == 0 and await self.queues_empty()
+                if quiet:  # and every office message answered (its outcome in the read store)
+                    self.office_facts = await office.gather(self.engine, self.plan.tenants)
+                    quiet = office.answered(self.office_facts, self.office_messages())
             except (OSError, aio_pika.exceptions.AMQPError, asyncpg.PostgresError):
                 quiet = False
             if report is not None:
@@ -256,6 +273,7 @@ class FaultRun:
             if quiet:
                 await asyncio.sleep(1.0)
                 report = await self.reconcile()
+                self.office_facts = await office.gather(self.engine, self.plan.tenants)
                 if not blocking(report):
                     break
             if time.monotonic() - started > timeout_s:
@@ -271,6 +289,7 @@ class FaultRun:
         n.outcomes = {k: v for k, v in counts.items() if v}
         n.lost, n.duplicated, n.unexpected = counts["lost"], counts["duplicated"], counts["unexpected"]
         n.dead_lettered = counts["dead_lettered"]
+        n.office = office.tally(self.office_facts, self.writer)
         n.violations = len(blocking(report))
         n.known_defects = len(report.violations) - n.violations
         n.read_store_regressions = len(self.monitor.regressions)
@@ -295,6 +314,10 @@ class FaultRun:
             problems.append(f"read store went backwards: {self.monitor.regressions[:10]}")
         if self.workers.unexpected_exits:
             problems.append(f"workers exited on their own: {self.workers.unexpected_exits[:10]}")
+        office_problems = office.problems(self.office_facts, self.office_messages(), self.writer)
+        if office_problems:
+            problems.append(f"{len(office_problems)} office message(s) without one true outcome: " +
+                            "; ".join(office_problems[:10]))  # fmt: skip
         by_id = {v.request_id: v for v in report.verdicts}
         for request_id, expect in self.plan.expect.items():
             verdict = by_id.get(request_id)

@@ -1,6 +1,11 @@
 """The fault suite's load: tenants with settings and booked appointments, then a mix of modify requests
 (reschedules, cancels, refusals, some needing the office's approval), published the way a portal must.
 
+A third of the jobs are in a business unit that manages capacity (`COMMERCIAL`: arrival windows with a
+few places each, set by `office.capacity.updated` in the set-up, which lands in any order with the
+bookings). The office keeps writing those appointments while the requests run (tests/faults/office.py):
+versioned records for half of them (booked as version 2), version 1 records for the others.
+
 Every request is built with tests/factories.py; the office's part (settings, bookings, approvals) goes
 through the real pipeline like everything else.
 """
@@ -35,6 +40,9 @@ APPROVAL_JOB_TYPE = "panel-upgrade"  # the office must approve changes of these
 JOB_TYPES = ("water-heater-service", "drain-cleaning", "rtu-maintenance", APPROVAL_JOB_TYPE)
 CANCEL_REASONS = ("Fixed it myself", "Schedule conflict", "No longer needed")
 MAX_RESCHEDULES = 3
+RESIDENTIAL, COMMERCIAL = "residential", "commercial"  # the second manages capacity
+COMMERCIAL_PLACES = 3
+CAPACITY_CHUNK = 50  # windows per office.capacity.updated (each its own capacity_version)
 # Rules the gate applies before it looks at a new window: an earlier request may have canceled the
 # appointment, or used up its reschedules.
 BEFORE_THE_WINDOW = ("appointment_not_modifiable", "reschedule_limit_reached")
@@ -49,6 +57,8 @@ class Booking:
     contact_id: str | None  # a project lead who may act too
     window: ArrivalWindow
     job_type: str
+    business_unit: str = RESIDENTIAL
+    versioned: bool = False  # booked (and written by the office) with version 2 records
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,8 @@ class Plan:
     label: str
     tenants: list[str]
     settings: list[Envelope] = field(default_factory=list)
+    capacity: list[Envelope] = field(default_factory=list)
+    commercial_windows: list[ArrivalWindow] = field(default_factory=list)
     bookings: list[Booking] = field(default_factory=list)
     booking_messages: list[Envelope] = field(default_factory=list)
     requests: list[ModifyRequested] = field(default_factory=list)
@@ -72,7 +84,12 @@ class Plan:
 
     @property
     def setup(self) -> list[Envelope]:
-        return [*self.settings, *self.booking_messages]
+        return [*self.settings, *self.capacity, *self.booking_messages]
+
+    @property
+    def office_written(self) -> list[Booking]:
+        """The appointments the office keeps writing during the load (those of the commercial unit)."""
+        return [b for b in self.bookings if b.business_unit == COMMERCIAL]
 
     def sent(self, sent_at: dict[str, float] | None = None) -> list[SentRequest]:
         """The manifest for the reconciler: every request once, whatever how often it was delivered."""
@@ -117,6 +134,24 @@ def _settings(tenant: str, version: int) -> list[Envelope]:
     ]
 
 
+def _capacity(tenant: str, windows: list[ArrivalWindow], version: int) -> list[Envelope]:
+    """The commercial unit's windows, COMMERCIAL_PLACES places each, in chunks (a capacity_version each)."""
+    places = COMMERCIAL_PLACES
+    return [
+        factories.capacity_updated(
+            tenant=tenant,
+            business_unit=COMMERCIAL,
+            windows=[
+                {"date": w.start.date(), "start": w.start.time(), "end": w.end.time(), "places": places}
+                for w in windows[i : i + CAPACITY_CHUNK]
+            ],
+            capacity_version=version + i,
+            change_id=f"capacity-{i}",
+        )
+        for i in range(0, len(windows), CAPACITY_CHUNK)
+    ]
+
+
 def _window(now: datetime, days: int, hour: int, hours: int = 2) -> ArrivalWindow:
     day = (now + timedelta(days=days)).date()
     start = datetime(day.year, day.month, day.day, hour, tzinfo=UTC)
@@ -133,6 +168,12 @@ def build_plan(n_requests: int, *, seed: int, label: str, tenants: int = 2) -> P
     for tenant in plan.tenants:
         plan.settings.extend(_settings(tenant, version))
     appointments = max(4, n_requests // 2)
+    # Windows of the commercial unit: four a day from day 3 on, about one for every two of its bookings.
+    plan.commercial_windows = [
+        _window(now, 3 + n // 4, 8 + 2 * (n % 4)) for n in range(max(8, appointments // 6))
+    ]
+    for tenant in plan.tenants:
+        plan.capacity.extend(_capacity(tenant, plan.commercial_windows, version))
     job = 0
     while len(plan.bookings) < appointments:
         tenant = plan.tenants[job % tenants]
@@ -143,10 +184,18 @@ def build_plan(n_requests: int, *, seed: int, label: str, tenants: int = 2) -> P
         if job % 10 == 3:
             contact = f"lead-{job}"
             project = factories.project(f"prj-{job}", {contact: ContactRole.PROJECT_LEAD})
+        # a third of the jobs (none on a project) in the commercial unit, half of those versioned
+        unit = COMMERCIAL if job % 3 == 0 and project is None else RESIDENTIAL
+        versioned = unit == COMMERCIAL and job % 6 == 0
         for visit in range(2 if job % 4 == 1 else 1):
             appointment_id = f"apt-{job}-{visit}"
-            window = _window(now, 3 + (job * 3 + visit * 2) % 18, 7 + (job + visit) % 9)
-            booking = Booking(tenant, appointment_id, job_id, customer, contact, window, job_type)
+            if unit == COMMERCIAL:
+                window = plan.commercial_windows[(job + visit) % len(plan.commercial_windows)]
+            else:
+                window = _window(now, 3 + (job * 3 + visit * 2) % 18, 7 + (job + visit) % 9)
+            booking = Booking(
+                tenant, appointment_id, job_id, customer, contact, window, job_type, unit, versioned
+            )
             plan.bookings.append(booking)
             plan.booking_messages.append(
                 factories.appointment_recorded(
@@ -154,12 +203,13 @@ def build_plan(n_requests: int, *, seed: int, label: str, tenants: int = 2) -> P
                     appointment_id=appointment_id,
                     job_id=job_id,
                     customer_id=customer,
-                    business_unit="residential",
+                    business_unit=unit,
                     job_type=job_type,
                     project=project,
                     window=window,
                     confirmation=Confirmation.CONFIRMED if job % 3 else Confirmation.UNCONFIRMED,
                     change_id=f"book-{label}-{appointment_id}",
+                    **({"office_revision": 1} if versioned else {}),
                 )
             )
         job += 1
@@ -177,7 +227,10 @@ def _request(plan: Plan, rng: random.Random, now: datetime, i: int) -> ModifyReq
     expect: Expect | None = None
     if roll < 0.45:
         kind = "reschedule"
-        change = factories.reschedule(_window(now, 25 + rng.randrange(35), 8 + rng.randrange(8)))
+        if booking.business_unit == COMMERCIAL:  # into one of its unit's windows (full or not)
+            change = factories.reschedule(rng.choice(plan.commercial_windows))
+        else:
+            change = factories.reschedule(_window(now, 25 + rng.randrange(35), 8 + rng.randrange(8)))
     elif roll < 0.68:
         kind = "cancel"
         change = factories.cancel(rng.choice(CANCEL_REASONS))
@@ -300,6 +353,7 @@ class Office:
         self._broker = broker
         self._tenants = tenants
         self.decided: dict[str, bool] = {}
+        self.sent: list[Envelope] = []  # the decisions, each an office message that gets an outcome
         self._stop = asyncio.Event()
 
     async def run(self, interval_s: float = 0.3) -> None:
@@ -331,6 +385,7 @@ class Office:
                 approved=approved,
                 reason=None if approved else "The crew is booked that week",
             )
+            self.sent.append(decision)
             await publish_confirmed(self._broker, decision)
 
     def stop(self) -> None:

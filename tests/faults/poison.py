@@ -13,6 +13,7 @@ import aio_pika
 from apptctl.portal_keys import tool_keyring
 from contracts.decoding import CONTENT_TYPE, MAX_MESSAGE_BYTES
 from contracts.envelope import Envelope
+from contracts.events_v1 import office_outcome
 from contracts.signing import SigningKey, signature_headers
 from infra.topology import SUBSCRIPTIONS, Topology
 from tests import factories
@@ -144,6 +145,13 @@ FAMILY_MUTATIONS: dict[str, dict[str, tuple[str, Mutation]]] = {
             _set({"start": "2026-12-01T09:00:00", "end": "2026-12-01T11:00:00"}, "payload", "window"),
         ),
     },
+    "booking_v2": {
+        "based_on_version_negative": ("schema_violation", _set(-1, "payload", "based_on_version")),
+        "based_on_version_a_float": ("schema_violation", _set(2.5, "payload", "based_on_version")),
+        "office_revision_missing": ("schema_violation", _drop("payload", "office_revision")),
+        "office_revision_a_string": ("schema_violation", _set("3", "payload", "office_revision")),
+        "office_revision_beyond_2_62": ("schema_violation", _set(2**63, "payload", "office_revision")),
+    },
     "approval": {
         "version_negative": ("schema_violation", _set(-1, "payload", "decided_on_version")),
         "version_a_string": ("schema_violation", _set("1", "payload", "decided_on_version")),
@@ -151,6 +159,11 @@ FAMILY_MUTATIONS: dict[str, dict[str, tuple[str, Mutation]]] = {
     "event": {
         "snapshot_missing": ("schema_violation", _drop("payload", "appointment")),
         "version_a_float": ("schema_violation", _set(2.5, "payload", "appointment", "version")),
+    },
+    "outcome": {
+        "status_unknown": ("schema_violation", _set("maybe", "payload", "status")),
+        "office_message_id_not_uuid": ("schema_violation", _set("office-1", "payload", "office_message_id")),
+        "current_version_negative": ("schema_violation", _set(-1, "payload", "current", "version")),
     },
 }
 
@@ -164,13 +177,22 @@ def _families(tenant: str, appointment_id: str) -> dict[str, tuple[Envelope, str
         request_id="poison-req",
     )
     booking = factories.appointment_recorded(tenant=tenant, appointment_id=appointment_id)
+    versioned = factories.appointment_recorded(
+        tenant=tenant, appointment_id=appointment_id, office_revision=1_000, based_on_version=1
+    )
     approval = factories.modify_approved(request)
     event = factories.appointment_updated(booking, version=1_000)
+    outcome = office_outcome(
+        versioned, factories.now(), appointment_id, None, producer="modify_handler",
+        current=event.payload.appointment,
+    )  # fmt: skip
     return {
         "request": (request, "requests", "modify.requested"),
         "booking": (booking, "office", "office.appointment.recorded"),
+        "booking_v2": (versioned, "office", "office.appointment.recorded"),
         "approval": (approval, "internal", "modify.approved"),
         "event": (event, "events", "appointment.updated"),
+        "outcome": (outcome, "events", "office.outcome"),
     }
 
 

@@ -34,6 +34,8 @@ def table(runs: list[dict]) -> str:
     ]
     for r in runs:
         outcomes = ", ".join(f"{k} {v}" for k, v in r["outcomes"].items())
+        if r.get("office"):
+            outcomes += "; office records: " + ", ".join(f"{k} {v}" for k, v in r["office"].items())
         dead = f"{r['dead_lettered']}" + (f" (+{r['poison']} poison)" if r.get("poison") else "")
         lines.append(
             f"| {r['scenario']} | {r['requests']} | {r['published']} | {_faults(r['faults'])} | {r['lost']} "

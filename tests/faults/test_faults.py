@@ -98,11 +98,13 @@ async def test_database_backends_terminated_mid_run(settings, topology, tmp_path
 
 
 async def test_every_message_delivered_twice_some_three_times(settings, topology, tmp_path):
-    """Every request twice (the copy a few messages later), one in three a third time seconds later; then,
-    after quiescence, every request and every event our workers published once more (a portal retrying,
-    a relay that died between publish and mark): exactly one effect each."""
+    """Every request twice (the copy a few messages later), one in three a third time seconds later, every
+    office record twice; then, after quiescence, every request, office record and event our workers
+    published once more (a portal or an office retrying, a relay that died between publish and mark):
+    exactly one effect, and one office outcome, each."""
     rng = random.Random(64)
     async with fault_run("duplicates", settings, topology, tmp_path, requests=scaled(250), seed=64) as run:
+        run.writer.copies = 2
         requests = run.plan.requests
         placed: list[tuple[float, int, object]] = []
         for i, request in enumerate(requests):
@@ -118,11 +120,14 @@ async def test_every_message_delivered_twice_some_three_times(settings, topology
         rows = await outbox_rows(run)
         replayed = await republish(run, rows)
         await asyncio.gather(*(publish_confirmed(run.broker, r) for r in requests))
+        late_office = await run.writer.resend_all()
         run.numbers.published += len(requests)
         run.numbers.faults = {
             "copies of each request": 2,
             "third copies": len(stream) - 2 * len(requests),
             "late request copies": len(requests),
+            "copies of each office record": 2,
+            "late office record copies": late_office,
             "events republished": len(replayed),
         }
         report = await run.settle()  # waits for the queues to drain, then looks again a moment later
@@ -176,8 +181,8 @@ async def test_poison_messages_mixed_into_valid_traffic(settings, topology, tmp_
                 else:
                     await publish_confirmed(run.broker, item)
 
-        # valid and poison interleaved on the same queues, in 8 parallel streams
-        await asyncio.gather(*(send(stream[k::8]) for k in range(8)))
+        # valid and poison interleaved on the same queues, in 8 parallel streams, the office writing too
+        await asyncio.gather(*(send(stream[k::8]) for k in range(8)), run.write_office(8.0))
         run.numbers.published = len(requests)
         run.numbers.poison = len(items)
         report = await run.settle()

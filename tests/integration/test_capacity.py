@@ -181,6 +181,17 @@ async def accounting(engine, tenant: str) -> list[tuple]:
         return [tuple(r) for r in rows]
 
 
+def _window_at_its_start(tenant: str, *more):
+    """The capacity window at an appointment's unit, zone and start (and `more` conditions)."""
+    return select(capacity_windows.c.starts_at).where(
+        capacity_windows.c.tenant_id == tenant,
+        capacity_windows.c.business_unit == appointments.c.business_unit,
+        capacity_windows.c.zone == appointments.c.zone,
+        capacity_windows.c.starts_at == appointments.c.window_start,
+        *more,
+    )
+
+
 async def assert_accounting_holds(engine, tenant: str) -> None:
     for starts_at, places, capacity, booked, held in await accounting(engine, tenant):
         assert booked == held, f"window {starts_at}: booked {booked} but {held} appointments hold it"
@@ -193,32 +204,27 @@ async def assert_accounting_holds(engine, tenant: str) -> None:
             .where(
                 appointments.c.tenant_id == tenant,
                 appointments.c.holds_place,
-                ~select(capacity_windows.c.starts_at)
-                .where(
-                    capacity_windows.c.tenant_id == tenant,
-                    capacity_windows.c.business_unit == appointments.c.business_unit,
-                    capacity_windows.c.zone == appointments.c.zone,
-                    capacity_windows.c.starts_at == appointments.c.window_start,
-                )
-                .exists(),
+                ~_window_at_its_start(tenant).exists(),
             )
         )
         assert orphans.scalar_one() == 0
+        ends, end = capacity_windows.c.ends_at, appointments.c.window_end
+        # and only ever in a window of exactly its span (an office record changing the end frees it)
+        misfits = await conn.execute(
+            select(appointments.c.appointment_id, appointments.c.window_end).where(
+                appointments.c.tenant_id == tenant,
+                appointments.c.holds_place,
+                _window_at_its_start(tenant, ends != end).exists(),
+            )
+        )
+        assert misfits.all() == [], "appointments holding a place in a window of another span"
         # every appointment in a managed window holds its place there, whenever the window arrived
         unheld = await conn.execute(
             select(appointments.c.appointment_id, appointments.c.window_start).where(
                 appointments.c.tenant_id == tenant,
                 ~appointments.c.holds_place,
                 appointments.c.status != "canceled",
-                select(capacity_windows.c.starts_at)
-                .where(
-                    capacity_windows.c.tenant_id == tenant,
-                    capacity_windows.c.business_unit == appointments.c.business_unit,
-                    capacity_windows.c.zone == appointments.c.zone,
-                    capacity_windows.c.starts_at == appointments.c.window_start,
-                    capacity_windows.c.ends_at == appointments.c.window_end,
-                )
-                .exists(),
+                _window_at_its_start(tenant, ends == end).exists(),
             )
         )
         assert unheld.all() == [], "appointments in a managed window that hold no place"
@@ -438,7 +444,7 @@ step = st.one_of(
     st.tuples(
         st.just("office"),
         st.sampled_from(APPOINTMENT_IDS),
-        st.integers(0, 3),
+        st.integers(0, 5),  # 4, 5: the start of window 0, 1 with another end
         st.sampled_from(
             [AppointmentStatus.SCHEDULED] * 3 + [AppointmentStatus.CANCELED, AppointmentStatus.DISPATCHED]
         ),
@@ -483,12 +489,31 @@ rounds = st.lists(st.lists(step, min_size=1, max_size=3), min_size=1, max_size=8
         [("move", "apt-0", 0, None)],
     ],
 )
+@example(  # the office keeps the start and changes the end: the window no longer fits, its place is freed
+    initial={0},
+    steps=[
+        [("office", "apt-0", 0, AppointmentStatus.SCHEDULED)],
+        [("office", "apt-0", 4, AppointmentStatus.SCHEDULED)],
+        [("office", "apt-1", 0, AppointmentStatus.SCHEDULED)],
+    ],
+)
 async def test_capacity_accounting_never_depends_on_arrival_order(wide_engine, initial, steps):
     tenant = unique_tenant()
     try:
         await run_steps(wide_engine, tenant, sorted(initial), steps)
     finally:
         await forget_events(wide_engine, tenant)
+
+
+def where_to(where: int | None) -> ArrivalWindow:
+    """0-2: a window that may get capacity; 3: one outside capacity; 4, 5: the start of window 0, 1 with
+    an end an hour later (the office keeps the start and changes the end)."""
+    if where is None or where == 3:
+        return slot(50)
+    if where > 3:
+        window = SLOTS[where - 4]
+        return ArrivalWindow(start=window.start, end=window.end + timedelta(hours=1))
+    return SLOTS[where]
 
 
 async def run_steps(engine, tenant: str, initial: list[int], steps) -> None:
@@ -499,8 +524,7 @@ async def run_steps(engine, tenant: str, initial: list[int], steps) -> None:
         current = await versions(engine, tenant)
         work = []
         for kind, appointment_id, where, extra in group:
-            # index 3 is a window outside capacity
-            window = SLOTS[where] if where is not None and where < 3 else slot(50)
+            window = where_to(where)
             if kind == "office":
                 work.append(book(engine, tenant, appointment_id, window, status=extra))
             elif kind == "places":

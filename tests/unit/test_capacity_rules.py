@@ -1,6 +1,7 @@
 """Capacity rules and tenant-local time, pure: places never overbooked, windows correct across DST."""
 
 import json
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from workers.modify_handler.domain import (
     Place,
     PlacePlan,
     office_place_keys,
+    office_places_to_lock,
     plan_move,
     plan_office_record,
     release,
@@ -281,3 +283,90 @@ def test_a_canceled_record_frees_its_place_and_an_unchanged_one_keeps_it() -> No
     )
     same = office_place_keys(previous, booked_at(W, holds_place=False))
     assert plan_office_record(*same, {}, booked_at(W)) == PlacePlan((), holds_place=True)
+
+
+# --- an office record keeping unit, zone and start but changing the end -----------------------------
+
+LONGER = ArrivalWindow(start=W.start, end=W.end + timedelta(hours=1))
+SHORTER = ArrivalWindow(start=W.start, end=W.end - timedelta(hours=1))
+
+
+@pytest.mark.parametrize("end_moved_to", [LONGER, SHORTER], ids=["longer", "shorter"])
+def test_an_office_record_changing_only_the_end_frees_the_place_of_the_window_it_no_longer_fits(
+    end_moved_to: ArrivalWindow,
+) -> None:
+    previous, recorded = booked_at(W), booked_at(end_moved_to, holds_place=False)
+    old, new = office_place_keys(previous, recorded)
+    assert old == new == ("bu", "z", W.start)
+    assert office_places_to_lock(previous, recorded) == [old]
+    # The window there is still W: the appointment no longer fits it exactly, so its place is freed
+    # (as a customer could never take W's place for that span, nor would setting W's places count it).
+    assert plan_office_record(old, new, {old: place(2, 2)}, recorded) == PlacePlan(
+        (("bu", "z", place(2, 1)),), holds_place=False
+    )
+
+
+def test_an_office_record_changing_the_end_to_the_windows_span_keeps_the_place() -> None:
+    # The window's end was set to LONGER after the appointment took its place in it; the office now
+    # records the appointment with that span: it keeps the place, no count changes.
+    stored = Place(LONGER, 2, 2, 1)
+    previous, recorded = booked_at(W), booked_at(LONGER, holds_place=False)
+    old, new = office_place_keys(previous, recorded)
+    assert plan_office_record(old, new, {old: stored}, recorded) == PlacePlan((), holds_place=True)
+
+
+def test_an_office_record_changing_the_end_of_an_appointment_holding_no_place_takes_one_if_it_fits() -> None:
+    previous = booked_at(LONGER, holds_place=False)  # outside any window of its span: holds no place
+    recorded = booked_at(W, holds_place=False)
+    old, new = office_place_keys(previous, recorded)
+    assert (old, new) == (None, ("bu", "z", W.start))
+    assert office_places_to_lock(previous, recorded) == [new]
+    assert plan_office_record(old, new, {new: place(1, 1)}, recorded) == PlacePlan(
+        (("bu", "z", Place(W, 1, 2, 2)),), holds_place=True
+    )
+
+
+def test_an_office_record_leaving_the_window_as_it_was_locks_nothing_and_keeps_the_place() -> None:
+    previous = booked_at(W)
+    recorded = replace(booked_at(W, holds_place=False), confirmation=Confirmation.CONFIRMED)
+    assert office_places_to_lock(previous, recorded) == []
+    assert plan_office_record(*office_place_keys(previous, recorded), {}, recorded) == PlacePlan(
+        (), holds_place=True
+    )
+
+
+END_CHOICES = st.sampled_from([W, LONGER, SHORTER])
+
+
+@given(
+    before=END_CHOICES,
+    after=END_CHOICES,
+    stored=st.one_of(st.none(), END_CHOICES),
+    held=st.booleans(),
+    canceled=st.booleans(),
+    places=st.integers(0, 3),
+)
+def test_an_office_record_holds_a_place_exactly_when_a_window_of_its_span_is_there(
+    before, after, stored, held, canceled, places
+) -> None:
+    """Whatever the end before and after the record and the window stored at that start: afterwards the
+    appointment holds a place iff it is not canceled and the window there has exactly its span, and the
+    window's `booked` moves by exactly the change in holders."""
+    held = held and stored is not None and stored == before  # one only ever holds a place of its span
+    previous = booked_at(before, holds_place=held)
+    status = AppointmentStatus.CANCELED if canceled else AppointmentStatus.SCHEDULED
+    recorded = booked_at(after, holds_place=False, status=status)
+    key = ("bu", "z", W.start)
+    booked = 1 if held else 0
+    window = None if stored is None else Place(stored, places, max(places, booked), booked)
+    old, new = office_place_keys(previous, recorded)
+    to_lock = office_places_to_lock(previous, recorded)
+    locked = {key: window} if window is not None and key in to_lock else {}
+    plan = plan_office_record(old, new, locked, recorded)
+    assert plan.holds_place == (not canceled and stored == after)
+    after_booked = booked
+    for unit, zone_, saved in plan.updates:
+        assert (unit, zone_, saved.window.start) == key
+        after_booked = saved.booked
+        assert saved.booked <= saved.capacity and saved.capacity == max(saved.places, saved.booked)
+    assert after_booked == (1 if plan.holds_place else 0)

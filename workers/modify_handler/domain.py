@@ -232,14 +232,34 @@ def office_place_keys(
     return old, new
 
 
+def office_places_to_lock(previous: Appointment | None, recorded: Appointment) -> list[PlaceKey]:
+    """The places an office record must lock before `plan_office_record`, in one fixed order (unit, zone,
+    start): the old and the new one when they differ; the one it keeps when only the end changes (whether
+    it still holds it depends on that window's span); none when the window stays as it was."""
+    old, new = office_place_keys(previous, recorded)
+    if old != new:
+        return sorted(k for k in (old, new) if k is not None)
+    if old is not None and previous is not None and previous.window != recorded.window:
+        return [old]
+    return []
+
+
 def plan_office_record(
     old: PlaceKey | None, new: PlaceKey | None, locked: dict[PlaceKey, Place], recorded: Appointment
 ) -> PlacePlan:
     """The office's state decides which place the appointment holds: free the old one if it moved,
     changed unit or zone, or was canceled; take the new window's place (always: the office decides),
-    when a window of exactly the recorded span exists."""
+    when a window of exactly the recorded span exists.
+
+    A place is only ever held in a window of exactly the appointment's span (a customer takes one only
+    there, and setting places counts only those). A record keeping unit, zone and start but changing the
+    end therefore keeps the place only if the window there has the new span, and frees it otherwise.
+    Same key and the place not locked (`office_places_to_lock`: the window did not change): kept."""
     if old == new:
-        return PlacePlan((), old is not None)
+        held = locked.get(old) if old is not None else None
+        if old is None or held is None or held.window == recorded.window:
+            return PlacePlan((), old is not None)
+        return PlacePlan(((old[0], old[1], release(held)),), False)
     updates: list[tuple[str, str, Place]] = []
     if old is not None and old in locked:
         updates.append((old[0], old[1], release(locked[old])))

@@ -137,11 +137,10 @@ async def follow_office_record(
     tenant = recorded.tenant_id
     old, new = domain.office_place_keys(previous, recorded)
     locked: dict[domain.PlaceKey, Place] = {}
-    if old != new:
-        # Lock every window involved in one fixed order (unit, zone, start) before changing any.
-        for unit, zone, start in sorted(k for k in (old, new) if k is not None):
-            for found_start, place in (await lock_places(conn, tenant, unit, zone, [start])).items():
-                locked[(unit, zone, found_start)] = place
+    # Lock every window involved in one fixed order (unit, zone, start) before changing any.
+    for unit, zone, start in domain.office_places_to_lock(previous, recorded):
+        for found_start, place in (await lock_places(conn, tenant, unit, zone, [start])).items():
+            locked[(unit, zone, found_start)] = place
     plan = domain.plan_office_record(old, new, locked, recorded)
     return plan.holds_place, await _save(conn, tenant, plan)
 
