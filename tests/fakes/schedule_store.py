@@ -7,7 +7,7 @@ from typing import Any
 
 from contracts.common import AppointmentStatus, ArrivalWindow, JobStatus, Project
 from contracts.office_v1 import AppointmentRecordedPayload
-from workers.modify_handler.domain import Appointment, Place
+from workers.modify_handler.domain import Appointment, Place, office_state
 from workers.modify_handler.places import ChangedPlace
 
 
@@ -99,23 +99,13 @@ class FakeScheduleStore:
         key = (tenant_id, payload.appointment_id)
         previous = self.appointments.get(key)
         version = previous.version + 1 if previous is not None else 1
-        self.appointments[key] = Appointment(
-            tenant_id=tenant_id,
-            appointment_id=payload.appointment_id,
-            job_id=payload.job_id,
-            customer_id=payload.customer_id,
-            business_unit=payload.business_unit,
-            job_type=payload.job_type,
-            project_id=payload.project.project_id if payload.project else None,
-            window=payload.window,
-            status=payload.status,
-            confirmation=payload.confirmation,
-            version=version,
-            zone=payload.zone or "",
+        # The office's state over the row; the version counts on, the customer's stays.
+        self.appointments[key] = replace(
+            office_state(tenant_id, payload, version),
             holds_place=holds_place,
-            office_revision=office_revision
-            if office_revision is not None or previous is None
-            else previous.office_revision,
+            office_revision=previous.office_revision
+            if office_revision is None and previous
+            else office_revision,
             office_version=version,
             customer_version=previous.customer_version if previous is not None else None,
         )
