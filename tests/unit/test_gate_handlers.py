@@ -434,3 +434,47 @@ async def test_a_project_change_refreshes_the_offers_of_its_appointments(uow, st
     (offer,) = events
     assert offer.payload.appointment_id == "apt-in"
     assert offer.payload.contacts == ["lead-1"]
+
+
+async def test_a_project_layer_decides_for_the_projects_appointments_only(uow, store):
+    await settings(uow)
+    store.add_appointment(TENANT, facts("apt-in", project=ProjectFacts("prj-1", frozenset({"lead-1"}))))
+    store.add_appointment(TENANT, facts("apt-out"))
+    events = await handle(
+        uow,
+        f.settings_layer_updated(level="project", key="prj-1", settings=SettingsLayer(feature_enabled=False)),
+    )
+    assert [e.payload.appointment_id for e in events if isinstance(e, AppointmentOfferChanged)] == ["apt-in"]
+
+    (refused,) = await handle(uow, f.modify_requested(appointment_id="apt-in", request_id="req-in"))
+    assert refused.payload.reason_code == RejectionCode.SELF_SERVICE_DISABLED.value
+    assert store.decisions[(TENANT, "req-in")]["setting_level"] == "project"
+    # The project layer does not reach the business's other appointments.
+    (approved,) = await handle(uow, f.modify_requested(appointment_id="apt-out", request_id="req-out"))
+    assert isinstance(approved, ModifyApproved)
+
+
+async def test_a_project_contact_may_act_for_the_appointment(uow, store):
+    await settings(uow)
+    store.add_appointment(TENANT, facts(project=ProjectFacts("prj-1", frozenset({"lead-1"}))))
+    (approved,) = await handle(uow, f.modify_requested(requester_id="lead-1"))
+    assert (type(approved), approved.payload.requester_id) == (ModifyApproved, "lead-1")
+
+
+async def test_over_the_businesss_limit_every_customer_is_refused(uow, store):
+    await settings(
+        uow,
+        SettingsLayer(
+            feature_enabled=True,
+            reschedule=RescheduleSettings(confirmed=Permission.ALLOW, unconfirmed=Permission.ALLOW),
+            rate_limits=RateLimitSettings(tenant_per_minute=1, tenant_burst=1),
+        ),
+    )
+    store.add_appointment(TENANT, facts())
+    store.add_appointment(TENANT, facts("appt-2", customer_id="cust-2"))
+    await handle(uow, f.modify_requested(request_id="req-a"))
+    (refused,) = await handle(
+        uow, f.modify_requested(appointment_id="appt-2", requester_id="cust-2", request_id="req-b")
+    )
+    assert refused.payload.reason_code == RejectionCode.RATE_LIMITED.value
+    assert store.decisions[(TENANT, "req-b")]["rule"] == "tenant_rate_limit"

@@ -360,3 +360,58 @@ async def test_a_cancel_frees_its_place(uow, store):
     assert kinds(events) == [AppointmentCanceled, CapacityWindowChanged, JobStatusChanged]
     assert (events[1].payload.booked, events[1].payload.free) == (0, 1)
     assert not store.appointments[KEY].holds_place
+
+
+async def test_the_office_moving_a_booking_moves_its_place(uow, store):
+    old, new = f.arrival_window(), f.arrival_window(10)
+    await handle(uow, places_for(old, new))
+    await handle(uow, f.appointment_recorded(window=old))
+
+    events = await handle(uow, f.appointment_recorded(window=new, change_id="c-2"))
+
+    assert kinds(events) == [AppointmentUpdated, CapacityWindowChanged, CapacityWindowChanged, OfficeOutcome]
+    assert {(e.payload.window, e.payload.booked) for e in events[1:3]} == {(old, 0), (new, 1)}
+    assert store.appointments[KEY].holds_place
+
+
+async def test_the_office_canceling_the_last_visit_frees_its_place_and_cancels_the_job(uow, store):
+    window = f.arrival_window()
+    await handle(uow, places_for(window))
+    await handle(uow, f.appointment_recorded(window=window))
+
+    events = await handle(
+        uow, f.appointment_recorded(window=window, status=AppointmentStatus.CANCELED, change_id="c-2")
+    )
+
+    assert kinds(events) == [AppointmentUpdated, CapacityWindowChanged, JobStatusChanged, OfficeOutcome]
+    assert (events[1].payload.booked, events[1].payload.free) == (0, 1)
+    assert (events[2].payload.status, events[2].payload.active_appointments) == (JobStatus.CANCELED, 0)
+    assert not store.appointments[KEY].holds_place
+
+
+async def test_the_office_may_book_beyond_the_places_customers_see_none_free(uow, store):
+    window = f.arrival_window()
+    await handle(uow, places_for(window))
+    await handle(uow, f.appointment_recorded(window=window))
+    events = await handle(
+        uow, f.appointment_recorded(appointment_id="appt-2", window=window, change_id="b-2")
+    )
+    (changed,) = [e for e in events if isinstance(e, CapacityWindowChanged)]
+    assert (changed.payload.places, changed.payload.booked, changed.payload.free) == (1, 2, 0)
+
+
+async def test_a_zones_capacity_is_its_own(uow, store):
+    window = f.arrival_window()
+    capacity = f.capacity_updated(
+        zone="north",
+        windows=[
+            {"date": window.start.date(), "start": window.start.time(), "end": window.end.time(), "places": 1}
+        ],
+    )
+    (changed, _) = await handle(uow, capacity)
+    assert changed.payload.zone == "north"
+    # A booking of the whole unit (no zone) takes no place of the zone's window.
+    events = await handle(uow, f.appointment_recorded(window=window))
+    assert CapacityWindowChanged not in kinds(events)
+    events = await handle(uow, f.appointment_recorded(appointment_id="appt-2", window=window, zone="north"))
+    assert [e.payload.booked for e in events if isinstance(e, CapacityWindowChanged)] == [1]
