@@ -420,7 +420,7 @@ async def test_an_appointment_change_refreshes_its_offer_only_when_it_differs(uo
     assert await handle(uow, f.appointment_updated()) == []  # nothing it rests on changed
 
     store.add_appointment(TENANT, facts(version=2, confirmation=Confirmation.CONFIRMED))
-    (offer,) = await handle(uow, f.appointment_rescheduled())
+    (offer,) = await handle(uow, f.appointment_updated(version=2))
     assert (offer.payload.offer_version, offer.payload.appointment_version) == (2, 2)
     assert store.offers[(TENANT, f.APPOINTMENT_ID)]["offer_version"] == 2
 
