@@ -10,7 +10,7 @@ from uuid import UUID
 from contracts.office_v2 import ScopeLevel, SettingsLayer, SettingsScope
 from workers.policy_gate.rules import AppointmentFacts, Decision, Outcome
 from workers.policy_gate.settings import ScopedLayer
-from workers.policy_gate.store import BUSINESS_KEY, PendingApproval
+from workers.policy_gate.store import BUSINESS_KEY, ApprovedChange, PendingApproval
 
 # Which field of the facts a layer's key is compared with, per level (the business layer applies to all).
 _SCOPE_FIELD = {
@@ -222,6 +222,7 @@ class FakeGateStore:
                     "segments": [],
                     "pick": None,
                     "terms": None,
+                    "carried_request_id": None,
                 },
             )
         return {
@@ -240,6 +241,7 @@ class FakeGateStore:
         pick: dict,
         computed_at: datetime,
         terms: dict,
+        carried_request_id: str | None = None,
     ) -> None:
         row = self.offers.get((tenant_id, appointment_id))
         if row is None:
@@ -252,4 +254,11 @@ class FakeGateStore:
             pick=json.loads(json.dumps(pick)),
             terms=json.loads(json.dumps(terms)),
             computed_at=computed_at,
+            carried_request_id=carried_request_id,
         )
+
+    async def approved_change(self, tenant_id: str, request_id: str) -> ApprovedChange | None:
+        row = self.decisions.get((tenant_id, request_id))
+        if row is None or row["outcome"] != Outcome.APPROVED.value:
+            return None
+        return ApprovedChange(row["change"], row["decided_on_version"])
