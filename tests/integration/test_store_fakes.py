@@ -21,7 +21,7 @@ from tests.fakes.unit_of_work import FakeUnitOfWork
 from workers.modify_handler.domain import Place
 from workers.modify_handler.repository import PostgresSchedule
 from workers.policy_gate.rules import AppointmentFacts, Decision, Outcome, ProjectFacts
-from workers.policy_gate.store import PendingApproval, PostgresGateStore
+from workers.policy_gate.store import ApprovedChange, PendingApproval, PostgresGateStore
 from workers.runtime.database import UnitOfWork
 
 REFUSED = (asyncpg.IntegrityConstraintViolationError, CheckViolation)
@@ -222,6 +222,25 @@ class GateStoreContract:
         )
         assert await store.lock_pending_approval(self.tenant, "req-wait") is None
 
+    async def test_an_approved_change_is_found_by_its_request_id(self, store, clock):
+        change = {"action": "cancel", "reason": "moving"}
+        await store.record_decision(
+            **self.request("req-ok"),
+            decision=Decision(Outcome.APPROVED, "allowed"),
+            decided_on_version=2,
+            decided_at=clock,
+        )
+        waiting = Decision(Outcome.NEEDS_APPROVAL, "approval")
+        await store.record_decision(
+            **self.request("req-wait"), decision=waiting, decided_on_version=5, decided_at=clock
+        )
+        assert await store.approved_change(self.tenant, "req-ok") == ApprovedChange(change, 2)
+        assert await store.approved_change(self.tenant, "req-wait") is None
+        assert await store.approved_change(self.tenant, "req-unknown") is None
+        settle = dict(reason_code=None, reason_text=None, decided_by="csr-1", decided_at=clock)
+        await store.settle_approval(self.tenant, "req-wait", approved=True, **settle)
+        assert await store.approved_change(self.tenant, "req-wait") == ApprovedChange(change, 5)
+
     async def test_upcoming_appointments_by_scope_in_id_order_a_chunk_at_a_time(self, store, seed, clock):
         project = ProjectFacts("prj-1", frozenset())
         for facts in (
@@ -277,6 +296,20 @@ class GateStoreContract:
         assert (saved["offer_version"], saved["appointment_version"]) == (1, 3)
         assert (saved["segments"], saved["pick"], saved["terms"]) == (segments, pick, terms)
         assert (await store.lock_offers(self.tenant, ["apt-2"]))["apt-2"]["offer_version"] == 0
+        assert saved["carried_request_id"] is None
+
+        await store.save_offer(
+            self.tenant,
+            "apt-1",
+            offer_version=2,
+            appointment_version=4,
+            segments=segments,
+            pick=pick,
+            computed_at=clock,
+            terms=terms,
+            carried_request_id="req-9",
+        )
+        assert (await store.lock_offers(self.tenant, ["apt-1"]))["apt-1"]["carried_request_id"] == "req-9"
 
 
 class TestFakeGateStore(GateStoreContract):

@@ -478,3 +478,40 @@ async def test_over_the_businesss_limit_every_customer_is_refused(uow, store):
     )
     assert refused.payload.reason_code == RejectionCode.RATE_LIMITED.value
     assert store.decisions[(TENANT, "req-b")]["rule"] == "tenant_rate_limit"
+
+
+# --- the offer that travels with an approval ------------------------------------------------------
+
+
+async def test_an_approval_carries_the_offer_for_the_state_it_leaves(uow, store):
+    await settings(uow)
+    store.add_appointment(TENANT, facts(version=1))
+    request = f.modify_requested()
+
+    (approved,) = await handle(uow, request)
+
+    offer = approved.payload.offer
+    assert (offer.appointment_id, offer.appointment_version, offer.offer_version) == (f.APPOINTMENT_ID, 2, 1)
+    assert store.offers[(TENANT, f.APPOINTMENT_ID)]["carried_request_id"] == request.correlation_id
+
+
+async def test_a_failed_change_brings_back_the_offer_for_the_unchanged_appointment(uow, store):
+    await settings(uow)
+    store.add_appointment(TENANT, facts(version=1))
+    request = f.modify_requested()
+    (approved,) = await handle(uow, request)
+
+    (offer,) = await handle(uow, f.modify_failed(approved))
+
+    assert isinstance(offer, AppointmentOfferChanged)
+    assert (offer.payload.appointment_version, offer.payload.offer_version) == (1, 2)
+    assert store.offers[(TENANT, f.APPOINTMENT_ID)]["carried_request_id"] is None
+
+
+async def test_an_office_approval_carries_no_offer_when_the_appointment_changed_since(uow, store):
+    request = await waiting_request(uow, store)
+    store.add_appointment(TENANT, facts(version=4))  # the office changed it: the change will fail
+
+    approved, _ = await handle(uow, f.approval_decided(request.correlation_id))
+
+    assert (approved.payload.decided_on_version, approved.payload.offer) == (3, None)
