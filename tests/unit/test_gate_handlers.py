@@ -74,13 +74,19 @@ async def handle(uow: FakeUnitOfWork, message) -> list:
     return await uow.handle(HANDLERS[type(message)], message)
 
 
-async def settings(uow: FakeUnitOfWork, layer: SettingsLayer | None = None, **fields) -> None:
-    """A business layer (by default: self-service on, everything allowed) applied by the gate itself."""
+async def settings(
+    uow: FakeUnitOfWork, layer: SettingsLayer | None = None, rate_limits: RateLimitSettings | None = None
+) -> None:
+    """A business layer (by default: self-service on, everything allowed, with `rate_limits`) applied by
+    the gate itself."""
     allow = {"confirmed": Permission.ALLOW, "unconfirmed": Permission.ALLOW}
     layer = layer or SettingsLayer(
-        feature_enabled=True, reschedule=RescheduleSettings(**allow), cancel=CancelSettings(**allow)
+        feature_enabled=True,
+        reschedule=RescheduleSettings(**allow),
+        cancel=CancelSettings(**allow),
+        rate_limits=rate_limits,
     )
-    await handle(uow, f.settings_layer_updated(settings=layer, **fields))
+    await handle(uow, f.settings_layer_updated(settings=layer))
 
 
 def only(events: list, kind: type):
@@ -232,14 +238,7 @@ async def test_a_request_id_reused_for_another_request_is_dead_lettered_and_chan
 
 
 async def test_over_the_requesters_limit_a_request_is_rejected_unread_and_recorded(uow, store):
-    await settings(
-        uow,
-        SettingsLayer(
-            feature_enabled=True,
-            reschedule=RescheduleSettings(confirmed=Permission.ALLOW, unconfirmed=Permission.ALLOW),
-            rate_limits=RateLimitSettings(requester_per_minute=1, requester_burst=1),
-        ),
-    )
+    await settings(uow, rate_limits=RateLimitSettings(requester_per_minute=1, requester_burst=1))
     store.add_appointment(TENANT, facts())
     first = await handle(uow, f.modify_requested(request_id="req-a"))
     assert isinstance(first[0], ModifyApproved)
@@ -462,14 +461,7 @@ async def test_a_project_contact_may_act_for_the_appointment(uow, store):
 
 
 async def test_over_the_businesss_limit_every_customer_is_refused(uow, store):
-    await settings(
-        uow,
-        SettingsLayer(
-            feature_enabled=True,
-            reschedule=RescheduleSettings(confirmed=Permission.ALLOW, unconfirmed=Permission.ALLOW),
-            rate_limits=RateLimitSettings(tenant_per_minute=1, tenant_burst=1),
-        ),
-    )
+    await settings(uow, rate_limits=RateLimitSettings(tenant_per_minute=1, tenant_burst=1))
     store.add_appointment(TENANT, facts())
     store.add_appointment(TENANT, facts("appt-2", customer_id="cust-2"))
     await handle(uow, f.modify_requested(request_id="req-a"))
