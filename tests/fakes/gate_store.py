@@ -26,7 +26,7 @@ class FakeGateStore:
         self.appointments: dict[tuple[str, str], AppointmentFacts] = {}
         self.layers: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.history: list[dict[str, Any]] = []
-        self.decisions: dict[tuple[str, str], dict[str, Any]] = {}
+        self.decisions: dict[tuple[str, str, str], dict[str, Any]] = {}  # by tenant, portal, request id
         self.offers: dict[tuple[str, str], dict[str, Any]] = {}
 
     # --- what the scheduling worker writes and the gate only reads ---
@@ -103,10 +103,9 @@ class FakeGateStore:
         requester_id: str,
         change: dict,
     ) -> bool:
-        row = self.decisions.get((tenant_id, request_id))
+        row = self.decisions.get((tenant_id, producer, request_id))
         return row is not None and (
-            row["producer"] in (None, producer)
-            and row["appointment_id"] == appointment_id
+            row["appointment_id"] == appointment_id
             and row["requester_id"] == requester_id
             and row["change"] == change
         )
@@ -125,9 +124,9 @@ class FakeGateStore:
         decided_at: datetime,
         producer: str,
     ) -> bool:
-        if (tenant_id, request_id) in self.decisions:
+        if (tenant_id, producer, request_id) in self.decisions:
             return False
-        self.decisions[(tenant_id, request_id)] = {
+        self.decisions[(tenant_id, producer, request_id)] = {
             "request_id": request_id,
             "message_id": message_id,
             "appointment_id": appointment_id,
@@ -155,31 +154,42 @@ class FakeGateStore:
         )
         return self.now if recorded else None
 
-    async def lock_pending_approval(self, tenant_id: str, request_id: str) -> PendingApproval | None:
-        row = self.decisions.get((tenant_id, request_id))
-        if row is None or row["outcome"] != Outcome.NEEDS_APPROVAL.value:
-            return None
-        return PendingApproval(
-            row["request_id"],
-            row["appointment_id"],
-            row["requester_id"],
-            row["action"],
-            row["change"],
-            row["decided_on_version"],
+    async def lock_pending_approvals(
+        self, tenant_id: str, request_id: str, producer: str | None
+    ) -> list[PendingApproval]:
+        waiting = sorted(
+            (portal, row)
+            for (tenant, portal, request), row in self.decisions.items()
+            if (tenant, request) == (tenant_id, request_id)
+            and producer in (None, portal)
+            and row["outcome"] == Outcome.NEEDS_APPROVAL.value
         )
+        return [
+            PendingApproval(
+                portal,
+                row["request_id"],
+                row["appointment_id"],
+                row["requester_id"],
+                row["action"],
+                row["change"],
+                row["decided_on_version"],
+            )
+            for portal, row in waiting[:2]
+        ]
 
     async def settle_approval(
         self,
         tenant_id: str,
         request_id: str,
         *,
+        producer: str,
         approved: bool,
         reason_code: str | None,
         reason_text: str | None,
         decided_by: str,
         decided_at: datetime,
     ) -> None:
-        row = self.decisions.get((tenant_id, request_id))
+        row = self.decisions.get((tenant_id, producer, request_id))
         if row is None:
             return
         row.update(
@@ -257,8 +267,17 @@ class FakeGateStore:
             carried_request_id=carried_request_id,
         )
 
-    async def approved_change(self, tenant_id: str, request_id: str) -> ApprovedChange | None:
-        row = self.decisions.get((tenant_id, request_id))
-        if row is None or row["outcome"] != Outcome.APPROVED.value:
+    async def approved_change(
+        self, tenant_id: str, request_id: str, appointment_id: str
+    ) -> ApprovedChange | None:
+        approved = [
+            row
+            for (tenant, _, request), row in self.decisions.items()
+            if (tenant, request) == (tenant_id, request_id)
+            and row["appointment_id"] == appointment_id
+            and row["outcome"] == Outcome.APPROVED.value
+        ]
+        if not approved:
             return None
-        return ApprovedChange(row["change"], row["decided_on_version"])
+        latest = max(approved, key=lambda row: row["decided_at"])
+        return ApprovedChange(latest["change"], latest["decided_on_version"])

@@ -60,13 +60,20 @@ class FakeUnitOfWork:
         self._pending.append(message)
 
     async def follow(
-        self, cause: Envelope, event_type: type[E], payload: object, *, correlation_id: str | None = None
+        self,
+        cause: Envelope,
+        event_type: type[E],
+        payload: object,
+        *,
+        correlation_id: str | None = None,
+        request_producer: str | None = None,
     ) -> E:
         event = event_type.follow(
             cause,
             producer=self.producer,
             occurred_at=self.clock,
             correlation_id=correlation_id,
+            request_producer=request_producer,
             payload=payload,
         )
         await self.emit(event)

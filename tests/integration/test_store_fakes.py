@@ -189,7 +189,7 @@ class GateStoreContract:
         )
         assert await store.record_refusal(**self.request(), decision=refusal) == clock
         assert await store.record_refusal(**self.request(), decision=refusal) is None
-        assert await store.lock_pending_approval(self.tenant, "req-1") is None
+        assert await store.lock_pending_approvals(self.tenant, "req-1", None) == []
         same = {k: v for k, v in self.request().items() if k != "message_id"}
         assert await store.same_request(**same)
 
@@ -203,24 +203,31 @@ class GateStoreContract:
             decided_on_version=4,
             decided_at=clock,
         )
-        assert await store.lock_pending_approval(self.tenant, "req-done") is None
-        assert await store.lock_pending_approval(self.tenant, "req-unknown") is None
+        assert await store.lock_pending_approvals(self.tenant, "req-done", None) == []
+        assert await store.lock_pending_approvals(self.tenant, "req-unknown", None) == []
+        other = self.request("req-wait", producer="another-portal")
+        await store.record_decision(**other, decision=waiting, decided_on_version=4, decided_at=clock)
 
-        pending = await store.lock_pending_approval(self.tenant, "req-wait")
-
-        assert pending == PendingApproval(
-            "req-wait", "apt-1", "cust-1", "cancel", {"action": "cancel", "reason": None}, 4
+        mine = PendingApproval(
+            "portal-web", "req-wait", "apt-1", "cust-1", "cancel", {"action": "cancel", "reason": None}, 4
         )
+        assert await store.lock_pending_approvals(self.tenant, "req-wait", "portal-web") == [mine]
+        both = await store.lock_pending_approvals(self.tenant, "req-wait", None)
+        assert [p.producer for p in both] == ["another-portal", "portal-web"]  # the office must say whose
         await store.settle_approval(
             self.tenant,
             "req-wait",
+            producer="portal-web",
             approved=False,
             reason_code="office_declined",
             reason_text="No.",
             decided_by="csr-1",
             decided_at=clock,
         )
-        assert await store.lock_pending_approval(self.tenant, "req-wait") is None
+        assert await store.lock_pending_approvals(self.tenant, "req-wait", "portal-web") == []
+        assert [p.producer for p in await store.lock_pending_approvals(self.tenant, "req-wait", None)] == [
+            "another-portal"
+        ]
 
     async def test_an_approved_change_is_found_by_its_request_id(self, store, clock):
         change = {"action": "cancel", "reason": "moving"}
@@ -234,12 +241,13 @@ class GateStoreContract:
         await store.record_decision(
             **self.request("req-wait"), decision=waiting, decided_on_version=5, decided_at=clock
         )
-        assert await store.approved_change(self.tenant, "req-ok") == ApprovedChange(change, 2)
-        assert await store.approved_change(self.tenant, "req-wait") is None
-        assert await store.approved_change(self.tenant, "req-unknown") is None
+        assert await store.approved_change(self.tenant, "req-ok", "apt-1") == ApprovedChange(change, 2)
+        assert await store.approved_change(self.tenant, "req-ok", "apt-2") is None
+        assert await store.approved_change(self.tenant, "req-wait", "apt-1") is None
+        assert await store.approved_change(self.tenant, "req-unknown", "apt-1") is None
         settle = dict(reason_code=None, reason_text=None, decided_by="csr-1", decided_at=clock)
-        await store.settle_approval(self.tenant, "req-wait", approved=True, **settle)
-        assert await store.approved_change(self.tenant, "req-wait") == ApprovedChange(change, 5)
+        await store.settle_approval(self.tenant, "req-wait", producer="portal-web", approved=True, **settle)
+        assert await store.approved_change(self.tenant, "req-wait", "apt-1") == ApprovedChange(change, 5)
 
     async def test_upcoming_appointments_by_scope_in_id_order_a_chunk_at_a_time(self, store, seed, clock):
         project = ProjectFacts("prj-1", frozenset())

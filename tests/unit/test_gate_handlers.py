@@ -89,6 +89,11 @@ async def settings(
     await handle(uow, f.settings_layer_updated(settings=layer))
 
 
+def decided(store: FakeGateStore, request_id: str, producer: str = "portal-web") -> dict:
+    """The gate's stored decision of a portal's request."""
+    return store.decisions[(TENANT, producer, request_id)]
+
+
 def only(events: list, kind: type):
     (event,) = [e for e in events if isinstance(e, kind)]
     return event
@@ -113,7 +118,7 @@ async def test_an_allowed_reschedule_is_approved_on_the_version_it_was_decided_o
     assert approved.payload.requester_id == f.CUSTOMER_ID
     assert approved.payload.change == request.payload.change
     assert approved.payload.decided_on_version == 4
-    decision = store.decisions[(TENANT, request.correlation_id)]
+    decision = decided(store, request.correlation_id)
     assert (decision["outcome"], decision["decided_on_version"], decision["producer"]) == (
         "approved",
         4,
@@ -159,7 +164,7 @@ async def test_a_refused_request_is_rejected_with_its_reason_code(
     assert rejected.payload.action == "reschedule"
     assert rejected.payload.reason_code == code.value
     assert rejected.payload.reason  # the customer's sentence
-    assert store.decisions[(TENANT, request.correlation_id)]["reason_code"] == code.value
+    assert decided(store, request.correlation_id)["reason_code"] == code.value
 
 
 async def test_a_new_window_in_the_past_is_rejected(uow, store):
@@ -184,7 +189,7 @@ async def test_a_cancel_needing_the_offices_approval_waits_for_it(uow, store):
     assert waiting.correlation_id == request.correlation_id
     assert (waiting.payload.request_id, waiting.payload.action) == (request.correlation_id, "cancel")
     assert waiting.payload.reason_code == PendingCode.AWAITING_OFFICE_APPROVAL
-    assert store.decisions[(TENANT, request.correlation_id)]["outcome"] == "needs_approval"
+    assert decided(store, request.correlation_id)["outcome"] == "needs_approval"
 
 
 async def test_a_cancel_without_a_required_reason_is_rejected(uow, store):
@@ -216,7 +221,6 @@ async def test_a_resent_request_is_answered_once(uow, store):
         {"change": f.cancel()},
         {"requester_id": "someone-else"},
         {"appointment_id": "appt-2"},
-        {"producer": "another-portal"},
     ],
 )
 async def test_a_request_id_reused_for_another_request_is_dead_lettered_and_changes_nothing(
@@ -237,6 +241,16 @@ async def test_a_request_id_reused_for_another_request_is_dead_lettered_and_chan
     assert uow.events == committed_before
 
 
+async def test_another_portals_request_under_the_same_id_is_another_request(uow, store):
+    await settings(uow)
+    store.add_appointment(TENANT, facts())
+    await handle(uow, f.modify_requested())
+    (approved,) = await handle(uow, f.modify_requested(change=f.cancel(), producer="another-portal"))
+    assert isinstance(approved, ModifyApproved)
+    assert decided(store, f.REQUEST_ID, "another-portal")["action"] == "cancel"
+    assert decided(store, f.REQUEST_ID)["action"] == "reschedule"
+
+
 async def test_over_the_requesters_limit_a_request_is_rejected_unread_and_recorded(uow, store):
     await settings(uow, rate_limits=RateLimitSettings(requester_per_minute=1, requester_burst=1))
     store.add_appointment(TENANT, facts())
@@ -248,7 +262,7 @@ async def test_over_the_requesters_limit_a_request_is_rejected_unread_and_record
     assert isinstance(refused, ModifyRejected)
     assert refused.payload.reason_code == RejectionCode.RATE_LIMITED.value
     assert refused.occurred_at == uow.clock  # the refusal's statement read the clock
-    decision = store.decisions[(TENANT, "req-b")]
+    decision = decided(store, "req-b")
     assert (decision["outcome"], decision["rule"], decision["setting"], decision["decided_on_version"]) == (
         "rejected",
         "requester_rate_limit",
@@ -292,9 +306,7 @@ async def waiting_request(uow: FakeUnitOfWork, store: FakeGateStore):
 
 async def test_the_offices_approval_approves_the_waiting_request_on_its_decided_version(uow, store):
     request = await waiting_request(uow, store)
-    decided = f.approval_decided(request.correlation_id)
-
-    approved, outcome = await handle(uow, decided)
+    approved, outcome = await handle(uow, f.approval_decided(request.correlation_id))
 
     assert isinstance(approved, ModifyApproved)
     assert approved.correlation_id == request.correlation_id
@@ -302,7 +314,7 @@ async def test_the_offices_approval_approves_the_waiting_request_on_its_decided_
     assert approved.payload.decided_on_version == 3
     assert isinstance(outcome, OfficeOutcome)
     assert (outcome.payload.status, outcome.payload.subject) == ("applied", request.correlation_id)
-    row = store.decisions[(TENANT, request.correlation_id)]
+    row = decided(store, request.correlation_id)
     assert (row["outcome"], row["rule"], row["office_decided_by"]) == ("approved", "office_approval", "csr-1")
 
 
@@ -317,7 +329,7 @@ async def test_the_offices_refusal_rejects_the_waiting_request_with_its_reason(u
     assert rejected.payload.reason_code == RejectionCode.OFFICE_DECLINED.value
     assert "Fully booked." in rejected.payload.reason
     assert outcome.payload.status == "applied"
-    assert store.decisions[(TENANT, request.correlation_id)]["outcome"] == "rejected"
+    assert decided(store, request.correlation_id)["outcome"] == "rejected"
 
 
 async def test_a_decision_for_a_request_not_waiting_is_refused_and_changes_nothing(uow, store):
@@ -329,7 +341,7 @@ async def test_a_decision_for_a_request_not_waiting_is_refused_and_changes_nothi
             "refused",
             OfficeOutcomeCode.APPROVAL_NOT_PENDING.value,
         )
-    assert store.decisions[(TENANT, request.correlation_id)]["outcome"] == "approved"
+    assert decided(store, request.correlation_id)["outcome"] == "approved"
 
 
 # --- settings layers and offers -------------------------------------------------------------------
@@ -447,7 +459,7 @@ async def test_a_project_layer_decides_for_the_projects_appointments_only(uow, s
 
     (refused,) = await handle(uow, f.modify_requested(appointment_id="apt-in", request_id="req-in"))
     assert refused.payload.reason_code == RejectionCode.SELF_SERVICE_DISABLED.value
-    assert store.decisions[(TENANT, "req-in")]["setting_level"] == "project"
+    assert decided(store, "req-in")["setting_level"] == "project"
     # The project layer does not reach the business's other appointments.
     (approved,) = await handle(uow, f.modify_requested(appointment_id="apt-out", request_id="req-out"))
     assert isinstance(approved, ModifyApproved)
@@ -469,7 +481,7 @@ async def test_over_the_businesss_limit_every_customer_is_refused(uow, store):
         uow, f.modify_requested(appointment_id="appt-2", requester_id="cust-2", request_id="req-b")
     )
     assert refused.payload.reason_code == RejectionCode.RATE_LIMITED.value
-    assert store.decisions[(TENANT, "req-b")]["rule"] == "tenant_rate_limit"
+    assert decided(store, "req-b")["rule"] == "tenant_rate_limit"
 
 
 # --- the offer that travels with an approval ------------------------------------------------------
