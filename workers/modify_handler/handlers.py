@@ -42,9 +42,8 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
     """Apply the gate's approval on the version it was decided on, or fail. The result event carries the
     portal's offer for the new state as the gate computed it (the gate no longer follows these events)."""
     request = message.payload
-    conn = uow.driver
     now = await uow.now()
-    current = await repository.lock_appointment(uow.driver, message.tenant_id, request.appointment_id)
+    current = await repository.of(uow).lock_appointment(message.tenant_id, request.appointment_id)
     if current is None:
         await _fail(message, uow, FailureCode.APPOINTMENT_CHANGED)
         return
@@ -58,16 +57,16 @@ async def apply_approved_change(message: ModifyApproved, uow: UnitOfWork) -> Non
         await _fail(message, uow, result.code)
         return
     if isinstance(request.change, Reschedule):
-        moved = await places.move_for_customer(conn, current, result)
+        moved = await places.move_for_customer(repository.of(uow), current, result)
         if isinstance(moved, Failure):
             await _fail(message, uow, moved.code)
             return
         result, changed_places = moved
     else:
-        changed_places = await places.free_place(conn, current)
+        changed_places = await places.free_place(repository.of(uow), current)
         result = replace(result, holds_place=False)
-    await repository.save_appointment(
-        uow.driver, result, customer_reschedule=isinstance(request.change, Reschedule), by_customer=True
+    await repository.of(uow).save_appointment(
+        result, customer_reschedule=isinstance(request.change, Reschedule), by_customer=True
     )
     if isinstance(request.change, Reschedule):
         await uow.follow(
@@ -104,11 +103,10 @@ async def record_office_appointment(
     """Apply the office's record unless it is older than one applied or would undo a customer's change
     it did not know of (domain.judge_office_record); answer with an `office.outcome` either way."""
     payload = message.payload
-    conn = uow.driver
     now = await uow.now()
     versioned = isinstance(message, AppointmentRecordedV2)
-    await repository.guard_appointment_id(uow.driver, message.tenant_id, payload.appointment_id)
-    previous = await repository.lock_appointment(uow.driver, message.tenant_id, payload.appointment_id)
+    await repository.of(uow).guard_appointment_id(message.tenant_id, payload.appointment_id)
+    previous = await repository.of(uow).lock_appointment(message.tenant_id, payload.appointment_id)
     recorded = domain.office_state(message.tenant_id, payload, previous.version + 1 if previous else 1)
     not_applied = domain.judge_office_record(
         previous,
@@ -125,10 +123,9 @@ async def record_office_appointment(
             message, uow, now, payload.appointment_id, not_applied, current=previous.snapshot()
         )
         return
-    new_job = await repository.ensure_job(conn, message.tenant_id, payload.job_id, payload.customer_id)
-    holds, changed_places = await places.follow_office_record(conn, previous, recorded)
-    appointment = await repository.record_office_appointment(
-        conn,
+    new_job = await repository.of(uow).ensure_job(message.tenant_id, payload.job_id, payload.customer_id)
+    holds, changed_places = await places.follow_office_record(repository.of(uow), previous, recorded)
+    appointment = await repository.of(uow).record_office_appointment(
         message.tenant_id,
         payload,
         holds_place=holds,
@@ -175,8 +172,8 @@ async def record_office_project(message: ProjectRecorded, uow: UnitOfWork) -> No
     """The office changed a project on its own (not with one of its appointments)."""
     project = message.payload.project
     now = await uow.now()
-    await repository.record_project(uow.driver, message.tenant_id, project)
-    await repository.replace_project_contacts(uow.driver, message.tenant_id, project)
+    await repository.of(uow).record_project(message.tenant_id, project)
+    await repository.of(uow).replace_project_contacts(message.tenant_id, project)
     await uow.follow(
         message,
         ProjectUpdated,
@@ -195,8 +192,7 @@ async def record_office_project(message: ProjectRecorded, uow: UnitOfWork) -> No
 async def set_office_capacity(message: CapacityUpdated, uow: UnitOfWork) -> None:
     payload = message.payload
     now = await uow.now()
-    changed = await places.set_places(
-        uow.driver,
+    changed = await repository.of(uow).set_places(
         message.tenant_id,
         payload.business_unit,
         payload.zone or "",
@@ -239,12 +235,12 @@ async def _follow_job_status(
     changes: a new job (`announce`), a new status, or a new count of active appointments
     (`count_changed`: a second booking, or one canceled visit of two, changes it without changing the
     status). A reschedule changes neither, so it costs no job event."""
-    job, statuses = await repository.lock_job(uow.driver, appointment.tenant_id, appointment.job_id)
+    job, statuses = await repository.of(uow).lock_job(appointment.tenant_id, appointment.job_id)
     previous = JobStatus(job["status"])
     new = domain.job_status(previous, statuses)
     if not (announce or count_changed or new is not previous):
         return
-    version = await repository.set_job_status(uow.driver, appointment.tenant_id, appointment.job_id, new)
+    version = await repository.of(uow).set_job_status(appointment.tenant_id, appointment.job_id, new)
     await uow.follow(
         cause,
         JobStatusChanged,

@@ -9,10 +9,15 @@ Whether a unit manages capacity, and which appointments hold places, must not de
 which bookings and capacity arrive: every change of an appointment's place holds a shared advisory lock
 on its unit (zone) until commit, and setting places holds it exclusively, then counts the appointments
 already in a window that did not hold a place there (booked before the window existed).
+
+The moves below run on `Places` (the three statements they need, as a protocol): PostgreSQL's are the
+functions here, reached through `repository.PostgresSchedule`; tests/fakes/schedule_store.py holds places
+in memory.
 """
 
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Protocol
 
 import asyncpg
 
@@ -29,6 +34,20 @@ class ChangedPlace:
     zone: str
     place: Place
     version: int
+
+
+class Places(Protocol):
+    """The places of a unit (zone), as the moves below take and free them, on one transaction."""
+
+    async def unit_uses_capacity(self, tenant_id: str, business_unit: str, zone: str) -> bool: ...
+
+    async def lock_places(
+        self, tenant_id: str, business_unit: str, zone: str, starts: list[datetime]
+    ) -> dict[datetime, Place]: ...
+
+    async def save_place(
+        self, tenant_id: str, business_unit: str, zone: str, place: Place
+    ) -> ChangedPlace: ...
 
 
 def _place(row) -> Place:
@@ -101,36 +120,36 @@ async def save_place(
     return ChangedPlace(business_unit, zone, place, version)
 
 
-async def _save(conn: asyncpg.Connection, tenant_id: str, plan: domain.PlacePlan) -> list[ChangedPlace]:
-    return [await save_place(conn, tenant_id, unit, zone, place) for unit, zone, place in plan.updates]
+async def _save(places: Places, tenant_id: str, plan: domain.PlacePlan) -> list[ChangedPlace]:
+    return [await places.save_place(tenant_id, unit, zone, place) for unit, zone, place in plan.updates]
 
 
 async def move_for_customer(
-    conn: asyncpg.Connection, current: Appointment, moved: Appointment
+    places: Places, current: Appointment, moved: Appointment
 ) -> tuple[Appointment, list[ChangedPlace]] | Failure:
     """A customer's reschedule, as `domain.plan_move` plans it on the locked places. Fails, changing
     nothing, when the new window has no free place."""
     tenant, unit, zone = current.tenant_id, current.business_unit, current.zone
-    managed = await unit_uses_capacity(conn, tenant, unit, zone)
+    managed = await places.unit_uses_capacity(tenant, unit, zone)
     starts = domain.starts_to_lock(current, moved, managed=managed)
-    locked = await lock_places(conn, tenant, unit, zone, starts) if starts else {}
+    locked = await places.lock_places(tenant, unit, zone, starts) if starts else {}
     plan = domain.plan_move(current, moved, managed=managed, places=locked)
     if isinstance(plan, Failure):
         return plan
-    return replace(moved, holds_place=plan.holds_place), await _save(conn, tenant, plan)
+    return replace(moved, holds_place=plan.holds_place), await _save(places, tenant, plan)
 
 
-async def free_place(conn: asyncpg.Connection, appointment: Appointment) -> list[ChangedPlace]:
+async def free_place(places: Places, appointment: Appointment) -> list[ChangedPlace]:
     """Give back the place an appointment held (a cancel)."""
     if not appointment.holds_place:
         return []
     tenant, unit, zone = appointment.tenant_id, appointment.business_unit, appointment.zone
-    places = await lock_places(conn, tenant, unit, zone, [appointment.window.start])
-    return await _save(conn, tenant, domain.plan_free(appointment, places.get(appointment.window.start)))
+    locked = await places.lock_places(tenant, unit, zone, [appointment.window.start])
+    return await _save(places, tenant, domain.plan_free(appointment, locked.get(appointment.window.start)))
 
 
 async def follow_office_record(
-    conn: asyncpg.Connection, previous: Appointment | None, recorded: Appointment
+    places: Places, previous: Appointment | None, recorded: Appointment
 ) -> tuple[bool, list[ChangedPlace]]:
     """Apply `domain.plan_office_record` to the places involved. Returns whether the appointment now
     holds a place, and the windows that changed."""
@@ -139,10 +158,10 @@ async def follow_office_record(
     locked: dict[domain.PlaceKey, Place] = {}
     # Lock every window involved in one fixed order (unit, zone, start) before changing any.
     for unit, zone, start in domain.office_places_to_lock(previous, recorded):
-        for found_start, place in (await lock_places(conn, tenant, unit, zone, [start])).items():
+        for found_start, place in (await places.lock_places(tenant, unit, zone, [start])).items():
             locked[(unit, zone, found_start)] = place
     plan = domain.plan_office_record(old, new, locked, recorded)
-    return plan.holds_place, await _save(conn, tenant, plan)
+    return plan.holds_place, await _save(places, tenant, plan)
 
 
 # New windows are created; the others updated unless this unit's capacity was already set by a newer

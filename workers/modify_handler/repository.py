@@ -1,10 +1,21 @@
-"""The scheduling store: appointments and jobs, locked and versioned, always scoped by tenant."""
+"""The scheduling store: appointments and jobs, locked and versioned, always scoped by tenant.
+
+`ScheduleStore` is what modify_handler's handlers need (with the places of `places.Places`), as a
+protocol; `PostgresSchedule` runs the statements below and those of `places` on a unit of work's
+transaction, and `of(uow)` gives the handlers theirs (tests/fakes/schedule_store.py is the in-memory one,
+held to the same behaviour by tests/integration/test_store_fakes.py)."""
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Protocol
 
 import asyncpg
 
-from contracts.common import AppointmentStatus, ArrivalWindow, Confirmation, JobStatus
+from contracts.common import AppointmentStatus, ArrivalWindow, Confirmation, JobStatus, Project
 from contracts.office_v1 import AppointmentRecordedPayload
-from workers.modify_handler.domain import Appointment
+from workers.modify_handler import places
+from workers.modify_handler.domain import Appointment, Place
+from workers.runtime.database import UnitOfWork
 
 
 def _to_domain(row) -> Appointment:
@@ -223,3 +234,102 @@ async def replace_project_contacts(driver: asyncpg.Connection, tenant_id: str, p
     if project.contacts:
         roles = [c.role.value for c in project.contacts]
         await driver.execute(_SAVE_CONTACTS, tenant_id, project.project_id, keep, roles)
+
+
+class ScheduleStore(places.Places, Protocol):
+    """The scheduling store as modify_handler's handlers use it, on one transaction (a unit of work's)."""
+
+    async def guard_appointment_id(self, tenant_id: str, appointment_id: str) -> None: ...
+
+    async def lock_appointment(self, tenant_id: str, appointment_id: str) -> Appointment | None: ...
+
+    async def save_appointment(
+        self, appointment: Appointment, *, customer_reschedule: bool = False, by_customer: bool = False
+    ) -> None: ...
+
+    async def lock_job(
+        self, tenant_id: str, job_id: str
+    ) -> tuple[Mapping[str, Any], list[AppointmentStatus]]: ...
+
+    async def set_job_status(self, tenant_id: str, job_id: str, status: JobStatus) -> int: ...
+
+    async def ensure_job(self, tenant_id: str, job_id: str, customer_id: str) -> bool: ...
+
+    async def record_office_appointment(
+        self,
+        tenant_id: str,
+        payload: AppointmentRecordedPayload,
+        *,
+        holds_place: bool,
+        office_revision: int | None,
+    ) -> Appointment: ...
+
+    async def record_project(self, tenant_id: str, project: Project) -> None: ...
+
+    async def replace_project_contacts(self, tenant_id: str, project: Project) -> None: ...
+
+    async def set_places(
+        self,
+        tenant_id: str,
+        business_unit: str,
+        zone: str,
+        settings: list[tuple[ArrivalWindow, int]],
+        capacity_version: int,
+    ) -> list[places.ChangedPlace]: ...
+
+
+class PostgresSchedule:
+    """`ScheduleStore` on a unit of work's transaction: the statements here and in `places`."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+
+    async def guard_appointment_id(self, tenant_id: str, appointment_id: str) -> None:
+        await guard_appointment_id(self._uow.driver, tenant_id, appointment_id)
+
+    async def lock_appointment(self, tenant_id: str, appointment_id: str) -> Appointment | None:
+        return await lock_appointment(self._uow.driver, tenant_id, appointment_id)
+
+    async def save_appointment(self, appointment: Appointment, **kwargs) -> None:
+        await save_appointment(self._uow.driver, appointment, **kwargs)
+
+    async def lock_job(self, tenant_id: str, job_id: str):
+        return await lock_job(self._uow.driver, tenant_id, job_id)
+
+    async def set_job_status(self, tenant_id: str, job_id: str, status: JobStatus) -> int:
+        return await set_job_status(self._uow.driver, tenant_id, job_id, status)
+
+    async def ensure_job(self, tenant_id: str, job_id: str, customer_id: str) -> bool:
+        return await ensure_job(self._uow.driver, tenant_id, job_id, customer_id)
+
+    async def record_office_appointment(self, *args, **kwargs) -> Appointment:
+        return await record_office_appointment(self._uow.driver, *args, **kwargs)
+
+    async def record_project(self, tenant_id: str, project: Project) -> None:
+        await record_project(self._uow.driver, tenant_id, project)
+
+    async def replace_project_contacts(self, tenant_id: str, project: Project) -> None:
+        await replace_project_contacts(self._uow.driver, tenant_id, project)
+
+    async def unit_uses_capacity(self, tenant_id: str, business_unit: str, zone: str) -> bool:
+        return await places.unit_uses_capacity(self._uow.driver, tenant_id, business_unit, zone)
+
+    async def lock_places(
+        self, tenant_id: str, business_unit: str, zone: str, starts: list[datetime]
+    ) -> dict[datetime, Place]:
+        return await places.lock_places(self._uow.driver, tenant_id, business_unit, zone, starts)
+
+    async def save_place(
+        self, tenant_id: str, business_unit: str, zone: str, place: Place
+    ) -> places.ChangedPlace:
+        return await places.save_place(self._uow.driver, tenant_id, business_unit, zone, place)
+
+    async def set_places(self, *args, **kwargs) -> list[places.ChangedPlace]:
+        return await places.set_places(self._uow.driver, *args, **kwargs)
+
+
+def of(uow: UnitOfWork) -> ScheduleStore:
+    """modify_handler's store in this unit of work: the one it carries (a test's `FakeUnitOfWork` holds an
+    in-memory store), else PostgreSQL on its transaction."""
+    carried = getattr(uow, "store", None)
+    return carried if carried is not None else PostgresSchedule(uow)

@@ -59,7 +59,7 @@ class Admission:
     async def limits_for(self, uow: UnitOfWork, tenant_id: str, now: float) -> RateLimits:
         cached = self._limits.get(tenant_id)
         if cached is None or now - cached.loaded_at > LIMITS_TTL_S:
-            rate_limits, version = await store.load_business_rate_limits(uow.driver, tenant_id)
+            rate_limits, version = await store.of(uow).load_business_rate_limits(tenant_id)
             self.learn(tenant_id, rate_limits, version, now)
             cached = self._limits[tenant_id]
         return cached.limits

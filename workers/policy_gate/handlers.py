@@ -108,8 +108,7 @@ async def refuse_rate_limited(message: ModifyRequested, uow: UnitOfWork, refusal
     """Over a limit: record the refusal by request id and tell the portal, reading nothing else."""
     request = message.payload
     decision = rate_limited(refusal)
-    decided_at = await store.record_refusal(
-        uow.driver,
+    decided_at = await store.of(uow).record_refusal(
         tenant_id=message.tenant_id,
         request_id=message.correlation_id,
         message_id=message.message_id,
@@ -139,8 +138,7 @@ async def _already_decided(message: ModifyRequested, uow: UnitOfWork) -> None:
     """The request id is known: a re-send is a no-op (the first decision stands and its events went out);
     a different request under it is dead-lettered where an operator sees it, changing nothing."""
     request = message.payload
-    same = await store.same_request(
-        uow.driver,
+    same = await store.of(uow).same_request(
         tenant_id=message.tenant_id,
         request_id=message.correlation_id,
         producer=message.producer,
@@ -168,7 +166,7 @@ async def decide_modify_request(message: ModifyRequested, uow: UnitOfWork) -> No
     if refusal is not None:
         await refuse_rate_limited(message, uow, refusal)
         return
-    facts, layers = await store.load_facts_and_layers(uow, message.tenant_id, request.appointment_id)
+    facts, layers = await store.of(uow).load_facts_and_layers(message.tenant_id, request.appointment_id)
     now = await uow.now()
     decision: Decision = decide(
         requester_id=request.requester_id,
@@ -178,8 +176,7 @@ async def decide_modify_request(message: ModifyRequested, uow: UnitOfWork) -> No
         now=now,
         expected_version=request.expected_version,
     )
-    first_time = await store.record_decision(
-        uow.driver,
+    first_time = await store.of(uow).record_decision(
         tenant_id=message.tenant_id,
         request_id=message.correlation_id,
         message_id=message.message_id,
@@ -250,12 +247,11 @@ async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> N
     """The office approved or declined a waiting request. A decision for a request that is not waiting
     (unknown, or already settled) changes nothing."""
     decision = message.payload
-    conn = uow.driver
     now = await uow.now()
     # Request ids are per portal: the office names the portal when two portals' requests wait under one
     # id (`request_producer`); without it, the one waiting request with that id is meant.
-    waiting = await store.lock_pending_approvals(
-        conn, message.tenant_id, decision.request_id, message.request_producer
+    waiting = await store.of(uow).lock_pending_approvals(
+        message.tenant_id, decision.request_id, message.request_producer
     )
     if len(waiting) != 1:
         code = OfficeOutcomeCode.APPROVAL_AMBIGUOUS if waiting else OfficeOutcomeCode.APPROVAL_NOT_PENDING
@@ -276,8 +272,7 @@ async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> N
         text = customer_text(
             RejectionCode.OFFICE_DECLINED, office_reason=decision.reason or "no reason was given."
         )
-    await store.settle_approval(
-        conn,
+    await store.of(uow).settle_approval(
         message.tenant_id,
         pending.request_id,
         producer=pending.producer,
@@ -312,8 +307,7 @@ async def settle_office_approval(message: ApprovalDecided, uow: UnitOfWork) -> N
 
 async def update_settings_layer(message: PortalSettingsUpdatedV2, uow: UnitOfWork) -> None:
     p = message.payload
-    applied = await store.save_layer(
-        uow.driver,
+    applied = await store.of(uow).save_layer(
         message.tenant_id,
         p.scope,
         p.settings,
@@ -356,8 +350,7 @@ def business_layer_from_v1(message: PortalSettingsUpdated) -> SettingsLayer:
 
 
 async def update_portal_settings_v1(message: PortalSettingsUpdated, uow: UnitOfWork) -> None:
-    applied = await store.save_layer(
-        uow.driver,
+    applied = await store.of(uow).save_layer(
         message.tenant_id,
         SettingsScope(level=ScopeLevel.BUSINESS),
         business_layer_from_v1(message),

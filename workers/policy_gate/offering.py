@@ -139,8 +139,7 @@ async def _save(
     carried_request_id: str | None,
 ) -> None:
     segments, pick, terms = offer.documents()
-    await store.save_offer(
-        uow.driver,
+    await store.of(uow).save_offer(
         tenant_id,
         facts.appointment_id,
         offer_version=offer_version,
@@ -170,8 +169,8 @@ async def carry_offer(
     settings change that refreshed this offer while the request was decided is in them, and one still to
     come finds this carried offer. None when the appointment is no longer at the version the change was
     approved on: the change will fail, and the offer stays as it is."""
-    stored = (await store.lock_offers(uow.driver, tenant_id, [appointment_id]))[appointment_id]
-    facts, layers = await store.load_facts_and_layers(uow, tenant_id, appointment_id)
+    stored = (await store.of(uow).lock_offers(tenant_id, [appointment_id]))[appointment_id]
+    facts, layers = await store.of(uow).load_facts_and_layers(tenant_id, appointment_id)
     if facts is None or facts.version != decided_on:
         return None
     after = facts_after(facts, change)
@@ -188,7 +187,7 @@ async def _in_flight(uow: UnitOfWork, tenant_id: str, stored, facts: Appointment
     request_id = stored["carried_request_id"]
     if request_id is None or request_id == failed:
         return None, facts
-    pending = await store.approved_change(uow.driver, tenant_id, request_id, stored["appointment_id"])
+    pending = await store.of(uow).approved_change(tenant_id, request_id, stored["appointment_id"])
     if pending is None or pending.decided_on_version != facts.version:
         return None, facts  # applied, or overtaken by an office change (then it fails)
     return request_id, facts_after(facts, CHANGE_ADAPTER.validate_python(pending.change))
@@ -212,10 +211,10 @@ async def refresh_offers(
     reached the portal. `failed_request_id`: a change that did not happen (`modify.failed`)."""
     changed = 0
     ids = sorted(set(appointment_ids))
-    locked = await store.lock_offers(uow.driver, tenant_id, ids)
+    locked = await store.of(uow).lock_offers(tenant_id, ids)
     for appointment_id in ids:
         stored = locked[appointment_id]
-        facts, layers = await store.load_facts_and_layers(uow, tenant_id, appointment_id)
+        facts, layers = await store.of(uow).load_facts_and_layers(tenant_id, appointment_id)
         if facts is None:
             continue
         now = await uow.now()  # read with the facts
@@ -243,8 +242,8 @@ async def follow_appointment(message: AppointmentUpdated, uow: UnitOfWork) -> No
     snapshot = message.payload.appointment
     ids = [snapshot.appointment_id]
     if snapshot.project_id is not None:
-        ids += await store.upcoming_appointments(
-            uow.driver, message.tenant_id, await uow.now(), ScopeLevel.PROJECT, snapshot.project_id
+        ids += await store.of(uow).upcoming_appointments(
+            message.tenant_id, await uow.now(), ScopeLevel.PROJECT, snapshot.project_id
         )
     changed = await refresh_offers(uow, message, message.tenant_id, ids)
     log.info("gate.offers", appointments=len(set(ids)), changed=changed)
@@ -272,8 +271,8 @@ async def follow_scope(
     """A settings layer or a project changed: every upcoming appointment it covers may offer something
     else now. The first chunk (after `after_id`) here; the rest in messages that follow this one."""
     now = await uow.now()
-    ids = await store.upcoming_appointments(
-        uow.driver, cause.tenant_id, now, level, key, after_id=after_id, limit=REFRESH_CHUNK
+    ids = await store.of(uow).upcoming_appointments(
+        cause.tenant_id, now, level, key, after_id=after_id, limit=REFRESH_CHUNK
     )
     changed = await refresh_offers(uow, cause, cause.tenant_id, ids)
     more = len(ids) == REFRESH_CHUNK

@@ -1,10 +1,15 @@
 """The gate's reads and writes: appointment facts (scheduling, read-only), settings layers with their
-history, decisions by request id, and the offer timelines it last computed (policy)."""
+history, decisions by request id, and the offer timelines it last computed (policy).
+
+`GateStore` is what the handlers need, as a protocol; `PostgresGateStore` runs the statements below on a
+unit of work's transaction and `of(uow)` gives the handlers theirs (tests/fakes/gate_store.py is the
+in-memory one, held to the same behaviour by tests/integration/test_store_fakes.py)."""
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 import asyncpg
@@ -473,3 +478,163 @@ async def approved_change(
     if row is None:
         return None
     return ApprovedChange(json.loads(row["change"]), row["decided_on_version"])
+
+
+class GateStore(Protocol):
+    """The gate's store as its handlers use it, on one transaction (a unit of work's)."""
+
+    async def load_facts_and_layers(
+        self, tenant_id: str, appointment_id: str
+    ) -> tuple[AppointmentFacts | None, list[ScopedLayer]]: ...
+
+    async def load_business_rate_limits(self, tenant_id: str) -> tuple[dict, int]: ...
+
+    async def save_layer(
+        self,
+        tenant_id: str,
+        scope: SettingsScope,
+        layer: SettingsLayer,
+        *,
+        settings_version: int,
+        changed_by: str,
+        message_id: UUID,
+    ) -> bool: ...
+
+    async def same_request(
+        self,
+        *,
+        tenant_id: str,
+        request_id: str,
+        producer: str,
+        appointment_id: str,
+        requester_id: str,
+        change: dict,
+    ) -> bool: ...
+
+    async def record_decision(
+        self,
+        *,
+        tenant_id: str,
+        request_id: str,
+        message_id: UUID,
+        appointment_id: str,
+        requester_id: str,
+        change: dict,
+        decision: Decision,
+        decided_on_version: int | None,
+        decided_at: datetime,
+        producer: str,
+    ) -> bool: ...
+
+    async def record_refusal(
+        self,
+        *,
+        tenant_id: str,
+        request_id: str,
+        message_id: UUID,
+        appointment_id: str,
+        requester_id: str,
+        change: dict,
+        decision: Decision,
+        producer: str,
+    ) -> datetime | None: ...
+
+    async def lock_pending_approvals(
+        self, tenant_id: str, request_id: str, producer: str | None
+    ) -> list[PendingApproval]: ...
+
+    async def settle_approval(
+        self,
+        tenant_id: str,
+        request_id: str,
+        *,
+        producer: str,
+        approved: bool,
+        reason_code: str | None,
+        reason_text: str | None,
+        decided_by: str,
+        decided_at: datetime,
+    ) -> None: ...
+
+    async def upcoming_appointments(
+        self,
+        tenant_id: str,
+        after: datetime,
+        level: ScopeLevel = ScopeLevel.BUSINESS,
+        key: str | None = None,
+        *,
+        after_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[str]: ...
+
+    async def lock_offers(
+        self, tenant_id: str, appointment_ids: list[str]
+    ) -> dict[str, Mapping[str, Any]]: ...
+
+    async def save_offer(
+        self,
+        tenant_id: str,
+        appointment_id: str,
+        *,
+        offer_version: int,
+        appointment_version: int,
+        segments: list[dict],
+        pick: dict,
+        computed_at: datetime,
+        terms: dict,
+        carried_request_id: str | None = None,
+    ) -> None: ...
+
+    async def approved_change(
+        self, tenant_id: str, request_id: str, appointment_id: str
+    ) -> ApprovedChange | None: ...
+
+
+class PostgresGateStore:
+    """`GateStore` on a unit of work's transaction: the statements above, through its one handle."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+
+    async def load_facts_and_layers(self, tenant_id: str, appointment_id: str):
+        return await load_facts_and_layers(self._uow, tenant_id, appointment_id)
+
+    async def load_business_rate_limits(self, tenant_id: str):
+        return await load_business_rate_limits(self._uow.driver, tenant_id)
+
+    async def save_layer(self, *args, **kwargs):
+        return await save_layer(self._uow.driver, *args, **kwargs)
+
+    async def same_request(self, **kwargs):
+        return await same_request(self._uow.driver, **kwargs)
+
+    async def record_decision(self, **kwargs):
+        return await record_decision(self._uow.driver, **kwargs)
+
+    async def record_refusal(self, **kwargs):
+        return await record_refusal(self._uow.driver, **kwargs)
+
+    async def lock_pending_approvals(self, tenant_id: str, request_id: str, producer: str | None):
+        return await lock_pending_approvals(self._uow.driver, tenant_id, request_id, producer)
+
+    async def settle_approval(self, *args, **kwargs):
+        return await settle_approval(self._uow.driver, *args, **kwargs)
+
+    async def upcoming_appointments(self, *args, **kwargs):
+        return await upcoming_appointments(self._uow.driver, *args, **kwargs)
+
+    async def lock_offers(self, tenant_id: str, appointment_ids: list[str]):
+        return await lock_offers(self._uow.driver, tenant_id, appointment_ids)
+
+    async def save_offer(self, *args, **kwargs):
+        return await save_offer(self._uow.driver, *args, **kwargs)
+
+    async def approved_change(self, tenant_id: str, request_id: str, appointment_id: str):
+        return await approved_change(self._uow.driver, tenant_id, request_id, appointment_id)
+
+
+def of(uow: UnitOfWork) -> GateStore:
+    """The gate's store in this unit of work: the one it carries (a test's `FakeUnitOfWork` holds an
+    in-memory store), else PostgreSQL on its transaction."""
+    carried = getattr(uow, "store", None)
+    return carried if carried is not None else PostgresGateStore(uow)
