@@ -120,6 +120,15 @@ class Batches:
             log.warning("batch.runner_ended", error=repr(error)[:MAX_ERROR])
 
     async def _run(self) -> None:
+        try:
+            await self._take_until_none_waiting()
+        finally:
+            # Synchronously, in the runner's last step: its done-callback runs a turn of the loop later,
+            # and a delivery submitted in between (its submitter woke first) must start a runner of its
+            # own, not count on this one.
+            self._runners.discard(asyncio.current_task())
+
+    async def _take_until_none_waiting(self) -> None:
         while True:
             live = [e for e in self._waiting if not e.answer.done()]
             if not live:
