@@ -24,6 +24,10 @@ pytestmark = pytest.mark.integration
 TENANT_SCHEMAS = ("scheduling", "policy", "portal")
 # a table (or view) named in a statement; `schema.table.column` is a column, not another table
 TENANT_TABLE = re.compile(r"\b(?:scheduling|policy|portal)\.(\w+)(?![.\w])", re.IGNORECASE)
+# an INSERT inside a WITH statement, and its column list
+CTE_INSERT = re.compile(
+    r"\bINSERT\s+INTO\s+(?:scheduling|policy|portal)\.\w+(?:\s+AS\s+\w+)?\s*\(([^)]*)\)", re.IGNORECASE
+)
 # a predicate that pins tenant_id: `= $1`, `= ANY($1)`, `IN (...)`, or equal to another table's tenant_id
 TENANT_PREDICATE = re.compile(
     r"\btenant_id\s*(?:=|IN\b)|=\s*(?:\w+\.)?tenant_id\b|\btenant_id\s+IS\s+NOT\s+DISTINCT", re.IGNORECASE
@@ -105,6 +109,13 @@ def pins_its_tenant(sql: str) -> bool:
         return True
     statement = sql.lstrip().upper()
     predicates = len(TENANT_PREDICATE.findall(sql))
+    if statement.startswith("WITH"):
+        # Writes as common table expressions (portal_sync writes one event, or a batch, in one statement):
+        # each INSERT lists tenant_id; every other tenant table it reads has its own tenant predicate.
+        inserts = CTE_INSERT.findall(sql)
+        if not inserts or any("tenant_id" not in columns for columns in inserts):
+            return False
+        return predicates >= len(tables) - len(inserts)
     if statement.startswith("INSERT"):
         columns = sql[: sql.upper().find("VALUES")] if "VALUES" in sql.upper() else sql
         if "tenant_id" not in columns.split(")")[0]:
@@ -141,6 +152,25 @@ def pins_its_tenant(sql: str) -> bool:
             True,
         ),
         ("DELETE FROM portal.jobs WHERE portal.jobs.job_id = $1::VARCHAR", False),
+        (
+            "WITH j AS (INSERT INTO portal.jobs AS t (tenant_id, job_id) SELECT $1, u.j "
+            "FROM unnest($2) AS u(j) RETURNING t.job_id), "
+            "r AS (INSERT INTO portal.requests AS t (tenant_id, request_id) SELECT $1, "
+            "(SELECT a.job_id FROM portal.appointments a WHERE a.tenant_id = $1) RETURNING t.request_id) "
+            "SELECT now()",
+            True,
+        ),
+        (
+            "WITH j AS (INSERT INTO portal.jobs AS t (job_id) SELECT u.j FROM unnest($1) AS u(j) "
+            "RETURNING t.job_id) SELECT now()",
+            False,
+        ),
+        (
+            "WITH j AS (INSERT INTO portal.jobs AS t (tenant_id, job_id) SELECT $1, "
+            "(SELECT a.job_id FROM portal.appointments a WHERE a.appointment_id = $2) RETURNING t.job_id) "
+            "SELECT now()",
+            False,
+        ),
         (
             "SELECT a.appointment_id FROM scheduling.appointments a WHERE a.tenant_id = $1 AND EXISTS "
             "(SELECT 1 FROM policy.offers o WHERE o.appointment_id = a.appointment_id)",
