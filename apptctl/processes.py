@@ -65,17 +65,31 @@ class WorkerProcesses:
                     raise RuntimeError(
                         f"worker(s) exited during start-up: {', '.join(dead)} (see their logs)"
                     )
-                counts = []
+                counts = {}
                 for name in WORKER_NAMES:
                     queue = await channel.declare_queue(topology.queue_of(name).name, passive=True)
-                    counts.append(queue.declaration_result.consumer_count)
-                if all(counts):
+                    counts[queue.name] = (queue.declaration_result.consumer_count, self._started(name))
+                # More consumers than processes started here: another process takes part of the work (a
+                # worker left over from an earlier run, perhaps of older code). Wait for it to go, or say so.
+                strays = {q: c for q, c in counts.items() if c[1] and c[0] > c[1]}
+                if all(n for n, _ in counts.values()) and not strays:
                     return
                 if asyncio.get_running_loop().time() > deadline:
+                    if strays:
+                        raise RuntimeError(
+                            "other processes consume these queues too (stop them first): "
+                            + ", ".join(
+                                f"{q} has {n} consumers, {m} started here" for q, (n, m) in strays.items()
+                            )
+                        )
                     raise TimeoutError("workers did not start consuming in time")
                 await asyncio.sleep(0.2)
         finally:
             await connection.close()
+
+    def _started(self, worker: str) -> int:
+        """How many of the processes started here run `worker` (0: it runs elsewhere, not checked)."""
+        return sum(1 for argv in self._commands.values() if f"workers.{worker}" in argv)
 
     def alive(self) -> dict[str, bool]:
         return {name: process.poll() is None for name, process in self.processes.items()}
