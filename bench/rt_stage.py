@@ -103,8 +103,14 @@ def stage_spec(stage: int) -> WorkerSpec:
         await uow.driver.execute(HOP_SQL, message.correlation_id, stage)
         if following is not None:
             await uow.emit(
+                # The next stage's request is this stage's own (a modify.requested names its portal as
+                # its producer: contracts/portal_v1.py).
                 following.follow(
-                    message, producer=name, occurred_at=datetime.now(UTC), payload=message.payload
+                    message,
+                    producer=name,
+                    request_producer=name,
+                    occurred_at=datetime.now(UTC),
+                    payload=message.payload,
                 )
             )
 
