@@ -789,6 +789,15 @@ class PortalStoreContract:
             "office_recorded",
         ]
 
+    async def test_a_request_line_comes_only_with_the_requests_first_sighting(self, store, audit):
+        """A request id reused for another appointment is not that appointment's request (the gate
+        dead-letters it): no line in its trail."""
+        await store.write(self.tenant, writes_of(f.modify_requested()))
+        reused = await store.write(self.tenant, writes_of(f.modify_requested(appointment_id="appt-2")))
+
+        assert reused.request is None
+        assert (await audit(f.APPOINTMENT_ID), await audit("appt-2")) == (["requested"], [])
+
     async def test_a_batch_writes_what_its_events_write_one_by_one(self, store, row, audit):
         sent = f.modify_requested(reply_to=REPLIES)
         batch = _portal_writes(
