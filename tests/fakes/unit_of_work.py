@@ -2,7 +2,7 @@
 store), with a fixed clock, the events it committed, and a rollback that puts its store back."""
 
 import copy
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -23,6 +23,10 @@ class FakeUnitOfWork:
         self.clock = now or datetime.now(UTC)
         self.events: list[Envelope] = []
         self.committed = False
+        # As the runtime's: the messages of the batch this transaction handles (`handle_batch`; empty for
+        # one message) and what a handler keeps for the next one's call in the same transaction.
+        self.batch: tuple[Envelope, ...] = ()
+        self.memo: dict[str, Any] = {}
         self._pending: list[Envelope] = []
         self._before: dict | None = None
 
@@ -30,6 +34,8 @@ class FakeUnitOfWork:
         self._before = copy.deepcopy(vars(self.store))
         self._pending = []
         self.committed = False
+        self.batch = ()
+        self.memo = {}
         self.store.now = self.clock  # the transaction's clock, as PostgreSQL's now() reads it
         return self
 
@@ -87,5 +93,21 @@ class FakeUnitOfWork:
         before = len(self.events)
         async with self:
             await handler(message, self)
+            await self.commit()
+        return self.events[before:]
+
+    async def handle_batch(
+        self, handlers: Mapping[type, Callable[[Any, Any], Awaitable[None]]], messages: Sequence[Envelope]
+    ) -> list[Envelope]:
+        """What workers/runtime/batch.py does with a batch (its messages already grouped by tenant): one
+        transaction, `batch` set, each message's handler in turn, one commit. A message already in the batch
+        is skipped, as the inbox claim skips it. Returns the events emitted."""
+        before = len(self.events)
+        claimed = {m.message_id: m for m in reversed(messages)}  # each id's first message
+        handled = [m for m in messages if claimed.pop(m.message_id, None) is m]
+        async with self:
+            self.batch = tuple(handled)
+            for message in handled:
+                await handlers[type(message)](message, self)
             await self.commit()
         return self.events[before:]

@@ -13,15 +13,28 @@ import pytest
 
 from contracts.common import AppointmentStatus, ArrivalWindow, Confirmation, JobStatus
 from contracts.office_v2 import RateLimitSettings, ScopeLevel, SettingsLayer, SettingsScope
+from infra.db.tables import (
+    portal_appointment_offers,
+    portal_appointments,
+    portal_available_windows,
+    portal_business_units,
+    portal_jobs,
+    portal_office_outcomes,
+    portal_requests,
+)
 from tests import factories as f
 from tests.conftest import unique_tenant
 from tests.fakes.gate_store import FakeGateStore
+from tests.fakes.portal_store import FakePortalStore
 from tests.fakes.schedule_store import CheckViolation, FakeScheduleStore
 from tests.fakes.unit_of_work import FakeUnitOfWork
 from workers.modify_handler.domain import Place
 from workers.modify_handler.repository import PostgresSchedule
 from workers.policy_gate.rules import AppointmentFacts, Decision, Outcome, ProjectFacts
 from workers.policy_gate.store import ApprovedChange, PendingApproval, PostgresGateStore
+from workers.portal_sync.handlers import writes_of
+from workers.portal_sync.store import PostgresPortalStore, Written
+from workers.portal_sync.store import Writes as PortalWrites
 from workers.runtime.database import UnitOfWork
 
 REFUSED = (asyncpg.IntegrityConstraintViolationError, CheckViolation)
@@ -557,3 +570,341 @@ async def test_the_fake_unit_of_work_rolls_its_store_back_unless_committed():
     with pytest.raises(RuntimeError):
         await uow.handle(fails, f.modify_requested())
     assert (store.offers, uow.events, uow.committed) == ({}, [], False)
+
+
+# --- portal_sync's read store ---------------------------------------------------------------------
+
+
+def _portal_writes(*messages) -> list[PortalWrites]:
+    return [writes_of(m) for m in messages]
+
+
+def _summary(written: Written) -> tuple:
+    """What the handler reads of a result: the views written, the request's status, where its feed event
+    goes, its reply and its portal."""
+    r = written.request
+    recorded = None if r is None else (r.status, r.customer_id, r.job_id, r.reply, r.producer)
+    return (written.now is not None, set(written.rows), recorded)
+
+
+REPLIES = "portal-web.replies"
+
+
+class PortalStoreContract:
+    """What portal_sync's handler relies on from `PortalStore`. Subclasses give `store`, `row` (a stored
+    row by part and key, None when absent) and `audit` (an appointment's audit entries in time order)."""
+
+    tenant = "contract-portal"
+
+    async def test_nothing_to_write_writes_nothing(self, store):
+        assert await store.write(self.tenant, writes_of(f.project_updated())) == Written(None)
+
+    @pytest.mark.parametrize(
+        ("part", "newer", "older", "key"),
+        [
+            (
+                "appointment",
+                lambda: f.appointment_updated(version=3),
+                lambda: f.appointment_updated(version=2),
+                (f.APPOINTMENT_ID,),
+            ),
+            (
+                "offer",
+                lambda: f.appointment_offer_changed(offer_version=3),
+                lambda: f.appointment_offer_changed(offer_version=2),
+                (f.APPOINTMENT_ID,),
+            ),
+            (
+                "job",
+                lambda: f.job_status_changed(version=3),
+                lambda: f.job_status_changed(version=2),
+                (f.JOB_ID,),
+            ),
+            (
+                "business_unit",
+                lambda: f.capacity_updated(timezone="Europe/Berlin", capacity_version=3),
+                lambda: f.capacity_updated(capacity_version=2),
+                (f.BUSINESS_UNIT,),
+            ),
+            (
+                "available_window",
+                lambda: f.capacity_window_changed(free=0, version=3),
+                lambda: f.capacity_window_changed(free=1, version=2),
+                None,
+            ),
+        ],
+    )
+    async def test_a_view_is_overwritten_only_by_a_newer_version(self, store, row, part, newer, older, key):
+        newer, older = newer(), older()
+        if key is None:
+            window = newer.payload.window
+            key = (newer.payload.business_unit, "", window.start)
+        first = await store.write(self.tenant, writes_of(newer))
+        stored = await row(part, key)
+        late = await store.write(self.tenant, writes_of(older))
+        again = await store.write(self.tenant, writes_of(newer))
+
+        assert part in first
+        assert (part in late, part in again) == (False, False)
+        assert await row(part, key) == stored
+        version = {"offer": "offer_version", "business_unit": "capacity_version"}.get(part, "version")
+        assert stored[version] == 3
+
+    async def test_an_office_outcome_is_kept_once(self, store, row):
+        """Kept once (its first report stands); not among `Written.rows`, which names the version-gated
+        views a feed event is about."""
+        outcome = f.office_outcome_event()
+        first = await store.write(self.tenant, writes_of(outcome))
+        stored = await row("office_outcome", (outcome.payload.office_message_id,))
+        again = await store.write(self.tenant, writes_of(outcome))
+
+        assert (first.rows, again.rows) == (frozenset(), frozenset())
+        assert (stored["status"], stored["correlation_id"]) == (
+            outcome.payload.status.value,
+            outcome.correlation_id,
+        )
+        assert await row("office_outcome", (outcome.payload.office_message_id,)) == stored
+
+    async def test_a_request_then_its_outcome_claims_the_reply_once(self, store, row, audit):
+        sent = f.modify_requested(reply_to=REPLIES)
+        rejected = f.modify_rejected(sent)
+
+        results = [await store.write(self.tenant, w) for w in _portal_writes(sent, sent, rejected, rejected)]
+        failed = await store.write(self.tenant, writes_of(f.modify_failed(f.modify_approved(sent))))
+
+        reply = dict(
+            request_id=f.REQUEST_ID,
+            appointment_id=f.APPOINTMENT_ID,
+            action="reschedule",
+            status="rejected",
+            reason_code="same_window",
+            reason_text=rejected.payload.reason,
+            reply_to=REPLIES,
+        )
+        assert [_summary(w) for w in results] == [
+            (True, set(), ("pending", None, None, None, "portal-web")),
+            (True, set(), None),
+            (True, set(), ("rejected", None, None, reply, "portal-web")),
+            (True, set(), None),
+        ]
+        assert _summary(failed) == (True, set(), None)
+        stored = await row("request", ("portal-web", f.REQUEST_ID))
+        assert (stored["status"], stored["requester_id"], stored["requested_at"], stored["reply_to"]) == (
+            "rejected",
+            f.CUSTOMER_ID,
+            sent.occurred_at,
+            REPLIES,
+        )
+        assert stored["replied_at"] is not None
+        assert await audit(f.APPOINTMENT_ID) == ["requested", "rejected", "failed"]
+
+    async def test_an_outcome_before_its_request_is_answered_by_the_request(self, store, row, audit):
+        sent = f.modify_requested(reply_to=REPLIES)
+        rejected = f.modify_rejected(sent)
+
+        first = await store.write(self.tenant, writes_of(rejected))
+        then = await store.write(self.tenant, writes_of(sent))
+
+        assert _summary(first) == (True, set(), ("rejected", None, None, None, "portal-web"))
+        assert then.request.status == "rejected"
+        assert then.request.reply["status"] == "rejected"
+        assert then.request.reply["reply_to"] == REPLIES
+        stored = await row("request", ("portal-web", f.REQUEST_ID))
+        assert (stored["requester_id"], stored["reply_to"]) == (f.CUSTOMER_ID, REPLIES)
+        assert sorted(await audit(f.APPOINTMENT_ID)) == ["rejected", "requested"]
+
+    async def test_statuses_only_move_up_and_the_first_final_one_wins(self, store, row):
+        sent = f.modify_requested()
+        approved = f.modify_approved(sent)
+        order = [
+            sent,
+            f.modify_awaiting_approval(sent),
+            f.modify_failed(approved),
+            f.modify_awaiting_approval(sent),
+            f.modify_rejected(sent),
+        ]
+        statuses = [
+            None if (w := await store.write(self.tenant, writes)).request is None else w.request.status
+            for writes in _portal_writes(*order)
+        ]
+        assert statuses == ["pending", "awaiting_approval", "failed", None, None]
+        assert (await row("request", ("portal-web", f.REQUEST_ID)))["status"] == "failed"
+
+    async def test_the_feed_route_is_the_appointment_as_known_before_the_event(self, store):
+        sent = f.modify_requested()
+        done = f.appointment_rescheduled(f.modify_approved(sent), version=2)
+        await store.write(self.tenant, writes_of(sent))
+
+        unknown = await store.write(self.tenant, writes_of(done))
+        known = await store.write(self.tenant, writes_of(f.modify_requested(request_id="req-2")))
+
+        assert _summary(unknown) == (True, {"appointment"}, ("completed", None, None, None, "portal-web"))
+        assert (known.request.customer_id, known.request.job_id) == (f.CUSTOMER_ID, f.JOB_ID)
+
+    async def test_request_ids_are_per_portal(self, store, row):
+        web, app = (
+            f.modify_requested(reply_to=REPLIES),
+            f.modify_requested(producer="portal-app", reply_to=REPLIES),
+        )
+        for writes in _portal_writes(web, app):
+            await store.write(self.tenant, writes)
+        rejected = await store.write(self.tenant, writes_of(f.modify_rejected(app)))
+
+        assert (rejected.request.producer, rejected.request.reply["status"]) == ("portal-app", "rejected")
+        assert (await row("request", ("portal-web", f.REQUEST_ID)))["status"] == "pending"
+        assert (await row("request", ("portal-app", f.REQUEST_ID)))["status"] == "rejected"
+
+    async def test_an_outcome_without_its_portal_finds_the_one_request_with_its_id(self, store, row):
+        app = f.modify_requested(producer="portal-app", reply_to=REPLIES)
+        await store.write(self.tenant, writes_of(app))
+        legacy = f.modify_rejected(app).model_copy(update={"request_producer": None})
+
+        written = await store.write(self.tenant, writes_of(legacy))
+
+        assert (written.request.producer, written.request.status) == ("portal-app", "rejected")
+        assert written.request.reply is not None
+        orphan = f.modify_rejected(f.modify_requested(request_id="req-9")).model_copy(
+            update={"request_producer": None}
+        )
+        assert (await store.write(self.tenant, writes_of(orphan))).request.producer == ""
+        assert (await row("request", ("", "req-9")))["status"] == "rejected"
+
+    async def test_one_audit_line_per_fact(self, store, audit):
+        sent = f.modify_requested()
+        for writes in _portal_writes(
+            sent,
+            f.modify_requested(),  # the same request id again: no second "requested"
+            f.modify_rejected(sent),
+            f.modify_rejected(sent),  # the same fact in another message
+            f.appointment_updated(version=2),
+            f.appointment_updated(version=2),
+            f.appointment_updated(version=1),  # late: its view is not written, its line is
+        ):
+            await store.write(self.tenant, writes)
+
+        assert await audit(f.APPOINTMENT_ID) == [
+            "requested",
+            "rejected",
+            "office_recorded",
+            "office_recorded",
+        ]
+
+    async def test_a_request_line_comes_only_with_the_requests_first_sighting(self, store, audit):
+        """A request id reused for another appointment is not that appointment's request (the gate
+        dead-letters it): no line in its trail."""
+        await store.write(self.tenant, writes_of(f.modify_requested()))
+        reused = await store.write(self.tenant, writes_of(f.modify_requested(appointment_id="appt-2")))
+
+        assert reused.request is None
+        assert (await audit(f.APPOINTMENT_ID), await audit("appt-2")) == (["requested"], [])
+
+    async def test_a_batch_writes_what_its_events_write_one_by_one(self, store, row, audit):
+        sent = f.modify_requested(reply_to=REPLIES)
+        batch = _portal_writes(
+            f.appointment_updated(version=3),
+            f.modify_rejected(sent),
+            sent,
+            f.modify_rejected(sent),
+            f.appointment_updated(version=2),
+            f.job_status_changed(version=2),
+            f.capacity_window_changed(version=1),
+            f.project_updated(),
+        )
+
+        results = await store.write_many(self.tenant, batch)
+
+        summaries = [_summary(w) for w in results]
+        reply = summaries[2][2][3]
+        assert summaries == [
+            (True, {"appointment"}, None),
+            # The appointment's first version came in an earlier statement: the request is routed by it.
+            (True, set(), ("rejected", f.CUSTOMER_ID, f.JOB_ID, None, "portal-web")),
+            (True, set(), ("rejected", f.CUSTOMER_ID, f.JOB_ID, reply, "portal-web")),
+            (True, set(), None),
+            (True, set(), None),
+            (True, {"job"}, None),
+            (True, {"available_window"}, None),
+            (True, set(), None),  # writes nothing; shares the first statement (its clock)
+        ]
+        assert (reply["status"], reply["reply_to"]) == ("rejected", REPLIES)
+        assert (await row("appointment", (f.APPOINTMENT_ID,)))["version"] == 3
+        assert sorted(await audit(f.APPOINTMENT_ID)) == [
+            "office_recorded",
+            "office_recorded",
+            "rejected",
+            "requested",
+        ]
+
+
+class TestFakePortalStore(PortalStoreContract):
+    @pytest.fixture
+    def store(self) -> FakePortalStore:
+        return FakePortalStore()
+
+    @pytest.fixture
+    def row(self, store):
+        async def row(part: str, key: tuple) -> dict | None:
+            if part == "request":
+                return store.requests.get((self.tenant, *key))
+            if part == "office_outcome":
+                return store.office_outcomes.get((self.tenant, *key))
+            return store.view(self.tenant, part, *key)
+
+        return row
+
+    @pytest.fixture
+    def audit(self, store):
+        async def audit(appointment_id: str) -> list[str]:
+            return store.audit_entries(self.tenant, appointment_id)
+
+        return audit
+
+
+_PORTAL_TABLES = {
+    "appointment": portal_appointments,
+    "offer": portal_appointment_offers,
+    "available_window": portal_available_windows,
+    "business_unit": portal_business_units,
+    "job": portal_jobs,
+    "office_outcome": portal_office_outcomes,
+    "request": portal_requests,
+}
+
+
+@pytest.mark.integration
+class TestPostgresPortalStore(PortalStoreContract):
+    @pytest.fixture
+    async def uow(self, engine):
+        self.tenant = unique_tenant("contract")
+        async with UnitOfWork(engine, "portal_sync", tenant=self.tenant) as uow:  # never committed
+            yield uow
+
+    @pytest.fixture
+    def store(self, uow) -> PostgresPortalStore:
+        return PostgresPortalStore(uow)
+
+    @pytest.fixture
+    def row(self, uow):
+        async def row(part: str, key: tuple) -> dict | None:
+            table = _PORTAL_TABLES[part]
+            columns = [c.name for c in table.primary_key.columns if c.name != "tenant_id"]
+            where = " AND ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
+            found = await uow.driver.fetchrow(
+                f"SELECT * FROM {table.fullname} WHERE tenant_id = $1 AND {where}", self.tenant, *key
+            )
+            return None if found is None else dict(found)
+
+        return row
+
+    @pytest.fixture
+    def audit(self, uow):
+        async def audit(appointment_id: str) -> list[str]:
+            rows = await uow.driver.fetch(
+                "SELECT entry FROM portal.audit_trail WHERE tenant_id = $1 AND appointment_id = $2 "
+                "ORDER BY occurred_at",
+                self.tenant,
+                appointment_id,
+            )
+            return [r["entry"] for r in rows]
+
+        return audit

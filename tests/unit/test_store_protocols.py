@@ -6,9 +6,11 @@ import inspect
 import pytest
 
 from tests.fakes.gate_store import FakeGateStore
+from tests.fakes.portal_store import FakePortalStore
 from tests.fakes.schedule_store import FakeScheduleStore
 from workers.modify_handler.repository import PostgresSchedule, ScheduleStore
 from workers.policy_gate.store import GateStore, PostgresGateStore
+from workers.portal_sync.store import PortalStore, PostgresPortalStore
 
 
 def operations(protocol: type) -> dict[str, inspect.Signature]:
@@ -24,7 +26,11 @@ def operations(protocol: type) -> dict[str, inspect.Signature]:
 
 @pytest.mark.parametrize(
     ("protocol", "real", "fake"),
-    [(GateStore, PostgresGateStore, FakeGateStore), (ScheduleStore, PostgresSchedule, FakeScheduleStore)],
+    [
+        (GateStore, PostgresGateStore, FakeGateStore),
+        (ScheduleStore, PostgresSchedule, FakeScheduleStore),
+        (PortalStore, PostgresPortalStore, FakePortalStore),
+    ],
 )
 def test_the_fake_and_the_real_store_offer_every_operation_of_the_protocol(protocol, real, fake):
     expected = operations(protocol)

@@ -84,12 +84,12 @@ async def _written(message: Envelope, writes: store.Writes, uow: UnitOfWork) -> 
         if m.tenant_id == message.tenant_id and m.message_id not in done and type(m) in HANDLERS
     ]
     if len(batch) > 1 and any(m.message_id == message.message_id for m in batch):
-        results = await store.write_many(
-            uow.driver, message.tenant_id, [writes if m is message else writes_of(m) for m in batch]
+        results = await store.of(uow).write_many(
+            message.tenant_id, [writes if m is message else writes_of(m) for m in batch]
         )
         done.update({m.message_id: w for m, w in zip(batch, results, strict=True)})
         return done.pop(message.message_id)
-    return await store.write(uow.driver, message.tenant_id, writes)
+    return await store.of(uow).write(message.tenant_id, writes)
 
 
 async def project_event(message: Envelope, uow: UnitOfWork) -> None:

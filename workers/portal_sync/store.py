@@ -26,6 +26,10 @@ The guarantees each part keeps:
 - an audit line once per fact (its message id and its meaning are unique); a request's own line only with
   its first sighting (the request part wrote its row);
 - tenant row-level security: every row carries the transaction's one tenant (batches are per tenant).
+
+`PortalStore` is what the handler needs, as a protocol; `PostgresPortalStore` runs the statements below on
+a unit of work's transaction and `of(uow)` gives the handler its store (tests/fakes/portal_store.py is the
+in-memory one, held to the same behaviour by tests/integration/test_store_fakes.py).
 """
 
 import json
@@ -33,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from typing import Protocol
 
 import asyncpg
 from sqlalchemy import ARRAY, JSON, DateTime, Table
@@ -50,6 +55,7 @@ from infra.db.tables import (
     portal_requests,
 )
 from workers.portal_sync.projection import RequestOutcome
+from workers.runtime.database import UnitOfWork
 
 # The version-gated parts: CTE name -> (table, version column).
 _UPSERTS = {
@@ -444,3 +450,35 @@ async def write_many(driver: asyncpg.Connection, tenant_id: str, batch: Sequence
 async def write(driver: asyncpg.Connection, tenant_id: str, writes: Writes) -> Written:
     """One event's writes, in one statement (nothing at all when it writes nothing)."""
     return (await write_many(driver, tenant_id, [writes]))[0]
+
+
+class PortalStore(Protocol):
+    """The read store as portal_sync's handler uses it, on one transaction (a unit of work's)."""
+
+    async def write(self, tenant_id: str, writes: Writes) -> Written:
+        """Project one event (what it writes, what the read store took of it)."""
+        ...
+
+    async def write_many(self, tenant_id: str, batch: Sequence[Writes]) -> list[Written]:
+        """Project the events of one tenant's batch, in their order; results in that order."""
+        ...
+
+
+class PostgresPortalStore:
+    """`PortalStore` on a unit of work's transaction: the statements above, through its one handle."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+
+    async def write(self, tenant_id: str, writes: Writes) -> Written:
+        return await write(self._uow.driver, tenant_id, writes)
+
+    async def write_many(self, tenant_id: str, batch: Sequence[Writes]) -> list[Written]:
+        return await write_many(self._uow.driver, tenant_id, batch)
+
+
+def of(uow: UnitOfWork) -> PortalStore:
+    """The read store in this unit of work: the one it carries (a test's `FakeUnitOfWork` holds an
+    in-memory store), else PostgreSQL on its transaction."""
+    carried = getattr(uow, "store", None)
+    return carried if carried is not None else PostgresPortalStore(uow)
