@@ -418,17 +418,20 @@ async def republish(run: FaultRun, rows: list, *, new_ids: bool = False) -> list
 
 async def consumed_all(run: FaultRun, consumer: str, message_ids: list[str], timeout_s: float = 60.0) -> None:
     """Until `consumer`'s inbox has every one of `message_ids`."""
-    from sqlalchemy import func, select
+    from sqlalchemy import any_, func, literal, select
+    from sqlalchemy.dialects.postgresql import ARRAY
 
     from infra.db.tables import inbox
+
+    # One array parameter, not one per id: at soak scale the replays outnumber PostgreSQL's 32,767
+    # parameters of one statement.
+    ids = literal(message_ids, ARRAY(inbox.c.message_id.type))
 
     async def seen() -> int:
         async with run.engine.connect() as conn:
             return (
                 await conn.execute(
-                    select(func.count()).where(
-                        inbox.c.consumer == consumer, inbox.c.message_id.in_(message_ids)
-                    )
+                    select(func.count()).where(inbox.c.consumer == consumer, inbox.c.message_id == any_(ids))
                 )
             ).scalar_one()
 
