@@ -1,5 +1,6 @@
 """Process entry point shared by the workers: settings, logging, run until SIGTERM."""
 
+import signal
 import sys
 
 import structlog
@@ -31,6 +32,11 @@ def main(name: str) -> None:
         structlog.get_logger(__name__).warning("worker.fault_armed", point=point.value)
     try:
         loop.run(run_worker(name, settings))
+        # Drained and stopped: the event loop's signal handlers are gone with it. A SIGTERM arriving now
+        # (a supervisor's stop after a Ctrl-C the worker already obeyed) must not turn a clean exit into
+        # death by signal (-15) while the interpreter shuts down.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     except KeyringError as exc:  # a set-up error: say what to set, no traceback, exit 2 (no restart helps)
         structlog.get_logger(__name__).error("worker.misconfigured", error=str(exc))
         sys.stderr.write(f"{name}: {exc}\n")
